@@ -1,0 +1,31 @@
+//! projector: a transactional-outbox projection host.
+//!
+//! Applications write events into `outbox_events` in the same transaction as their business
+//! change. projector claims them with leases, hands each batch to the projection's plugin (a
+//! sandboxed WebAssembly component implementing `wit/plugin.wit`), and records what the plugin
+//! answered: `success` → `done`, `transient` → retry with backoff (then `failed` once attempts
+//! are exhausted), `deterministic` → `failed`. Everything that is the same for every projection
+//! lives here; everything specific to one projection lives in its plugin.
+//!
+//! Where things are:
+//! - [`settings`]: `OUTBOX_*` settings from flags, environment and TOML, validated once.
+//! - [`outbox`]: the delivery state machine (claiming, settling outcomes, leases and reclaim,
+//!   the retry policy), each transition a SQL statement kept next to the Rust that runs it.
+//! - [`plugin`]: the WebAssembly runtime, the capabilities a plugin may import, sandbox limits.
+//! - [`worker`]: one claim → call → settle loop.
+//! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`service`]: `projector run`: wiring, wake-ups, signals, shutdown.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod db;
+pub mod error;
+pub mod http;
+pub mod metrics;
+pub mod outbox;
+pub mod plugin;
+pub mod service;
+pub mod settings;
+pub mod worker;
+
+pub use error::{Error, Result};

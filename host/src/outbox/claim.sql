@@ -1,0 +1,35 @@
+-- Claim up to $2 events of projection $1 for worker $3 under the fencing token $4.
+--   $5: true when the projection runs with ordering = "none"
+--   $6: max attempts (stuck rows that used them up are left to the reclaim sweep)
+--   $7: lease in seconds
+-- Claimable: pending and due, or processing with an expired lease (stuck: reclaimed here).
+-- With ordering, only rows with no unfinished earlier row of the same aggregate.
+WITH candidates AS (
+    SELECT o.seq, o.status AS previous_status
+    FROM outbox_events o
+    WHERE o.projection = $1
+      AND o.status IN ('pending', 'processing')
+      AND (   (o.status = 'pending' AND o.next_retry_at <= now())
+           OR (o.status = 'processing' AND o.lease_expires_at < now() AND o.attempts < $6))
+      AND ($5 OR NOT EXISTS (
+              SELECT 1
+              FROM outbox_events p
+              WHERE p.projection = o.projection
+                AND p.aggregate_id = o.aggregate_id
+                AND p.seq < o.seq
+                AND p.status <> 'done'))
+    ORDER BY o.seq
+    LIMIT $2
+    FOR UPDATE OF o SKIP LOCKED
+)
+UPDATE outbox_events e
+SET status = 'processing',
+    claimed_by = $3,
+    claim_batch_id = $4,
+    lease_expires_at = now() + make_interval(secs => $7),
+    processing_started_at = now(),
+    attempts = e.attempts + 1
+FROM candidates c
+WHERE e.seq = c.seq
+RETURNING e.seq, e.id, e.event_type, e.aggregate_type, e.aggregate_id, e.payload::text,
+          e.headers, e.occurred_at, e.attempts, c.previous_status = 'processing' AS reclaimed

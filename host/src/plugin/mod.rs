@@ -1,0 +1,424 @@
+//! The plugin runtime: loading a projection's component, instantiating it, and calling it.
+//!
+//! Invariants:
+//! - A plugin is compiled and validated once at load (it must be a component of the
+//!   `projector:plugin` world and answer `describe()`); a bad file is a configuration error.
+//! - A plugin sees only what the host grants: the `log` and `config` capabilities and a WASI
+//!   context with no preopened directories, no environment, no sockets and no stdio.
+//! - A trap, a timeout or a wrong number of outcomes never reaches the host as a crash: the
+//!   instance is discarded (a trapped instance cannot be entered again), a fresh one is made
+//!   from the pre-instantiated component, and [`Handler::handle`] bisects the batch so that only
+//!   the event that traps is charged (`plugin_trap`, or `plugin_contract` for a wrong count).
+//!   A timeout charges every event still unanswered (`plugin_timeout`): re-running them would
+//!   only time out again.
+
+mod config;
+pub mod limits;
+mod log;
+
+use crate::outbox::{sanitize_reason, Claim, ClaimedEvent, Verdict};
+use crate::settings::ProjectionSpec;
+use crate::Error;
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
+use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+mod bindings {
+    wasmtime::component::bindgen!({
+        path: "../wit",
+        world: "plugin",
+    });
+}
+
+use bindings::projector::plugin::types::{Event as WitEvent, Outcome};
+use bindings::{Plugin, PluginPre};
+
+/// Per-instance state: the capabilities' context and the sandbox's limits.
+pub struct PluginState {
+    wasi: WasiCtx,
+    table: ResourceTable,
+    limits: StoreLimits,
+    projection: Arc<str>,
+    worker_id: Arc<str>,
+    claim_batch_id: Option<Uuid>,
+    config: Arc<BTreeMap<String, String>>,
+}
+
+impl WasiView for PluginState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.wasi,
+            table: &mut self.table,
+        }
+    }
+}
+
+impl bindings::projector::plugin::types::Host for PluginState {}
+
+/// The engine and linker shared by every plugin in this host.
+pub struct Runtime {
+    engine: Engine,
+    linker: Linker<PluginState>,
+    _ticker: limits::EpochTicker,
+}
+
+impl Runtime {
+    /// A runtime with epoch interruption, the base capabilities and a sandboxed WASI.
+    pub fn new() -> wasmtime::Result<Self> {
+        let mut config = wasmtime::Config::new();
+        config.epoch_interruption(true);
+        config.wasm_component_model(true);
+        let engine = Engine::new(&config)?;
+        let mut linker = Linker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        let _ticker = limits::EpochTicker::start(&engine);
+        Ok(Runtime {
+            engine,
+            linker,
+            _ticker,
+        })
+    }
+
+    /// Compiles and validates `spec`'s plugin for this host's `worker_id`.
+    pub fn load(&self, spec: &ProjectionSpec, worker_id: &str) -> Result<Arc<LoadedPlugin>, Error> {
+        let path = &spec.plugin;
+        let fail = |message: String| Error::Plugin {
+            path: path.clone(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
+        let digest = hex::encode(Sha256::digest(&bytes));
+        let component = Component::new(&self.engine, &bytes).map_err(|e| {
+            fail(format!(
+                "not a valid WebAssembly component: {}",
+                root_cause(&e)
+            ))
+        })?;
+        let pre = self
+            .linker
+            .instantiate_pre(&component)
+            .map_err(|e| fail(format!("imports what projector does not provide: {e:#}")))?;
+        let pre = PluginPre::new(pre).map_err(|e| {
+            fail(format!(
+                "does not export the projector:plugin/projection@0.1.0 interface: {e:#}"
+            ))
+        })?;
+        let mut plugin = LoadedPlugin {
+            projection: spec.name.as_str().into(),
+            worker_id: worker_id.into(),
+            config: Arc::new(spec.config.clone()),
+            engine: self.engine.clone(),
+            pre,
+            digest,
+            info: PluginInfo::default(),
+            version_label: String::new(),
+        };
+        let mut instance = plugin
+            .instantiate()
+            .map_err(|e| fail(format!("cannot be instantiated: {e:#}")))?;
+        instance
+            .store
+            .set_epoch_deadline(limits::deadline_ticks(limits::INSTANTIATE_DEADLINE));
+        let info = instance
+            .bindings
+            .projector_plugin_projection()
+            .call_describe(&mut instance.store)
+            .map_err(|e| fail(format!("describe() failed: {}", root_cause(&e))))?;
+        plugin.version_label = format!(
+            "{}@{}+sha256:{}",
+            info.name,
+            info.version,
+            &plugin.digest[..16]
+        );
+        plugin.info = PluginInfo {
+            name: info.name,
+            version: info.version,
+            event_types: info.event_types,
+        };
+        Ok(Arc::new(plugin))
+    }
+}
+
+/// What a plugin said about itself in `describe()`.
+#[derive(Debug, Clone, Default)]
+pub struct PluginInfo {
+    /// Plugin name.
+    pub name: String,
+    /// Plugin version.
+    pub version: String,
+    /// Event types it handles.
+    pub event_types: Vec<String>,
+}
+
+/// A compiled, validated plugin version, ready to instantiate.
+pub struct LoadedPlugin {
+    projection: Arc<str>,
+    worker_id: Arc<str>,
+    config: Arc<BTreeMap<String, String>>,
+    engine: Engine,
+    pre: PluginPre<PluginState>,
+    /// sha256 of the component's bytes, hex.
+    pub digest: String,
+    /// `describe()`'s answer.
+    pub info: PluginInfo,
+    /// `name@version+sha256:<16 hex>`, recorded as `projection_version` on every event it settles.
+    pub version_label: String,
+}
+
+impl LoadedPlugin {
+    /// A fresh instance in a fresh store.
+    fn instantiate(&self) -> wasmtime::Result<Instance> {
+        let state = PluginState {
+            // Nothing inherited: no env, args, preopens, sockets or stdio.
+            wasi: WasiCtx::builder().build(),
+            table: ResourceTable::new(),
+            limits: StoreLimitsBuilder::new()
+                .memory_size(limits::DEFAULT_MEMORY_BYTES)
+                .instances(16)
+                .build(),
+            projection: self.projection.clone(),
+            worker_id: self.worker_id.clone(),
+            claim_batch_id: None,
+            config: self.config.clone(),
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limits);
+        store.epoch_deadline_trap();
+        // Instantiation runs the guest's initialisers: bound them like any call.
+        store.set_epoch_deadline(limits::deadline_ticks(limits::INSTANTIATE_DEADLINE));
+        let bindings = self.pre.instantiate(&mut store)?;
+        Ok(Instance { store, bindings })
+    }
+}
+
+struct Instance {
+    store: Store<PluginState>,
+    bindings: Plugin,
+}
+
+enum CallError {
+    /// The call trapped (panic, unreachable, out of memory, ...).
+    Trap(String),
+    /// The call ran past its deadline and was interrupted.
+    Timeout,
+}
+
+impl Instance {
+    fn call(&mut self, events: &[WitEvent], deadline: Duration) -> Result<Vec<Outcome>, CallError> {
+        self.store
+            .set_epoch_deadline(limits::deadline_ticks(deadline));
+        self.bindings
+            .projector_plugin_projection()
+            .call_handle(&mut self.store, events)
+            .map_err(|e| match e.downcast_ref::<wasmtime::Trap>() {
+                Some(wasmtime::Trap::Interrupt) => CallError::Timeout,
+                _ => CallError::Trap(root_cause(&e)),
+            })
+    }
+}
+
+/// The innermost cause of a wasmtime error, without the wasm backtrace wasmtime adds as context
+/// (it names only function indices, and would bloat `outbox_events.error`).
+fn root_cause(e: &wasmtime::Error) -> String {
+    let mut text = e.root_cause().to_string();
+    if text.len() > 1000 {
+        let cut = (0..=1000)
+            .rev()
+            .find(|i| text.is_char_boundary(*i))
+            .unwrap_or(0);
+        text.truncate(cut);
+    }
+    text
+}
+
+fn to_wit(e: &ClaimedEvent, projection: &str) -> WitEvent {
+    WitEvent {
+        id: e.id.to_string(),
+        seq: e.seq,
+        projection: projection.to_owned(),
+        event_type: e.event_type.clone(),
+        aggregate_type: e.aggregate_type.clone(),
+        aggregate_id: e.aggregate_id.clone(),
+        payload: e.payload.clone(),
+        occurred_at: e.occurred_at.clone(),
+        attempt: e.attempt.max(1) as u32,
+        headers: e.headers.clone(),
+    }
+}
+
+fn to_verdict(o: Outcome) -> Verdict {
+    match o {
+        Outcome::Success => Verdict::Success,
+        Outcome::Transient(f) => Verdict::Transient {
+            reason: sanitize_reason(&f.reason),
+            message: f.message,
+        },
+        Outcome::Deterministic(f) => Verdict::Deterministic {
+            reason: sanitize_reason(&f.reason),
+            message: f.message,
+        },
+    }
+}
+
+/// Counts of what went wrong inside one [`Handler::handle`], for metrics and logs.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct CallReport {
+    /// Calls made (more than one when a batch was bisected).
+    pub calls: u32,
+    /// Calls that trapped.
+    pub traps: u32,
+    /// Calls that returned the wrong number of outcomes.
+    pub contract_violations: u32,
+    /// Whether the deadline interrupted a call.
+    pub timed_out: bool,
+}
+
+/// Calls one plugin version for one worker loop, keeping an instance across batches and making a
+/// fresh one after a failure.
+pub struct Handler {
+    plugin: Arc<LoadedPlugin>,
+    instance: Option<Instance>,
+}
+
+impl Handler {
+    /// A handler for `plugin`; the instance is made on first use.
+    pub fn new(plugin: Arc<LoadedPlugin>) -> Self {
+        Handler {
+            plugin,
+            instance: None,
+        }
+    }
+
+    /// The plugin version this handler runs.
+    pub fn plugin(&self) -> &Arc<LoadedPlugin> {
+        &self.plugin
+    }
+
+    /// Runs `claim` through the plugin within `budget` and returns one verdict per event, in
+    /// order. Blocking: call it from a blocking thread.
+    pub fn handle(&mut self, claim: &Claim, budget: Duration) -> (Vec<Verdict>, CallReport) {
+        let events: Vec<WitEvent> = claim
+            .events
+            .iter()
+            .map(|e| to_wit(e, &claim.projection))
+            .collect();
+        let mut verdicts = vec![None; events.len()];
+        let mut report = CallReport::default();
+        let deadline = Instant::now() + budget;
+        self.run(
+            claim.batch_id,
+            &events,
+            0,
+            &mut verdicts,
+            deadline,
+            &mut report,
+        );
+        let verdicts = verdicts
+            .into_iter()
+            .map(|v| v.expect("every event gets a verdict"))
+            .collect();
+        (verdicts, report)
+    }
+
+    /// Calls the plugin on `events` (which start at `offset` in the batch), bisecting on traps
+    /// and contract violations.
+    fn run(
+        &mut self,
+        batch_id: Uuid,
+        events: &[WitEvent],
+        offset: usize,
+        out: &mut [Option<Verdict>],
+        deadline: Instant,
+        report: &mut CallReport,
+    ) {
+        let fill = |out: &mut [Option<Verdict>], v: Verdict| {
+            for slot in &mut out[offset..offset + events.len()] {
+                *slot = Some(v.clone());
+            }
+        };
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        if remaining.is_zero() {
+            report.timed_out = true;
+            return fill(
+                out,
+                Verdict::transient(
+                    "plugin_timeout",
+                    "batch deadline passed before this event was handled",
+                ),
+            );
+        }
+        let instance = match self.instance.as_mut() {
+            Some(i) => i,
+            None => match self.plugin.instantiate() {
+                Ok(i) => self.instance.insert(i),
+                Err(e) => {
+                    return fill(
+                        out,
+                        Verdict::transient(
+                            "plugin_instantiate",
+                            format!("cannot instantiate plugin: {e:#}"),
+                        ),
+                    );
+                }
+            },
+        };
+        instance.store.data_mut().claim_batch_id = Some(batch_id);
+        report.calls += 1;
+        let failure = match instance.call(events, remaining) {
+            Ok(outcomes) if outcomes.len() == events.len() => {
+                for (slot, o) in out[offset..offset + events.len()].iter_mut().zip(outcomes) {
+                    *slot = Some(to_verdict(o));
+                }
+                return;
+            }
+            Ok(outcomes) => {
+                report.contract_violations += 1;
+                Verdict::transient(
+                    "plugin_contract",
+                    format!(
+                        "handle() returned {} outcomes for {} events",
+                        outcomes.len(),
+                        events.len()
+                    ),
+                )
+            }
+            Err(CallError::Timeout) => {
+                report.timed_out = true;
+                self.instance = None;
+                let secs = remaining.as_secs_f64();
+                return fill(
+                    out,
+                    Verdict::transient(
+                        "plugin_timeout",
+                        format!("handle() interrupted after {secs:.3}s"),
+                    ),
+                );
+            }
+            Err(CallError::Trap(msg)) => {
+                report.traps += 1;
+                Verdict::transient("plugin_trap", msg)
+            }
+        };
+        // The instance may be poisoned (a trap) or confused (a wrong count): start afresh.
+        self.instance = None;
+        if events.len() == 1 {
+            return fill(out, failure);
+        }
+        let mid = events.len() / 2;
+        self.run(batch_id, &events[..mid], offset, out, deadline, report);
+        self.run(
+            batch_id,
+            &events[mid..],
+            offset + mid,
+            out,
+            deadline,
+            report,
+        );
+    }
+}

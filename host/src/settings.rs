@@ -1,0 +1,629 @@
+//! Settings: the seeds' `OUTBOX_*` names, resolved once at start-up.
+//!
+//! Precedence for one key: flag > environment variable > TOML file > default. A projection's own
+//! keys in the file (`[[projection]] batch_size = ...`) are more specific than any global value
+//! and win over it. Every value is validated here, before anything touches the database; an
+//! error names the flag/variable/key the operator has to change.
+
+use crate::{Error, Result};
+use clap::Args;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// How log records are written to stderr.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, fields at top level.
+    Json,
+}
+
+/// Whether events of one aggregate are delivered strictly in `seq` order.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Ordering {
+    /// An event takes effect only after every earlier event of its aggregate succeeded (default).
+    #[default]
+    Aggregate,
+    /// No ordering: any due event may be claimed.
+    None,
+}
+
+fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
+    let v: f64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of seconds"))?;
+    if !v.is_finite() || v < 0.0 {
+        return Err(format!("`{s}` must be a non-negative number of seconds"));
+    }
+    Ok(v)
+}
+
+/// Settings given as flags or environment variables (flags win). All optional here; defaults and
+/// the file fill the gaps in [`Settings::resolve`].
+#[derive(Debug, Default, Args)]
+pub struct Overrides {
+    /// Postgres connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+    /// This host's identity in `claimed_by` [default: <hostname>-<pid>].
+    #[arg(long, env = "OUTBOX_WORKER_ID", value_name = "OUTBOX_WORKER_ID")]
+    pub worker_id: Option<String>,
+    /// Claim loops per projection in this host [default: 2].
+    #[arg(
+        long,
+        env = "OUTBOX_CONCURRENCY",
+        value_name = "OUTBOX_CONCURRENCY",
+        allow_negative_numbers = true
+    )]
+    pub concurrency: Option<i64>,
+    /// Events per claimed batch [default: 100].
+    #[arg(
+        long,
+        env = "OUTBOX_BATCH_SIZE",
+        value_name = "OUTBOX_BATCH_SIZE",
+        allow_negative_numbers = true
+    )]
+    pub batch_size: Option<i64>,
+    /// Fallback polling interval when no NOTIFY arrives, and for retries coming due [default: 1].
+    #[arg(long, env = "OUTBOX_POLL_INTERVAL_SECONDS", value_name = "OUTBOX_POLL_INTERVAL_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub poll_interval_seconds: Option<f64>,
+    /// How long a claim is held before another host may reclaim it [default: 30].
+    #[arg(long, env = "OUTBOX_LEASE_SECONDS", value_name = "OUTBOX_LEASE_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub lease_seconds: Option<f64>,
+    /// How often stuck work is swept [default: 5].
+    #[arg(long, env = "OUTBOX_RECLAIM_INTERVAL_SECONDS", value_name = "OUTBOX_RECLAIM_INTERVAL_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub reclaim_interval_seconds: Option<f64>,
+    /// Upper bound for one batch, plugin call included [default: 60].
+    #[arg(long, env = "OUTBOX_MAX_PROCESSING_SECONDS", value_name = "OUTBOX_MAX_PROCESSING_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub max_processing_seconds: Option<f64>,
+    /// Attempts before a transient failure becomes terminal [default: 5].
+    #[arg(
+        long,
+        env = "OUTBOX_MAX_ATTEMPTS",
+        value_name = "OUTBOX_MAX_ATTEMPTS",
+        allow_negative_numbers = true
+    )]
+    pub max_attempts: Option<i64>,
+    /// First retry delay [default: 1].
+    #[arg(long, env = "OUTBOX_BASE_BACKOFF_SECONDS", value_name = "OUTBOX_BASE_BACKOFF_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub base_backoff_seconds: Option<f64>,
+    /// Longest retry delay [default: 300].
+    #[arg(long, env = "OUTBOX_MAX_BACKOFF_SECONDS", value_name = "OUTBOX_MAX_BACKOFF_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub max_backoff_seconds: Option<f64>,
+    /// Port for /metrics if it should differ from the HTTP port.
+    #[arg(long, env = "OUTBOX_METRICS_PORT", value_name = "OUTBOX_METRICS_PORT")]
+    pub metrics_port: Option<u16>,
+    /// Port for /healthz, /readyz and /metrics [default: 8080].
+    #[arg(long, env = "OUTBOX_HTTP_PORT", value_name = "OUTBOX_HTTP_PORT")]
+    pub http_port: Option<u16>,
+    /// Address the HTTP server binds [default: 0.0.0.0].
+    #[arg(long, env = "OUTBOX_HTTP_HOST", value_name = "OUTBOX_HTTP_HOST")]
+    pub http_host: Option<IpAddr>,
+    /// Run this long, then shut down cleanly (smoke runs); 0 = until signalled [default: 0].
+    #[arg(long, env = "OUTBOX_RUN_SECONDS", value_name = "OUTBOX_RUN_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub run_seconds: Option<f64>,
+    /// Prefix of the dispatcher metrics [default: outbox_dispatch].
+    #[arg(
+        long = "metric-prefix",
+        env = "OUTBOX_DISPATCH_METRIC_PREFIX",
+        value_name = "OUTBOX_DISPATCH_METRIC_PREFIX"
+    )]
+    pub dispatch_metric_prefix: Option<String>,
+    /// How often gauges that need SQL (lag, age, stuck, blocked) are refreshed [default: 5].
+    #[arg(long, env = "OUTBOX_METRICS_REFRESH_SECONDS", value_name = "OUTBOX_METRICS_REFRESH_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub metrics_refresh_seconds: Option<f64>,
+    /// `text` or `json` [default: text].
+    #[arg(long, env = "OUTBOX_LOG_FORMAT", value_name = "OUTBOX_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+}
+
+/// The TOML file's shape. Unknown keys are errors.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    database_url: Option<String>,
+    worker_id: Option<String>,
+    concurrency: Option<i64>,
+    batch_size: Option<i64>,
+    poll_interval_seconds: Option<f64>,
+    lease_seconds: Option<f64>,
+    reclaim_interval_seconds: Option<f64>,
+    max_processing_seconds: Option<f64>,
+    max_attempts: Option<i64>,
+    base_backoff_seconds: Option<f64>,
+    max_backoff_seconds: Option<f64>,
+    metrics_port: Option<u16>,
+    http_port: Option<u16>,
+    http_host: Option<IpAddr>,
+    run_seconds: Option<f64>,
+    dispatch_metric_prefix: Option<String>,
+    metrics_refresh_seconds: Option<f64>,
+    log_format: Option<LogFormat>,
+    #[serde(default)]
+    projection: Vec<FileProjection>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileProjection {
+    name: String,
+    plugin: PathBuf,
+    #[serde(default)]
+    ordering: Ordering,
+    concurrency: Option<i64>,
+    batch_size: Option<i64>,
+    lease_seconds: Option<f64>,
+    max_processing_seconds: Option<f64>,
+    max_attempts: Option<i64>,
+    base_backoff_seconds: Option<f64>,
+    max_backoff_seconds: Option<f64>,
+    #[serde(default)]
+    config: BTreeMap<String, String>,
+}
+
+/// Per-projection delivery tuning.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tuning {
+    /// Claim loops for this projection in this host.
+    pub concurrency: usize,
+    /// Events per batch.
+    pub batch_size: i64,
+    /// Claim lease.
+    pub lease: Duration,
+    /// Upper bound for one batch; the plugin call is interrupted at this deadline.
+    pub max_processing: Duration,
+    /// Attempts before a transient failure becomes terminal.
+    pub max_attempts: i32,
+    /// First retry delay.
+    pub base_backoff: Duration,
+    /// Longest retry delay.
+    pub max_backoff: Duration,
+}
+
+/// One projection this host runs.
+#[derive(Debug, Clone)]
+pub struct ProjectionSpec {
+    /// The projection's name (`outbox_events.projection`).
+    pub name: String,
+    /// Path of the plugin component.
+    pub plugin: PathBuf,
+    /// Per-aggregate ordering or none.
+    pub ordering: Ordering,
+    /// Delivery tuning.
+    pub tuning: Tuning,
+    /// The plugin's configuration map.
+    pub config: BTreeMap<String, String>,
+}
+
+/// Everything `projector run` needs, validated.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Postgres connection URL.
+    pub database_url: String,
+    /// `claimed_by` for this host's claims.
+    pub worker_id: String,
+    /// Fallback polling interval.
+    pub poll_interval: Duration,
+    /// Stuck-work sweep interval.
+    pub reclaim_interval: Duration,
+    /// Separate metrics port, if any.
+    pub metrics_port: Option<u16>,
+    /// HTTP port.
+    pub http_port: u16,
+    /// HTTP bind address.
+    pub http_host: IpAddr,
+    /// Smoke-run duration; `None` runs until signalled.
+    pub run_for: Option<Duration>,
+    /// Dispatcher metric prefix.
+    pub metric_prefix: String,
+    /// SQL-backed gauge refresh interval.
+    pub metrics_refresh: Duration,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// The projections, in the order given.
+    pub projections: Vec<ProjectionSpec>,
+}
+
+/// Picks the first value present: flag/env, then file, then the default.
+fn pick<T>(over: Option<T>, file: Option<T>, default: T) -> T {
+    over.or(file).unwrap_or(default)
+}
+
+fn positive_int(key: &str, v: i64, max: i64) -> Result<i64> {
+    if v < 1 || v > max {
+        return Err(Error::config(
+            key,
+            format!("must be between 1 and {max}, got {v}"),
+        ));
+    }
+    Ok(v)
+}
+
+fn seconds(key: &str, v: f64, allow_zero: bool) -> Result<Duration> {
+    if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) {
+        let want = if allow_zero {
+            "non-negative"
+        } else {
+            "positive"
+        };
+        return Err(Error::config(
+            key,
+            format!("must be a {want} number of seconds, got {v}"),
+        ));
+    }
+    Duration::try_from_secs_f64(v).map_err(|e| Error::config(key, e.to_string()))
+}
+
+fn default_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "projector".to_owned());
+    format!("{host}-{}", std::process::id())
+}
+
+fn read_file(path: &Path) -> Result<FileConfig> {
+    let key = format!("--config {}", path.display());
+    let text = std::fs::read_to_string(path).map_err(|e| Error::config(&key, e.to_string()))?;
+    toml::from_str(&text).map_err(|e| {
+        let line = e
+            .span()
+            .map(|s| format!(" line {}", text[..s.start].lines().count().max(1)))
+            .unwrap_or_default();
+        Error::config(
+            format!("{}{line}", path.display()),
+            e.message().trim().to_owned(),
+        )
+    })
+}
+
+/// Parses `NAME=PATH` from `--plugin`.
+fn parse_plugin_flag(flag: &str) -> Result<(String, PathBuf)> {
+    match flag.split_once('=') {
+        Some((name, path)) if !name.trim().is_empty() && !path.trim().is_empty() => {
+            Ok((name.trim().to_owned(), PathBuf::from(path.trim())))
+        }
+        _ => Err(Error::config(
+            "--plugin",
+            format!("expected NAME=PATH (e.g. search=plugins/search.wasm), got `{flag}`"),
+        )),
+    }
+}
+
+fn valid_projection_name(key: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 63
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-' || c == '.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::config(
+            key,
+            format!("projection name `{name}` must be 1-63 characters of [A-Za-z0-9_.-]"),
+        ))
+    }
+}
+
+impl Settings {
+    /// Resolves flags/env (`over`), the optional TOML file and `--plugin` flags into settings.
+    pub fn resolve(
+        over: Overrides,
+        config: Option<&Path>,
+        plugin_flags: &[String],
+    ) -> Result<Self> {
+        let file = match config {
+            Some(path) => read_file(path)?,
+            None => FileConfig::default(),
+        };
+        let base_dir = config
+            .and_then(Path::parent)
+            .map(Path::to_path_buf)
+            .unwrap_or_default();
+
+        let database_url = over
+            .database_url
+            .or(file.database_url)
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| {
+                Error::config(
+                    "DATABASE_URL",
+                    "not set: pass --database-url or set DATABASE_URL",
+                )
+            })?;
+        let worker_id = pick(over.worker_id, file.worker_id, default_worker_id());
+        if worker_id.trim().is_empty() {
+            return Err(Error::config("OUTBOX_WORKER_ID", "must not be empty"));
+        }
+
+        let defaults = Tuning {
+            concurrency: positive_int(
+                "OUTBOX_CONCURRENCY",
+                pick(over.concurrency, file.concurrency, 2),
+                256,
+            )? as usize,
+            batch_size: positive_int(
+                "OUTBOX_BATCH_SIZE",
+                pick(over.batch_size, file.batch_size, 100),
+                10_000,
+            )?,
+            lease: seconds(
+                "OUTBOX_LEASE_SECONDS",
+                pick(over.lease_seconds, file.lease_seconds, 30.0),
+                false,
+            )?,
+            max_processing: seconds(
+                "OUTBOX_MAX_PROCESSING_SECONDS",
+                pick(
+                    over.max_processing_seconds,
+                    file.max_processing_seconds,
+                    60.0,
+                ),
+                false,
+            )?,
+            max_attempts: positive_int(
+                "OUTBOX_MAX_ATTEMPTS",
+                pick(over.max_attempts, file.max_attempts, 5),
+                1_000,
+            )? as i32,
+            base_backoff: seconds(
+                "OUTBOX_BASE_BACKOFF_SECONDS",
+                pick(over.base_backoff_seconds, file.base_backoff_seconds, 1.0),
+                false,
+            )?,
+            max_backoff: seconds(
+                "OUTBOX_MAX_BACKOFF_SECONDS",
+                pick(over.max_backoff_seconds, file.max_backoff_seconds, 300.0),
+                false,
+            )?,
+        };
+        check_backoff("OUTBOX_MAX_BACKOFF_SECONDS", &defaults)?;
+
+        let mut projections: Vec<ProjectionSpec> = Vec::new();
+        for (i, p) in file.projection.into_iter().enumerate() {
+            let key = |k: &str| format!("projection[{i}].{k}");
+            valid_projection_name(&key("name"), &p.name)?;
+            if projections.iter().any(|q| q.name == p.name) {
+                return Err(Error::config(
+                    key("name"),
+                    format!("projection `{}` is listed twice", p.name),
+                ));
+            }
+            let t = &defaults;
+            let tuning = Tuning {
+                concurrency: match p.concurrency {
+                    Some(v) => positive_int(&key("concurrency"), v, 256)? as usize,
+                    None => t.concurrency,
+                },
+                batch_size: match p.batch_size {
+                    Some(v) => positive_int(&key("batch_size"), v, 10_000)?,
+                    None => t.batch_size,
+                },
+                lease: opt_seconds(&key("lease_seconds"), p.lease_seconds, t.lease)?,
+                max_processing: opt_seconds(
+                    &key("max_processing_seconds"),
+                    p.max_processing_seconds,
+                    t.max_processing,
+                )?,
+                max_attempts: match p.max_attempts {
+                    Some(v) => positive_int(&key("max_attempts"), v, 1_000)? as i32,
+                    None => t.max_attempts,
+                },
+                base_backoff: opt_seconds(
+                    &key("base_backoff_seconds"),
+                    p.base_backoff_seconds,
+                    t.base_backoff,
+                )?,
+                max_backoff: opt_seconds(
+                    &key("max_backoff_seconds"),
+                    p.max_backoff_seconds,
+                    t.max_backoff,
+                )?,
+            };
+            check_backoff(&key("max_backoff_seconds"), &tuning)?;
+            let plugin = if p.plugin.is_absolute() {
+                p.plugin
+            } else {
+                base_dir.join(p.plugin)
+            };
+            projections.push(ProjectionSpec {
+                name: p.name,
+                plugin,
+                ordering: p.ordering,
+                tuning,
+                config: p.config,
+            });
+        }
+        for flag in plugin_flags {
+            let (name, plugin) = parse_plugin_flag(flag)?;
+            valid_projection_name("--plugin", &name)?;
+            let spec = ProjectionSpec {
+                name: name.clone(),
+                plugin,
+                ordering: Ordering::default(),
+                tuning: defaults.clone(),
+                config: BTreeMap::new(),
+            };
+            match projections.iter_mut().find(|p| p.name == name) {
+                Some(existing) => {
+                    existing.plugin = spec.plugin;
+                }
+                None => projections.push(spec),
+            }
+        }
+        if projections.is_empty() {
+            return Err(Error::config(
+                "--plugin",
+                "no projection configured: pass --plugin NAME=PATH or list [[projection]] in --config",
+            ));
+        }
+
+        let http_port = pick(over.http_port, file.http_port, 8080);
+        let metrics_port = over
+            .metrics_port
+            .or(file.metrics_port)
+            .filter(|p| *p != http_port);
+        let run_seconds = seconds(
+            "OUTBOX_RUN_SECONDS",
+            pick(over.run_seconds, file.run_seconds, 0.0),
+            true,
+        )?;
+        let metric_prefix = pick(
+            over.dispatch_metric_prefix,
+            file.dispatch_metric_prefix,
+            "outbox_dispatch".to_owned(),
+        );
+        let prefix_ok = metric_prefix
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && metric_prefix
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !prefix_ok {
+            return Err(Error::config(
+                "OUTBOX_DISPATCH_METRIC_PREFIX",
+                format!("`{metric_prefix}` is not a valid Prometheus metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)"),
+            ));
+        }
+
+        Ok(Settings {
+            database_url,
+            worker_id,
+            poll_interval: seconds(
+                "OUTBOX_POLL_INTERVAL_SECONDS",
+                pick(over.poll_interval_seconds, file.poll_interval_seconds, 1.0),
+                false,
+            )?,
+            reclaim_interval: seconds(
+                "OUTBOX_RECLAIM_INTERVAL_SECONDS",
+                pick(
+                    over.reclaim_interval_seconds,
+                    file.reclaim_interval_seconds,
+                    5.0,
+                ),
+                false,
+            )?,
+            metrics_port,
+            http_port,
+            http_host: pick(over.http_host, file.http_host, IpAddr::from([0, 0, 0, 0])),
+            run_for: (run_seconds > Duration::ZERO).then_some(run_seconds),
+            metric_prefix,
+            metrics_refresh: seconds(
+                "OUTBOX_METRICS_REFRESH_SECONDS",
+                pick(
+                    over.metrics_refresh_seconds,
+                    file.metrics_refresh_seconds,
+                    5.0,
+                ),
+                false,
+            )?,
+            log_format: pick(over.log_format, file.log_format, LogFormat::Text),
+            projections,
+        })
+    }
+}
+
+fn opt_seconds(key: &str, v: Option<f64>, default: Duration) -> Result<Duration> {
+    v.map(|v| seconds(key, v, false)).unwrap_or(Ok(default))
+}
+
+fn check_backoff(key: &str, t: &Tuning) -> Result<()> {
+    if t.max_backoff < t.base_backoff {
+        return Err(Error::config(
+            key,
+            format!(
+                "the longest retry delay ({:?}) is shorter than the first one ({:?})",
+                t.max_backoff, t.base_backoff
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn over() -> Overrides {
+        Overrides {
+            database_url: Some("postgres://x@127.0.0.1/db".into()),
+            ..Overrides::default()
+        }
+    }
+
+    #[test]
+    fn plugin_flag_needs_name_and_path() {
+        let err = Settings::resolve(over(), None, &["nopath".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("--plugin:"), "{err}");
+        let s = Settings::resolve(over(), None, &["a=x.wasm".into()]).unwrap();
+        assert_eq!(s.projections[0].name, "a");
+        assert_eq!(s.projections[0].tuning.batch_size, 100);
+    }
+
+    #[test]
+    fn unknown_file_key_is_named_with_its_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "batch_size = 5\nbogus_key = 1\n").unwrap();
+        let err = Settings::resolve(over(), Some(&path), &["a=x.wasm".into()]).unwrap_err();
+        let text = err.to_string();
+        assert!(
+            text.contains("bogus_key") && text.contains("line 2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn projection_keys_override_globals_and_flags_override_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(
+            &path,
+            "batch_size = 5\nmax_attempts = 7\n[[projection]]\nname = \"a\"\nplugin = \"a.wasm\"\nbatch_size = 9\n\
+             ordering = \"none\"\n[projection.config]\nindex = \"books\"\n",
+        )
+        .unwrap();
+        let mut o = over();
+        o.max_attempts = Some(3);
+        let s = Settings::resolve(o, Some(&path), &[]).unwrap();
+        let p = &s.projections[0];
+        assert_eq!(p.tuning.batch_size, 9);
+        assert_eq!(p.tuning.max_attempts, 3);
+        assert_eq!(p.ordering, Ordering::None);
+        assert_eq!(p.plugin, dir.path().join("a.wasm"));
+        assert_eq!(p.config["index"], "books");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let mut o = over();
+        o.batch_size = Some(0);
+        let err = Settings::resolve(o, None, &["a=x.wasm".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("OUTBOX_BATCH_SIZE:"), "{err}");
+        let mut o = over();
+        o.base_backoff_seconds = Some(10.0);
+        o.max_backoff_seconds = Some(1.0);
+        let err = Settings::resolve(o, None, &["a=x.wasm".into()]).unwrap_err();
+        assert!(
+            err.to_string().starts_with("OUTBOX_MAX_BACKOFF_SECONDS:"),
+            "{err}"
+        );
+        let err = Settings::resolve(Overrides::default(), None, &["a=x.wasm".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("DATABASE_URL:"), "{err}");
+    }
+}

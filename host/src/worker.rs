@@ -1,0 +1,282 @@
+//! One claim loop: claim a batch, renew its lease while the plugin works, settle the outcomes,
+//! repeat. `OUTBOX_CONCURRENCY` of these run per projection in each host.
+//!
+//! Invariants:
+//! - A loop claims only while the host is not shutting down; a batch it has claimed is always
+//!   either settled or (at shutdown, past the grace period) released by the service.
+//! - The lease is renewed every third of its length while the batch runs, and never past the
+//!   batch's `max_processing` bound; the plugin call is interrupted at that bound.
+//! - When a claim comes back empty the loop sleeps until a NOTIFY for its projection, the poll
+//!   interval, or shutdown, whichever comes first. The wake-up is armed *before* the claim so a
+//!   notification that arrives during the claim is not lost.
+
+use crate::metrics::Metrics;
+use crate::outbox::{claim, lease, settle, Claim};
+use crate::plugin::{Handler, LoadedPlugin};
+use crate::settings::ProjectionSpec;
+use sqlx::PgPool;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, error, info, warn};
+
+/// What one loop needs.
+pub struct Worker {
+    /// The projection.
+    pub spec: Arc<ProjectionSpec>,
+    /// Its plugin version.
+    pub plugin: Arc<LoadedPlugin>,
+    /// The shared pool.
+    pub pool: PgPool,
+    /// This host's worker id.
+    pub worker_id: Arc<str>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
+    /// Woken by NOTIFY for this projection.
+    pub wake: Arc<Notify>,
+    /// Fallback polling interval.
+    pub poll_interval: Duration,
+    /// Cancelled at shutdown.
+    pub shutdown: CancellationToken,
+}
+
+impl Worker {
+    /// Runs until shutdown.
+    pub async fn run(self) {
+        let projection = self.spec.name.clone();
+        let mut handler = Some(Handler::new(self.plugin.clone()));
+        let mut failures: u32 = 0;
+        // The earliest retry this loop scheduled: waking then beats waiting for the next poll.
+        let mut next_retry: Option<tokio::time::Instant> = None;
+        while !self.shutdown.is_cancelled() {
+            let notified = self.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let claimed = claim::claim(&self.pool, &self.spec, &self.worker_id).await;
+            let idle = match claimed {
+                Ok(claim) if !claim.events.is_empty() => {
+                    failures = 0;
+                    let (h, retry_in) = self
+                        .process(claim, handler.take().expect("handler present"))
+                        .await;
+                    handler = Some(h);
+                    if let Some(d) = retry_in {
+                        let at = tokio::time::Instant::now() + d;
+                        next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
+                    }
+                    false
+                }
+                Ok(_) => {
+                    failures = 0;
+                    true
+                }
+                Err(e) => {
+                    failures += 1;
+                    error!(projection = %projection, error = %e, "claim failed");
+                    true
+                }
+            };
+            if idle {
+                // After repeated database errors back off up to 10 poll intervals.
+                let mut wait = self.poll_interval * failures.clamp(1, 10);
+                let now = tokio::time::Instant::now();
+                match next_retry {
+                    Some(at) if at <= now => {
+                        next_retry = None;
+                        wait = Duration::ZERO;
+                    }
+                    Some(at) => wait = wait.min(at - now),
+                    None => {}
+                }
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep(wait) => {}
+                    _ = self.shutdown.cancelled() => {}
+                }
+            }
+        }
+        debug!(projection = %projection, "claim loop stopped");
+    }
+
+    /// Handles one claimed batch end to end; gives the handler back with the shortest retry
+    /// delay it scheduled, if any.
+    async fn process(&self, claim: Claim, handler: Handler) -> (Handler, Option<Duration>) {
+        let started = Instant::now();
+        let projection = self.spec.name.as_str();
+        let tuning = &self.spec.tuning;
+        let reclaimed = claim.events.iter().filter(|e| e.reclaimed).count();
+        if reclaimed > 0 {
+            self.metrics
+                .reclaimed
+                .with_label_values(&[projection])
+                .inc_by(reclaimed as u64);
+            info!(projection, claim_batch_id = %claim.batch_id, reclaimed, "reclaimed events whose lease had expired");
+        }
+        debug!(projection, claim_batch_id = %claim.batch_id, size = claim.events.len(), "claimed batch");
+
+        let renewer = self.spawn_lease_renewal(claim.batch_id, started);
+        let budget = tuning.max_processing;
+        let claim = Arc::new(claim);
+        let call_started = Instant::now();
+        let (mut handler, verdicts, report) = {
+            let shared = claim.clone();
+            let mut handler = handler;
+            match tokio::task::spawn_blocking(move || {
+                let (verdicts, report) = handler.handle(&shared, budget);
+                (handler, verdicts, report)
+            })
+            .await
+            {
+                Ok((h, v, r)) => (Some(h), v, r),
+                Err(e) => {
+                    // The handler itself panicked (a host bug, not a plugin trap): charge the
+                    // batch as transient and start over with a fresh handler.
+                    error!(projection, error = %e, "plugin handler panicked");
+                    let v = vec![
+                        crate::outbox::Verdict::transient("host_panic", e.to_string());
+                        claim.events.len()
+                    ];
+                    (None, v, Default::default())
+                }
+            }
+        };
+        self.metrics
+            .plugin_call_duration
+            .with_label_values(&[projection])
+            .observe(call_started.elapsed().as_secs_f64());
+        if report.traps > 0 {
+            self.metrics
+                .plugin_traps
+                .with_label_values(&[projection])
+                .inc_by(report.traps.into());
+            warn!(projection, claim_batch_id = %claim.batch_id, traps = report.traps, calls = report.calls, "plugin trapped; batch bisected");
+        }
+        if report.contract_violations > 0 {
+            warn!(projection, claim_batch_id = %claim.batch_id, calls = report.calls, "plugin returned the wrong number of outcomes; batch bisected");
+        }
+        if report.timed_out {
+            warn!(projection, claim_batch_id = %claim.batch_id, budget_s = budget.as_secs_f64(), "plugin call interrupted at the batch deadline");
+        }
+        renewer.abort();
+
+        let version = handler
+            .as_ref()
+            .map(|h| h.plugin().version_label.clone())
+            .unwrap_or_else(|| self.plugin.version_label.clone());
+        let settled = self.settle_with_retry(&claim, &verdicts, &version).await;
+        let mut retry_in = None;
+        match settled {
+            Some(settled) => {
+                retry_in = settled.iter().filter_map(|s| s.retry_in).min();
+                if settled.len() < claim.events.len() {
+                    warn!(projection, claim_batch_id = %claim.batch_id, held = settled.len(), claimed = claim.events.len(),
+                        "lease lost before settling: outcomes of rows reclaimed elsewhere were discarded");
+                }
+                self.metrics
+                    .record_settled(projection, &claim.events, &verdicts, &settled);
+                self.log_retries(&claim, &verdicts, &settled);
+            }
+            None => {
+                warn!(projection, claim_batch_id = %claim.batch_id, "could not settle batch; its rows will be reclaimed after the lease")
+            }
+        }
+        self.metrics
+            .batch_duration
+            .with_label_values(&[projection])
+            .observe(started.elapsed().as_secs_f64());
+        let handler = handler
+            .take()
+            .unwrap_or_else(|| Handler::new(self.plugin.clone()));
+        (handler, retry_in)
+    }
+
+    /// Settles, retrying briefly on database errors within the lease: giving up only means the
+    /// rows are reclaimed and handled again, which idempotent plugins tolerate.
+    async fn settle_with_retry(
+        &self,
+        claim: &Claim,
+        verdicts: &[crate::outbox::Verdict],
+        version: &str,
+    ) -> Option<Vec<settle::Settled>> {
+        let give_up = Instant::now() + self.spec.tuning.lease;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            match settle::settle(&self.pool, claim, verdicts, &self.spec.tuning, version).await {
+                Ok(s) => return Some(s),
+                Err(e) if Instant::now() + delay < give_up => {
+                    warn!(projection = %self.spec.name, claim_batch_id = %claim.batch_id, error = %e, "settle failed; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => {
+                    error!(projection = %self.spec.name, claim_batch_id = %claim.batch_id, error = %e, "settle failed");
+                    return None;
+                }
+            }
+        }
+    }
+
+    fn log_retries(
+        &self,
+        claim: &Claim,
+        verdicts: &[crate::outbox::Verdict],
+        settled: &[settle::Settled],
+    ) {
+        use crate::outbox::Verdict;
+        for s in settled {
+            let Some(i) = claim.events.iter().position(|e| e.seq == s.seq) else {
+                continue;
+            };
+            let event = &claim.events[i];
+            match (&verdicts[i], s.status.as_str()) {
+                (Verdict::Transient { reason, message }, "pending") => info!(
+                    projection = %claim.projection, claim_batch_id = %claim.batch_id, event_id = %event.id,
+                    attempt = s.attempts, reason = %reason, error = %message,
+                    delay_ms = s.retry_in.map(|d| d.as_millis() as u64).unwrap_or(0),
+                    "retry scheduled"
+                ),
+                (
+                    Verdict::Transient { reason, message }
+                    | Verdict::Deterministic { reason, message },
+                    "failed",
+                ) => warn!(
+                    projection = %claim.projection, claim_batch_id = %claim.batch_id, event_id = %event.id,
+                    attempt = s.attempts, reason = %reason, error = %message,
+                    "event failed (terminal)"
+                ),
+                _ => {}
+            }
+        }
+    }
+
+    /// Renews the batch's lease every third of its length until aborted or the batch's
+    /// `max_processing` bound is reached.
+    fn spawn_lease_renewal(
+        &self,
+        batch_id: uuid::Uuid,
+        started: Instant,
+    ) -> tokio::task::JoinHandle<()> {
+        let pool = self.pool.clone();
+        let lease = self.spec.tuning.lease;
+        let bound = started + self.spec.tuning.max_processing;
+        let projection = self.spec.name.clone();
+        tokio::spawn(async move {
+            let every = lease / 3;
+            loop {
+                tokio::time::sleep(every).await;
+                if Instant::now() >= bound {
+                    warn!(projection = %projection, claim_batch_id = %batch_id, "batch exceeded OUTBOX_MAX_PROCESSING_SECONDS; lease no longer renewed");
+                    return;
+                }
+                match lease::renew(&pool, batch_id, lease).await {
+                    Ok(0) => return,
+                    Ok(_) => {}
+                    Err(e) => {
+                        warn!(projection = %projection, claim_batch_id = %batch_id, error = %e, "lease renewal failed")
+                    }
+                }
+            }
+        })
+    }
+}

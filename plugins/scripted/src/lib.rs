@@ -1,0 +1,133 @@
+//! `scripted`: a test plugin whose answer for each event is written in the event's payload, so
+//! host tests can drive every outcome through a real component.
+//!
+//! Payload keys (all optional except `outcome`):
+//! - `outcome`: `success` | `transient` | `deterministic` | `trap` (panics) |
+//!   `transient_then_success` (transient while `attempt <= fail_times`, then success) |
+//!   `wrong_count` (returns one outcome too many for the whole batch) | `spin` (loops forever).
+//! - `reason`, `message`: the failure's reason and message (defaults `es_connect` for transient,
+//!   `bad_payload` for deterministic).
+//! - `fail_times`: for `transient_then_success`, how many attempts fail first (default 1).
+//! - `sleep_ms`: sleep this long before answering (slow sinks, crash-mid-batch tests).
+//! - `log`: when true, logs `begin <id> <unix_micros>` and `end <id> <unix_micros>` at `info`
+//!   around the event, so tests can see when each event was being processed.
+//!
+//! A payload that is not a JSON object with a known `outcome` is a deterministic `bad_payload`.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "plugin",
+});
+
+use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
+use projector::plugin::log::{log, Level};
+use projector::plugin::types::Failure;
+use serde_json::Value;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+struct Scripted;
+
+fn now_micros() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros())
+        .unwrap_or(0)
+}
+
+fn failure(script: &Value, default_reason: &str) -> Failure {
+    let text = |key: &str| script.get(key).and_then(Value::as_str).map(str::to_owned);
+    Failure {
+        reason: text("reason").unwrap_or_else(|| default_reason.to_owned()),
+        message: text("message").unwrap_or_else(|| format!("scripted {default_reason}")),
+    }
+}
+
+/// The outcome for one event; `None` means "return the wrong number of outcomes".
+fn run(event: &Event) -> Option<Outcome> {
+    let script: Value = match serde_json::from_str(&event.payload) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => {
+            return Some(Outcome::Deterministic(Failure {
+                reason: "bad_payload".into(),
+                message: format!("payload of {} is not a JSON object", event.id),
+            }))
+        }
+    };
+    let logged = script.get("log").and_then(Value::as_bool).unwrap_or(false);
+    if logged {
+        log(
+            Level::Info,
+            Some(&event.id),
+            &format!("begin {} {}", event.id, now_micros()),
+        );
+    }
+    if let Some(ms) = script.get("sleep_ms").and_then(Value::as_u64) {
+        std::thread::sleep(Duration::from_millis(ms));
+    }
+    let outcome = match script.get("outcome").and_then(Value::as_str).unwrap_or("") {
+        "success" => Some(Outcome::Success),
+        "transient" => Some(Outcome::Transient(failure(&script, "es_connect"))),
+        "deterministic" => Some(Outcome::Deterministic(failure(&script, "bad_payload"))),
+        "transient_then_success" => {
+            let fail_times = script
+                .get("fail_times")
+                .and_then(Value::as_u64)
+                .unwrap_or(1);
+            if u64::from(event.attempt) > fail_times {
+                Some(Outcome::Success)
+            } else {
+                Some(Outcome::Transient(failure(&script, "es_connect")))
+            }
+        }
+        "trap" => panic!("scripted trap for event {}", event.id),
+        "spin" => {
+            let mut n: u64 = 0;
+            loop {
+                n = std::hint::black_box(n.wrapping_add(1));
+            }
+        }
+        "wrong_count" => None,
+        other => Some(Outcome::Deterministic(Failure {
+            reason: "bad_payload".into(),
+            message: format!("unknown scripted outcome {other:?}"),
+        })),
+    };
+    if logged {
+        log(
+            Level::Info,
+            Some(&event.id),
+            &format!("end {} {}", event.id, now_micros()),
+        );
+    }
+    outcome
+}
+
+impl Guest for Scripted {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "scripted".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            event_types: vec!["*".into()],
+        }
+    }
+
+    fn handle(events: Vec<Event>) -> Vec<Outcome> {
+        let mut outcomes = Vec::with_capacity(events.len() + 1);
+        let mut wrong_count = false;
+        for event in &events {
+            match run(event) {
+                Some(outcome) => outcomes.push(outcome),
+                None => {
+                    wrong_count = true;
+                    outcomes.push(Outcome::Success);
+                }
+            }
+        }
+        if wrong_count {
+            outcomes.push(Outcome::Success);
+        }
+        outcomes
+    }
+}
+
+export!(Scripted);

@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{debug, error, info, warn};
+use tracing::{debug, error, info, warn, Instrument};
 
 /// What one loop needs.
 pub struct Worker {
@@ -57,9 +57,15 @@ impl Worker {
             let idle = match claimed {
                 Ok(claim) if !claim.events.is_empty() => {
                     failures = 0;
-                    let (h, retry_in) = self
-                        .process(claim, handler.take().expect("handler present"))
-                        .await;
+                    let span = tracing::info_span!(
+                        "projection.process_batch",
+                        projection = %projection,
+                        claim_batch_id = %claim.batch_id,
+                        worker_id = %self.worker_id,
+                        batch_size = claim.events.len(),
+                    );
+                    let handler_in = handler.take().expect("handler present");
+                    let (h, retry_in) = self.process(claim, handler_in).instrument(span).await;
                     handler = Some(h);
                     if let Some(d) = retry_in {
                         let at = tokio::time::Instant::now() + d;

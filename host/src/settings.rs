@@ -281,7 +281,7 @@ fn read_file(path: &Path) -> Result<FileConfig> {
     toml::from_str(&text).map_err(|e| {
         let line = e
             .span()
-            .map(|s| format!(" line {}", text[..s.start].lines().count().max(1)))
+            .map(|s| format!(" line {}", text[..s.start].matches('\n').count() + 1))
             .unwrap_or_default();
         Error::config(
             format!("{}{line}", path.display()),

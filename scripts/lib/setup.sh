@@ -1,20 +1,25 @@
-# Shared by scripts/demo and scripts/test: install what is missing, build, throwaway Postgres.
-# Source it; it defines functions only.
+# Shared by scripts/demo and scripts/test: install what is missing, build the plugins, and run a
+# throwaway Postgres cluster. Source it; it defines functions only.
 
-# Installs the Postgres server (Debian's `postgresql`) if absent and the wasm32-wasip2 target.
+# Installs the Postgres server (Debian's `postgresql`), curl, and the wasm32-wasip2 target if absent.
 ensure_prerequisites() {
-    if ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then
-        echo "==> installing PostgreSQL (apt)"
+    local missing=()
+    compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+    command -v curl >/dev/null || missing+=(curl)
+    command -v python3 >/dev/null || missing+=(python3)
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]} (apt)" >&2
         apt-get update -qq
-        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq postgresql >/dev/null
-    fi
-    if ! command -v curl >/dev/null; then
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq curl >/dev/null
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
     fi
     if ! rustup target list --installed | grep -qx wasm32-wasip2; then
-        echo "==> adding the wasm32-wasip2 Rust target"
+        echo "==> adding the wasm32-wasip2 Rust target" >&2
         rustup target add wasm32-wasip2
     fi
+}
+
+build_plugins() {
+    cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release --quiet
 }
 
 pg_bin() {
@@ -22,33 +27,41 @@ pg_bin() {
 }
 
 free_port() {
-    python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'
+    python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
 }
 
-# pg_start DIR: starts a throwaway cluster in DIR (as user postgres: initdb refuses root) on a
-# free port; sets PG_PORT, PG_DIR and PG_ADMIN_URL.
+# initdb and postgres refuse to run as root: run them as `postgres` then.
+as_postgres() {
+    if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else "$@"; fi
+}
+
+# pg_start DIR: a throwaway cluster in DIR (created, must not hold anything else) on a free port.
+# Sets PG_DIR, PG_PORT and PG_ADMIN_URL. fsync is off: the data is thrown away.
 pg_start() {
     PG_DIR=$1
     local bin
     bin=$(pg_bin)
     rm -rf "$PG_DIR"
-    mkdir -p "$PG_DIR/data" "$PG_DIR/sock"
-    chown -R postgres:postgres "$PG_DIR"
-    chmod 700 "$PG_DIR/data"
-    runuser -u postgres -- "$bin/initdb" -D "$PG_DIR/data" -A trust -U postgres >"$PG_DIR/initdb.log" 2>&1 \
-        || { cat "$PG_DIR/initdb.log"; return 1; }
-    PG_PORT=$(free_port)
-    runuser -u postgres -- "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w start \
-        -o "-p $PG_PORT -k $PG_DIR/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" >/dev/null \
-        || { cat "$PG_DIR/server.log"; return 1; }
-    PG_ADMIN_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+    mkdir -p "$PG_DIR/sock"
+    [ "$(id -u)" = 0 ] && chown -R postgres: "$PG_DIR"
+    as_postgres "$bin/initdb" -D "$PG_DIR/data" -A trust -U postgres -E UTF8 --locale=C --no-sync \
+        >"$PG_DIR/initdb.log" 2>&1 || { cat "$PG_DIR/initdb.log" >&2; return 1; }
+    local _
+    for _ in 1 2 3 4 5; do
+        PG_PORT=$(free_port)
+        if as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start \
+            -o "-p $PG_PORT -k $PG_DIR/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" \
+            >/dev/null; then
+            PG_ADMIN_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
+            return 0
+        fi
+    done
+    echo "could not start PostgreSQL:" >&2
+    cat "$PG_DIR/server.log" >&2
+    return 1
 }
 
 pg_stop() {
     [ -n "${PG_DIR:-}" ] && [ -d "$PG_DIR/data" ] || return 0
-    runuser -u postgres -- "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
-}
-
-build_plugins() {
-    cargo build --manifest-path plugins/Cargo.toml --target wasm32-wasip2 --release --quiet
+    as_postgres "$(pg_bin)/pg_ctl" -D "$PG_DIR/data" -m immediate stop >/dev/null 2>&1 || true
 }

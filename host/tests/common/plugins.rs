@@ -1,0 +1,54 @@
+//! The guest components under test, built from plugins/ on first use.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+
+use super::{output_text, repo_root};
+
+static PLUGINS_BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+
+/// The path of `plugins/target/wasm32-wasip2/release/<name>.wasm`, building the plugins workspace
+/// first (once per test process; cargo's own lock serialises concurrent test processes).
+pub fn plugin(name: &str) -> PathBuf {
+    let root = repo_root();
+    let built = PLUGINS_BUILT.get_or_init(|| {
+        let mut cmd = Command::new("cargo");
+        cmd.current_dir(&root)
+            .args(["build", "--manifest-path", "plugins/Cargo.toml"])
+            .args(["--target", "wasm32-wasip2", "--release"])
+            .stdin(Stdio::null());
+        // The outer `cargo test` may carry settings meant for the host build, not for guests.
+        for var in [
+            "CARGO_TARGET_DIR",
+            "CARGO_BUILD_TARGET",
+            "RUSTFLAGS",
+            "CARGO_ENCODED_RUSTFLAGS",
+            "CARGO_BUILD_RUSTFLAGS",
+        ] {
+            cmd.env_remove(var);
+        }
+        match cmd.output() {
+            Ok(out) if out.status.success() => Ok(()),
+            Ok(out) => Err(format!(
+                "building the plugins failed ({}):\n{}",
+                out.status,
+                output_text(&out)
+            )),
+            Err(e) => Err(format!("cannot run cargo to build the plugins: {e}")),
+        }
+    });
+    if let Err(message) = built {
+        panic!("{message}");
+    }
+    let path = root
+        .join("plugins/target/wasm32-wasip2/release")
+        .join(format!("{name}.wasm"));
+    assert!(path.is_file(), "no plugin component at {}", path.display());
+    path
+}
+
+/// `NAME=PATH` for `--plugin`.
+pub fn plugin_spec(projection: &str, path: &Path) -> String {
+    format!("{projection}={}", path.display())
+}

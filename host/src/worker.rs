@@ -239,7 +239,7 @@ impl Worker {
                 (Verdict::Transient { reason, message }, "pending") => info!(
                     projection = %claim.projection, claim_batch_id = %claim.batch_id, event_id = %event.id,
                     attempt = s.attempts, reason = %reason, error = %message,
-                    delay_ms = s.retry_in.map(|d| d.as_millis() as u64).unwrap_or(0),
+                    delay_ms = s.retry_in.map(|d| d.as_secs_f64() * 1000.0).unwrap_or(0.0),
                     "retry scheduled"
                 ),
                 (

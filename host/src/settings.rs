@@ -127,6 +127,31 @@ pub struct Overrides {
     /// `text` or `json` [default: text].
     #[arg(long, env = "OUTBOX_LOG_FORMAT", value_name = "OUTBOX_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Elasticsearch/OpenSearch URL for the `search` capability.
+    #[arg(long, env = "ELASTIC_URL", value_name = "ELASTIC_URL")]
+    pub elastic_url: Option<String>,
+    /// Basic-auth user for ELASTIC_URL.
+    #[arg(long, env = "ELASTIC_USERNAME", value_name = "ELASTIC_USERNAME")]
+    pub elastic_username: Option<String>,
+    /// Basic-auth password for ELASTIC_URL.
+    #[arg(
+        long,
+        env = "ELASTIC_PASSWORD",
+        value_name = "ELASTIC_PASSWORD",
+        hide_env_values = true
+    )]
+    pub elastic_password: Option<String>,
+    /// API key for ELASTIC_URL (instead of basic auth).
+    #[arg(
+        long,
+        env = "ELASTIC_API_KEY",
+        value_name = "ELASTIC_API_KEY",
+        hide_env_values = true
+    )]
+    pub elastic_api_key: Option<String>,
+    /// The index a search projection writes when its config names none (config key `index`).
+    #[arg(long, env = "ELASTIC_INDEX", value_name = "ELASTIC_INDEX")]
+    pub elastic_index: Option<String>,
 }
 
 /// The TOML file's shape. Unknown keys are errors.
@@ -151,6 +176,11 @@ struct FileConfig {
     dispatch_metric_prefix: Option<String>,
     metrics_refresh_seconds: Option<f64>,
     log_format: Option<LogFormat>,
+    elastic_url: Option<String>,
+    elastic_username: Option<String>,
+    elastic_password: Option<String>,
+    elastic_api_key: Option<String>,
+    elastic_index: Option<String>,
     #[serde(default)]
     projection: Vec<FileProjection>,
 }
@@ -171,6 +201,43 @@ struct FileProjection {
     max_backoff_seconds: Option<f64>,
     #[serde(default)]
     config: BTreeMap<String, String>,
+    #[serde(default)]
+    grants: Grants,
+}
+
+/// The capabilities a projection's plugin may import, beyond `log` and `config`. A plugin that
+/// imports a capability its projection was not granted is refused at load.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Grants {
+    /// `search`: the indices the plugin may write, exact names or prefixes ending in `*`.
+    #[serde(default)]
+    pub search_indices: Vec<String>,
+    /// `sql`: the tables (optionally `schema.table`) the projection's role may read and write.
+    #[serde(default)]
+    pub sql_tables: Vec<String>,
+}
+
+impl Grants {
+    /// Whether the `search` capability is granted.
+    pub fn search(&self) -> bool {
+        !self.search_indices.is_empty()
+    }
+
+    /// Whether the `sql` capability is granted.
+    pub fn sql(&self) -> bool {
+        !self.sql_tables.is_empty()
+    }
+
+    /// Whether `index` is one of the granted indices.
+    pub fn allows_index(&self, index: &str) -> bool {
+        self.search_indices
+            .iter()
+            .any(|g| match g.strip_suffix('*') {
+                Some(prefix) => index.starts_with(prefix),
+                None => g == index,
+            })
+    }
 }
 
 /// Per-projection delivery tuning.
@@ -205,6 +272,19 @@ pub struct ProjectionSpec {
     pub tuning: Tuning,
     /// The plugin's configuration map.
     pub config: BTreeMap<String, String>,
+    /// Capabilities granted to the plugin.
+    pub grants: Grants,
+}
+
+/// How the host reaches the search cluster. Plugins never see any of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ElasticSettings {
+    /// Base URL.
+    pub url: String,
+    /// Basic auth, if any.
+    pub basic_auth: Option<(String, String)>,
+    /// API key, if any.
+    pub api_key: Option<String>,
 }
 
 /// Everything `projector run` needs, validated.
@@ -234,6 +314,8 @@ pub struct Settings {
     pub log_format: LogFormat,
     /// The projections, in the order given.
     pub projections: Vec<ProjectionSpec>,
+    /// The search cluster, when any projection is granted `search`.
+    pub elastic: Option<ElasticSettings>,
 }
 
 /// Picks the first value present: flag/env, then file, then the default.
@@ -326,9 +408,24 @@ impl Settings {
         config: Option<&Path>,
         plugin_flags: &[String],
     ) -> Result<Self> {
-        let file = match config {
+        let mut over = over;
+        let mut file = match config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
+        };
+        let elastic_over = ElasticInput {
+            url: over.elastic_url.take(),
+            username: over.elastic_username.take(),
+            password: over.elastic_password.take(),
+            api_key: over.elastic_api_key.take(),
+            index: over.elastic_index.take(),
+        };
+        let elastic_file = ElasticInput {
+            url: file.elastic_url.take(),
+            username: file.elastic_username.take(),
+            password: file.elastic_password.take(),
+            api_key: file.elastic_api_key.take(),
+            index: file.elastic_index.take(),
         };
         let base_dir = config
             .and_then(Path::parent)
@@ -446,6 +543,7 @@ impl Settings {
                 ordering: p.ordering,
                 tuning,
                 config: p.config,
+                grants: p.grants,
             });
         }
         for flag in plugin_flags {
@@ -457,6 +555,7 @@ impl Settings {
                 ordering: Ordering::default(),
                 tuning: defaults.clone(),
                 config: BTreeMap::new(),
+                grants: Grants::default(),
             };
             match projections.iter_mut().find(|p| p.name == name) {
                 Some(existing) => {
@@ -501,7 +600,10 @@ impl Settings {
             ));
         }
 
+        let elastic = resolve_elastic(elastic_over, elastic_file, &mut projections)?;
+
         Ok(Settings {
+            elastic,
             database_url,
             worker_id,
             poll_interval: seconds(
@@ -536,6 +638,77 @@ impl Settings {
             projections,
         })
     }
+}
+
+/// The search cluster settings, required when a projection is granted `search`. A search
+/// projection without an `index` in its config gets `ELASTIC_INDEX`.
+struct ElasticInput {
+    url: Option<String>,
+    username: Option<String>,
+    password: Option<String>,
+    api_key: Option<String>,
+    index: Option<String>,
+}
+
+fn resolve_elastic(
+    over: ElasticInput,
+    file: ElasticInput,
+    projections: &mut [ProjectionSpec],
+) -> Result<Option<ElasticSettings>> {
+    let first = |a: Option<String>, b: Option<String>| a.or(b).filter(|v| !v.is_empty());
+    let index = first(over.index, file.index);
+    let searching: Vec<&mut ProjectionSpec> = projections
+        .iter_mut()
+        .filter(|p| p.grants.search())
+        .collect();
+    if searching.is_empty() {
+        return Ok(None);
+    }
+    let url = first(over.url, file.url).ok_or_else(|| {
+        Error::config(
+            "ELASTIC_URL",
+            format!(
+                "not set, but projection `{}` is granted `search`",
+                searching[0].name
+            ),
+        )
+    })?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) {
+        return Err(Error::config(
+            "ELASTIC_URL",
+            format!("`{url}` is not an http(s) URL"),
+        ));
+    }
+    for p in searching {
+        if !p.config.contains_key("index") {
+            if let Some(index) = &index {
+                p.config.insert("index".to_owned(), index.clone());
+            }
+        }
+    }
+    let user = first(over.username, file.username);
+    let password = first(over.password, file.password);
+    let basic_auth = match (user, password) {
+        (Some(u), Some(p)) => Some((u, p)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(Error::config(
+                "ELASTIC_PASSWORD",
+                "ELASTIC_USERNAME is set but the password is not",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(Error::config(
+                "ELASTIC_USERNAME",
+                "ELASTIC_PASSWORD is set but the user is not",
+            ))
+        }
+    };
+    Ok(Some(ElasticSettings {
+        url,
+        basic_auth,
+        api_key: first(over.api_key, file.api_key),
+    }))
 }
 
 fn opt_seconds(key: &str, v: Option<f64>, default: Duration) -> Result<Duration> {

@@ -27,6 +27,7 @@ fn spec(projection: &str, ordering: Ordering) -> ProjectionSpec {
             max_backoff: Duration::from_millis(500),
         },
         config: BTreeMap::new(),
+        grants: Default::default(),
     }
 }
 

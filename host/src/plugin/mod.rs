@@ -100,6 +100,7 @@ impl Runtime {
                 root_cause(&e)
             ))
         })?;
+        check_grants(&component, &self.engine, spec).map_err(fail)?;
         let pre = self
             .linker
             .instantiate_pre(&component)
@@ -143,6 +144,36 @@ impl Runtime {
         };
         Ok(Arc::new(plugin))
     }
+}
+
+/// The capability interfaces a plugin may import only when its projection grants them.
+const GRANTED_CAPABILITIES: &[(&str, &str, fn(&crate::settings::Grants) -> bool)] = &[
+    (
+        "projector:plugin/search@",
+        "search",
+        crate::settings::Grants::search,
+    ),
+    ("projector:plugin/sql@", "sql", crate::settings::Grants::sql),
+];
+
+/// Refuses a component that imports a capability its projection was not granted.
+fn check_grants(
+    component: &Component,
+    engine: &Engine,
+    spec: &ProjectionSpec,
+) -> Result<(), String> {
+    for (name, _) in component.component_type().imports(engine) {
+        for (prefix, capability, granted) in GRANTED_CAPABILITIES {
+            if name.starts_with(prefix) && !granted(&spec.grants) {
+                return Err(format!(
+                    "imports the `{capability}` capability, which projection `{}` is not granted \
+                     (grant it under [projection.grants] in the config file)",
+                    spec.name
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// What a plugin said about itself in `describe()`.

@@ -70,6 +70,7 @@ async fn bind(host: std::net::IpAddr, port: u16, key: &str) -> Result<tokio::net
 pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
     let runtime =
         Runtime::new().map_err(|e| anyhow::anyhow!("starting the WebAssembly runtime: {e:#}"))?;
+    let runtime = runtime.with_search(settings.elastic.as_ref())?;
     let mut plugins: Vec<Arc<LoadedPlugin>> = Vec::new();
     for spec in &settings.projections {
         plugins.push(runtime.load(spec, &settings.worker_id)?);

@@ -1,7 +1,8 @@
 # Shared by scripts/demo and scripts/test: install what is missing, build the plugins, and run a
 # throwaway Postgres cluster. Source it; it defines functions only.
 
-# Installs the Postgres server (Debian's `postgresql`), curl, and the wasm32-wasip2 target if absent.
+# Installs the Postgres server (Debian's `postgresql`), curl, the wasm32-wasip2 target and
+# osmem-server if absent.
 ensure_prerequisites() {
     local missing=()
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
@@ -16,6 +17,23 @@ ensure_prerequisites() {
         echo "==> adding the wasm32-wasip2 Rust target" >&2
         rustup target add wasm32-wasip2
     fi
+    ensure_osmem
+}
+
+# The search tests' server: osmem-server (PyPI), an in-memory OpenSearch-compatible Go binary.
+# pip does not put it on PATH; the tests find it through the Python package (or OSMEM_SERVER_BIN).
+ensure_osmem() {
+    command -v osmem-server >/dev/null && return 0
+    [ -n "${OSMEM_SERVER_BIN:-}" ] && return 0
+    python3 -c 'import osmem_server' 2>/dev/null && return 0
+    echo "==> installing osmem-server (pip)" >&2
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    fi
+    # Debian's system Python refuses plain installs (PEP 668); the binary has no Python deps.
+    python3 -m pip install --quiet osmem-server 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages osmem-server
 }
 
 build_plugins() {

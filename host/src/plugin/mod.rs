@@ -15,6 +15,7 @@
 mod config;
 pub mod limits;
 mod log;
+mod search;
 
 use crate::outbox::{sanitize_reason, Claim, ClaimedEvent, Verdict};
 use crate::settings::ProjectionSpec;
@@ -43,6 +44,10 @@ pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: StoreLimits,
+    /// This projection's `search` access; `None` when it is not granted.
+    search: Option<search::SearchAccess>,
+    /// When the current batch must be done: bounds what a capability call may wait for.
+    deadline: Option<Instant>,
     projection: Arc<str>,
     worker_id: Arc<str>,
     claim_batch_id: Option<Uuid>,
@@ -65,6 +70,7 @@ pub struct Runtime {
     engine: Engine,
     linker: Linker<PluginState>,
     _ticker: limits::EpochTicker,
+    search: Option<search::SearchClient>,
 }
 
 impl Runtime {
@@ -76,13 +82,25 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
+        search::add_to_linker(&mut linker)?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         let _ticker = limits::EpochTicker::start(&engine);
         Ok(Runtime {
             engine,
             linker,
             _ticker,
+            search: None,
         })
+    }
+
+    /// Connects the `search` capability to the cluster in `elastic` (when there is one). Call it
+    /// inside the tokio runtime, before loading plugins.
+    pub fn with_search(
+        mut self,
+        elastic: Option<&crate::settings::ElasticSettings>,
+    ) -> Result<Self, Error> {
+        self.search = elastic.map(search::SearchClient::new).transpose()?;
+        Ok(self)
     }
 
     /// Compiles and validates `spec`'s plugin for this host's `worker_id`.
@@ -115,6 +133,11 @@ impl Runtime {
             worker_id: worker_id.into(),
             config: Arc::new(spec.config.clone()),
             engine: self.engine.clone(),
+            search: self
+                .search
+                .clone()
+                .filter(|_| spec.grants.search())
+                .map(|client| search::SearchAccess::new(client, spec.grants.clone())),
             pre,
             digest,
             info: PluginInfo::default(),
@@ -193,6 +216,7 @@ pub struct LoadedPlugin {
     worker_id: Arc<str>,
     config: Arc<BTreeMap<String, String>>,
     engine: Engine,
+    search: Option<search::SearchAccess>,
     pre: PluginPre<PluginState>,
     /// sha256 of the component's bytes, hex.
     pub digest: String,
@@ -209,6 +233,8 @@ impl LoadedPlugin {
             // Nothing inherited: no env, args, preopens, sockets or stdio.
             wasi: WasiCtx::builder().build(),
             table: ResourceTable::new(),
+            search: self.search.clone(),
+            deadline: None,
             limits: StoreLimitsBuilder::new()
                 .memory_size(limits::DEFAULT_MEMORY_BYTES)
                 .instances(16)
@@ -400,6 +426,7 @@ impl Handler {
             },
         };
         instance.store.data_mut().claim_batch_id = Some(batch_id);
+        instance.store.data_mut().deadline = Some(deadline);
         report.calls += 1;
         let failure = match instance.call(events, remaining) {
             Ok(outcomes) if outcomes.len() == events.len() => {

@@ -11,6 +11,7 @@
 
 mod logs;
 mod metrics;
+mod osmem;
 mod plugins;
 mod postgres;
 mod process;
@@ -25,6 +26,8 @@ use std::time::{Duration, Instant};
 pub use logs::*;
 #[allow(unused_imports)]
 pub use metrics::*;
+#[allow(unused_imports)]
+pub use osmem::*;
 #[allow(unused_imports)]
 pub use plugins::*;
 #[allow(unused_imports)]

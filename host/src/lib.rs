@@ -12,6 +12,7 @@
 //! - [`outbox`]: the delivery state machine (claiming, settling outcomes, leases and reclaim,
 //!   the retry policy), each transition a SQL statement kept next to the Rust that runs it.
 //! - [`plugin`]: the WebAssembly runtime, the capabilities a plugin may import, sandbox limits.
+//! - [`sql_roles`]: the database roles and grants behind the `sql` capability.
 //! - [`worker`]: one claim → call → settle loop.
 //! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`service`]: `projector run`: wiring, wake-ups, signals, shutdown.
@@ -26,6 +27,7 @@ pub mod outbox;
 pub mod plugin;
 pub mod service;
 pub mod settings;
+pub mod sql_roles;
 pub mod worker;
 
 pub use error::{Error, Result};

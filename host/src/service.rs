@@ -89,6 +89,13 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
     if migrate {
         crate::db::migrate(&pool).await?;
     }
+    let sql_pools: HashMap<String, PgPool> =
+        crate::sql_roles::provision(&pool, &settings.database_url, &settings.projections, |p| {
+            p.tuning.concurrency as u32 + 1
+        })
+        .await?
+        .into_iter()
+        .collect();
 
     let metrics = Arc::new(Metrics::new(&settings.metric_prefix));
     let shutdown = CancellationToken::new();
@@ -151,6 +158,7 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
                 spec: spec.clone(),
                 plugin: plugin.clone(),
                 pool: pool.clone(),
+                sql_pool: sql_pools.get(&spec.name).cloned(),
                 worker_id: worker_id.clone(),
                 metrics: metrics.clone(),
                 wake: wakes[&spec.name].clone(),

@@ -29,6 +29,8 @@ pub struct Worker {
     pub plugin: Arc<LoadedPlugin>,
     /// The shared pool.
     pub pool: PgPool,
+    /// For `sql` projections: the pool logged in as the projection's role.
+    pub sql_pool: Option<PgPool>,
     /// This host's worker id.
     pub worker_id: Arc<str>,
     /// Metrics.
@@ -125,16 +127,39 @@ impl Worker {
         let budget = tuning.max_processing;
         let claim = Arc::new(claim);
         let call_started = Instant::now();
-        let (mut handler, verdicts, report) = {
+        // A sql projection's writes and its outcomes share one transaction on its own role.
+        let tx = match &self.sql_pool {
+            Some(pool) => match pool.begin().await {
+                Ok(tx) => Some(tx),
+                Err(e) => {
+                    warn!(projection, error = %e, "cannot open the projection's transaction; releasing the batch");
+                    renewer.abort();
+                    if let Err(e) =
+                        lease::release(&self.pool, &self.worker_id, Some(claim.batch_id)).await
+                    {
+                        warn!(projection, error = %e, "release failed; the batch will be reclaimed after its lease");
+                    }
+                    return (handler, Some(self.poll_interval));
+                }
+            },
+            None => None,
+        };
+        let (mut handler, verdicts, report, tx) = {
             let shared = claim.clone();
             let mut handler = handler;
-            match tokio::task::spawn_blocking(move || {
-                let (verdicts, report) = handler.handle(&shared, budget);
-                (handler, verdicts, report)
+            match tokio::task::spawn_blocking(move || match tx {
+                Some(tx) => {
+                    let (verdicts, report, tx) = handler.handle_in_transaction(&shared, tx, budget);
+                    (handler, verdicts, report, Some(tx))
+                }
+                None => {
+                    let (verdicts, report) = handler.handle(&shared, budget);
+                    (handler, verdicts, report, None)
+                }
             })
             .await
             {
-                Ok((h, v, r)) => (Some(h), v, r),
+                Ok((h, v, r, tx)) => (Some(h), v, r, tx),
                 Err(e) => {
                     // The handler itself panicked (a host bug, not a plugin trap): charge the
                     // batch as transient and start over with a fresh handler.
@@ -143,7 +168,7 @@ impl Worker {
                         crate::outbox::Verdict::transient("host_panic", e.to_string());
                         claim.events.len()
                     ];
-                    (None, v, Default::default())
+                    (None, v, Default::default(), None)
                 }
             }
         };
@@ -156,13 +181,23 @@ impl Worker {
                 .plugin_traps
                 .with_label_values(&[projection])
                 .inc_by(report.traps.into());
-            warn!(projection, claim_batch_id = %claim.batch_id, traps = report.traps, calls = report.calls, "plugin trapped; batch bisected");
+            warn!(
+                traps = report.traps,
+                calls = report.calls,
+                "plugin trapped; batch bisected"
+            );
         }
         if report.contract_violations > 0 {
-            warn!(projection, claim_batch_id = %claim.batch_id, calls = report.calls, "plugin returned the wrong number of outcomes; batch bisected");
+            warn!(
+                calls = report.calls,
+                "plugin returned the wrong number of outcomes; batch bisected"
+            );
         }
         if report.timed_out {
-            warn!(projection, claim_batch_id = %claim.batch_id, budget_s = budget.as_secs_f64(), "plugin call interrupted at the batch deadline");
+            warn!(
+                budget_s = budget.as_secs_f64(),
+                "plugin call interrupted at the batch deadline"
+            );
         }
         renewer.abort();
 
@@ -170,7 +205,17 @@ impl Worker {
             .as_ref()
             .map(|h| h.plugin().version_label.clone())
             .unwrap_or_else(|| self.plugin.version_label.clone());
-        let settled = self.settle_with_retry(&claim, &verdicts, &version).await;
+        let settled = match tx {
+            Some(Ok(tx)) => {
+                self.settle_in_transaction(tx, &claim, &verdicts, &version)
+                    .await
+            }
+            Some(Err(e)) => {
+                warn!(error = %e, "the projection's transaction failed; nothing of the batch was committed");
+                None
+            }
+            None => self.settle_with_retry(&claim, &verdicts, &version).await,
+        };
         let mut retry_in = None;
         match settled {
             Some(settled) => {
@@ -219,6 +264,50 @@ impl Worker {
                     error!(projection = %self.spec.name, claim_batch_id = %claim.batch_id, error = %e, "settle failed");
                     return None;
                 }
+            }
+        }
+    }
+
+    /// Records the outcomes on the projection's own transaction and commits it with the plugin's
+    /// writes. If the claim was lost meanwhile (any row reclaimed elsewhere) nothing is
+    /// committed: the new holder will apply those events, and exactly once.
+    async fn settle_in_transaction(
+        &self,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        claim: &Claim,
+        verdicts: &[crate::outbox::Verdict],
+        version: &str,
+    ) -> Option<Vec<settle::Settled>> {
+        let settled = settle::settle_on(
+            &mut tx,
+            claim,
+            verdicts,
+            &self.spec.tuning,
+            version,
+            settle::Route::Function,
+        )
+        .await;
+        let settled = match settled {
+            Ok(s) if s.len() == claim.events.len() => s,
+            Ok(s) => {
+                warn!(
+                    held = s.len(),
+                    claimed = claim.events.len(),
+                    "lease lost before settling: rolling back the batch's writes"
+                );
+                let _ = tx.rollback().await;
+                return None;
+            }
+            Err(e) => {
+                warn!(error = %e, "settling inside the projection's transaction failed; nothing committed");
+                return None;
+            }
+        };
+        match tx.commit().await {
+            Ok(()) => Some(settled),
+            Err(e) => {
+                warn!(error = %e, "commit failed; nothing of the batch was recorded");
+                None
             }
         }
     }

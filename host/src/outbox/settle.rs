@@ -10,7 +10,21 @@ use crate::settings::Tuning;
 use sqlx::{PgConnection, PgPool};
 use std::time::Duration;
 
-const SETTLE_SQL: &str = include_str!("settle.sql");
+/// The settle statement. Also installed as the body of the `projector_settle` function that
+/// `sql` projections call from their own role (see `crate::sql_roles`).
+pub const SETTLE_SQL: &str = include_str!("settle.sql");
+
+/// How a settle reaches the database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The statement itself, on the host's own connection.
+    Direct,
+    /// Through `projector_settle(...)` (the same statement as a SECURITY DEFINER function), on a
+    /// connection logged in as a projection's restricted role.
+    Function,
+}
+
+const SETTLE_FUNCTION_CALL: &str = "SELECT * FROM projector_settle($1, $2, $3, $4, $5, $6, $7, $8)";
 
 /// What one settled row became.
 #[derive(Debug, Clone, PartialEq)]
@@ -34,7 +48,7 @@ pub async fn settle(
     version: &str,
 ) -> sqlx::Result<Vec<Settled>> {
     let mut conn = pool.acquire().await?;
-    settle_on(&mut conn, claim, verdicts, tuning, version).await
+    settle_on(&mut conn, claim, verdicts, tuning, version, Route::Direct).await
 }
 
 /// Records `verdicts` on `conn` (which may be inside a transaction the caller commits).
@@ -44,6 +58,7 @@ pub async fn settle_on(
     verdicts: &[Verdict],
     tuning: &Tuning,
     version: &str,
+    route: Route,
 ) -> sqlx::Result<Vec<Settled>> {
     assert_eq!(
         claim.events.len(),
@@ -81,7 +96,11 @@ pub async fn settle_on(
         };
         delays.push(delay);
     }
-    let rows: Vec<(i64, String, i32, String, f64)> = sqlx::query_as(SETTLE_SQL)
+    let statement = match route {
+        Route::Direct => SETTLE_SQL,
+        Route::Function => SETTLE_FUNCTION_CALL,
+    };
+    let rows: Vec<(i64, String, i32, String, f64)> = sqlx::query_as(statement)
         .bind(claim.batch_id)
         .bind(&seqs)
         .bind(&kinds)

@@ -16,6 +16,7 @@ mod config;
 pub mod limits;
 mod log;
 mod search;
+pub(crate) mod sql;
 
 use crate::outbox::{sanitize_reason, Claim, ClaimedEvent, Verdict};
 use crate::settings::ProjectionSpec;
@@ -52,6 +53,7 @@ pub struct PluginState {
     worker_id: Arc<str>,
     claim_batch_id: Option<Uuid>,
     config: Arc<BTreeMap<String, String>>,
+    sql: Option<sql::SqlSession>,
 }
 
 impl WasiView for PluginState {
@@ -84,6 +86,7 @@ impl Runtime {
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
         search::add_to_linker(&mut linker)?;
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        sql::add_to_linker(&mut linker)?;
         let _ticker = limits::EpochTicker::start(&engine);
         Ok(Runtime {
             engine,
@@ -131,6 +134,11 @@ impl Runtime {
         let mut plugin = LoadedPlugin {
             projection: spec.name.as_str().into(),
             worker_id: worker_id.into(),
+            sql: spec.grants.sql().then(|| SqlGrant {
+                conn: Arc::new(std::sync::Mutex::new(None)),
+                runtime: tokio::runtime::Handle::current(),
+                statement_timeout: spec.tuning.max_processing,
+            }),
             config: Arc::new(spec.config.clone()),
             engine: self.engine.clone(),
             search: self
@@ -210,8 +218,18 @@ pub struct PluginInfo {
     pub event_types: Vec<String>,
 }
 
+/// What a `sql`-granted plugin's stores share: the slot through which a batch lends its
+/// transaction's connection.
+#[derive(Clone)]
+struct SqlGrant {
+    conn: sql::ConnSlot,
+    runtime: tokio::runtime::Handle,
+    statement_timeout: Duration,
+}
+
 /// A compiled, validated plugin version, ready to instantiate.
 pub struct LoadedPlugin {
+    sql: Option<SqlGrant>,
     projection: Arc<str>,
     worker_id: Arc<str>,
     config: Arc<BTreeMap<String, String>>,
@@ -243,6 +261,11 @@ impl LoadedPlugin {
             worker_id: self.worker_id.clone(),
             claim_batch_id: None,
             config: self.config.clone(),
+            sql: self.sql.as_ref().map(|g| sql::SqlSession {
+                conn: g.conn.clone(),
+                runtime: g.runtime.clone(),
+                statement_timeout: g.statement_timeout,
+            }),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -381,6 +404,107 @@ impl Handler {
             .map(|v| v.expect("every event gets a verdict"))
             .collect();
         (verdicts, report)
+    }
+
+    /// Whether this plugin's projection is granted `sql` (and so runs batches through
+    /// [`Handler::handle_in_transaction`]).
+    pub fn uses_sql(&self) -> bool {
+        self.plugin.sql.is_some()
+    }
+
+    /// Runs `claim` inside `tx` (a transaction on the projection role's connection), one event
+    /// per plugin call, each under a savepoint that is rolled back unless the event's outcome is
+    /// `success`. Returns the transaction still open so the caller records the outcomes on it
+    /// and commits both together; `Err` means the transaction is unusable (nothing of it may be
+    /// committed). Blocking: call it from a blocking thread.
+    pub fn handle_in_transaction(
+        &mut self,
+        claim: &Claim,
+        mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
+        budget: Duration,
+    ) -> (
+        Vec<Verdict>,
+        CallReport,
+        sqlx::Result<sqlx::Transaction<'static, sqlx::Postgres>>,
+    ) {
+        let grant = self
+            .plugin
+            .sql
+            .clone()
+            .expect("handle_in_transaction needs a sql grant");
+        let rt = grant.runtime.clone();
+        let events: Vec<WitEvent> = claim
+            .events
+            .iter()
+            .map(|e| to_wit(e, &claim.projection))
+            .collect();
+        let mut out: Vec<Option<Verdict>> = vec![None; events.len()];
+        let mut report = CallReport::default();
+        let deadline = Instant::now() + budget;
+        let exec = |tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, stmt: &str| {
+            rt.block_on(sqlx::raw_sql(stmt).execute(&mut **tx))
+                .map(|_| ())
+        };
+        let finish = |out: Vec<Option<Verdict>>, failure: &str| -> Vec<Verdict> {
+            out.into_iter()
+                .map(|v| {
+                    v.unwrap_or_else(|| Verdict::transient("sql_connection", failure.to_owned()))
+                })
+                .collect()
+        };
+        let timeout_ms = grant.statement_timeout.as_millis().max(1);
+        if let Err(e) = exec(
+            &mut tx,
+            &format!("SET LOCAL statement_timeout = {timeout_ms}"),
+        ) {
+            let msg = e.to_string();
+            return (finish(out, &msg), report, Err(e));
+        }
+        for i in 0..events.len() {
+            if report.timed_out {
+                out[i] = Some(Verdict::transient(
+                    "plugin_timeout",
+                    "batch deadline passed before this event was handled",
+                ));
+                continue;
+            }
+            if let Err(e) = exec(&mut tx, "SAVEPOINT projector_event") {
+                let msg = e.to_string();
+                return (finish(out, &msg), report, Err(e));
+            }
+            *grant.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+            self.run(
+                claim.batch_id,
+                &events[i..=i],
+                i,
+                &mut out,
+                deadline,
+                &mut report,
+            );
+            tx = grant
+                .conn
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .expect("the plugin hands the transaction back");
+            let keep = matches!(out[i], Some(Verdict::Success));
+            if keep && exec(&mut tx, "RELEASE SAVEPOINT projector_event").is_ok() {
+                continue;
+            }
+            if keep {
+                // A statement of this event failed (the transaction is aborted) yet the plugin
+                // answered success: nothing of the event may stay.
+                out[i] = Some(Verdict::transient(
+                    "sql_aborted",
+                    "the plugin answered success but a statement of this event failed; its writes were rolled back",
+                ));
+            }
+            if let Err(e) = exec(&mut tx, "ROLLBACK TO SAVEPOINT projector_event") {
+                let msg = e.to_string();
+                return (finish(out, &msg), report, Err(e));
+            }
+        }
+        (finish(out, "unreachable"), report, Ok(tx))
     }
 
     /// Calls the plugin on `events` (which start at `offset` in the batch), bisecting on traps

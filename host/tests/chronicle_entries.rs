@@ -1,0 +1,129 @@
+//! The chronicle projection (seed 004): `chronicle_events`, the application's source of truth,
+//! projected into `chronicle_entries` through the `sql` capability. The read model equals the
+//! source rows, a broken action context fails alone, and replays change nothing.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+const CHRONICLE_SCHEMA: &str = include_str!("../../examples/migrations/0001_chronicle.sql");
+
+/// What the application does in one transaction per change: the chronicle event and its outbox
+/// row. Here 200 changes over 20 entities, plus two with a broken action context.
+const APPLICATION_WRITES: &str = "
+WITH changes AS (
+    INSERT INTO chronicle_events (actor_user_id, entity_type, entity_id, event_type, before, after,
+                                  occurred_at, request_id, reason)
+    SELECT 'user-' || (i % 7), 'book', 'book-' || (i % 20), 'BookRenamed',
+           jsonb_build_object('title', 'v' || (i - 1)), jsonb_build_object('title', 'v' || i),
+           timestamptz '2025-11-08 10:00:00+00' + make_interval(secs => i), 'req-' || i,
+           CASE WHEN i % 3 = 0 THEN 'typo' END
+    FROM generate_series(1, 200) AS i
+    RETURNING *
+)
+INSERT INTO outbox_events (projection, event_type, aggregate_type, aggregate_id, payload)
+SELECT 'chronicle', 'book.renamed', entity_type, entity_type || ':' || entity_id,
+       jsonb_build_object('chronicleEventId', id, 'actorUserId', actor_user_id,
+                          'entityType', entity_type, 'entityId', entity_id, 'eventType', event_type,
+                          'before', before, 'after', after, 'occurredAt', occurred_at,
+                          'requestId', request_id, 'reason', reason,
+                          'tenantId', 't-1', 'correlationId', request_id, 'source', 'test')
+FROM changes ORDER BY occurred_at";
+
+const ENTRIES: &str =
+    "SELECT id::text, actor_user_id, entity_type, entity_id, event_type, before, after,
+                              occurred_at, request_id, reason
+                       FROM chronicle_entries ORDER BY occurred_at, id";
+const SOURCE: &str =
+    "SELECT id::text, actor_user_id, entity_type, entity_id, event_type, before, after,
+                             occurred_at, request_id, reason
+                      FROM chronicle_events ORDER BY occurred_at, id";
+
+type Entry = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<Value>,
+    Option<Value>,
+    chrono::DateTime<chrono::Utc>,
+    Option<String>,
+    Option<String>,
+);
+
+#[tokio::test(flavor = "multi_thread")]
+async fn entries_equal_the_source_of_truth_and_replays_change_nothing() {
+    let db = TestDb::new().await;
+    db.migrate();
+    sqlx::raw_sql(CHRONICLE_SCHEMA)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(APPLICATION_WRITES)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // Two events whose action context is broken: no actor, no entity.
+    let broken = insert_events(
+        &db.pool,
+        &[
+            NewEvent::new("chronicle", "book:orphan-1", serde_json::json!({
+                "chronicleEventId": "00000000-0000-4000-8000-000000000001", "entityType": "book",
+                "entityId": "orphan-1", "eventType": "BookRenamed", "occurredAt": "2025-11-08T10:00:00Z"})),
+            NewEvent::new("chronicle", "book:orphan-2", serde_json::json!({
+                "chronicleEventId": "00000000-0000-4000-8000-000000000002", "actorUserId": "user-1",
+                "eventType": "BookRenamed", "occurredAt": "2025-11-08T10:00:00Z"})),
+        ],
+    )
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "chronicle.toml",
+        format!(
+            "[[projection]]\nname = \"chronicle\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"chronicle_entries\"]\n",
+            plugin("chronicle_entries").display()
+        ),
+    );
+    let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &[]);
+    host.wait_ready(PATIENCE);
+    let counts = wait_settled(&db.pool, "chronicle", 202, PATIENCE).await;
+    assert_eq!((counts.done, counts.failed), (200, 2));
+    for row in common::events(&db.pool, "chronicle").await {
+        if broken.contains(&row.id) {
+            assert_eq!(row.error_reason.as_deref(), Some("bad_payload"));
+            assert_eq!(row.failure_kind.as_deref(), Some("deterministic"));
+        }
+    }
+
+    let source: Vec<Entry> = sqlx::query_as(SOURCE).fetch_all(&db.pool).await.unwrap();
+    let entries: Vec<Entry> = sqlx::query_as(ENTRIES).fetch_all(&db.pool).await.unwrap();
+    assert_eq!(entries.len(), 200);
+    assert_eq!(
+        entries, source,
+        "the read model equals the source of truth, row for row"
+    );
+
+    // Replay everything: the upsert keyed by the chronicle event id changes nothing.
+    sqlx::query("UPDATE outbox_events SET status = 'pending', attempts = 0, next_retry_at = now() WHERE status = 'done'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    wait_until("the replayed events are done again", PATIENCE, async || {
+        status_counts(&db.pool, "chronicle").await.done == 200
+    })
+    .await;
+    let again: Vec<Entry> = sqlx::query_as(ENTRIES).fetch_all(&db.pool).await.unwrap();
+    assert_eq!(again, source);
+    assert!(
+        host.metric(
+            "outbox_dispatch_success_total",
+            &[("projection", "chronicle")]
+        )
+        .unwrap_or(0.0)
+            >= 400.0
+    );
+}

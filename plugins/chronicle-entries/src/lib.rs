@@ -1,0 +1,117 @@
+//! `chronicle-entries` (seed 004): projects the chronicle's source of truth (`chronicle_events`,
+//! written by the application with its action context) into the read model `chronicle_entries`
+//! through the host's `sql` capability.
+//!
+//! - Idempotent: `chronicle_entries.id` = the chronicle event's id, written with an upsert, so a
+//!   redelivery, replay or rebuild never duplicates an entry.
+//! - Payload (camelCase, the chronicle event plus the seed's envelope): `chronicleEventId`,
+//!   `actorUserId`, `entityType`, `entityId`, `eventType`, `before`, `after`, `occurredAt`,
+//!   `requestId`, `reason`. A missing actor or entity (or id, type, time) is a deterministic
+//!   `bad_payload`: the chronicle would lose its accountability.
+//! - Database errors map to outcomes: serialization failures, timeouts and connection errors are
+//!   transient; permission and other errors are deterministic.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "sql-plugin",
+});
+
+use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
+use projector::plugin::sql::{execute, ErrorKind, SqlError};
+use projector::plugin::types::Failure;
+use serde_json::{json, Value};
+
+const UPSERT: &str = "\
+INSERT INTO chronicle_entries (id, actor_user_id, entity_type, entity_id, event_type, summary,
+                               before, after, occurred_at, request_id, reason)
+VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::timestamptz, $10, $11)
+ON CONFLICT (id) DO UPDATE SET
+    actor_user_id = EXCLUDED.actor_user_id, entity_type = EXCLUDED.entity_type,
+    entity_id = EXCLUDED.entity_id, event_type = EXCLUDED.event_type, summary = EXCLUDED.summary,
+    before = EXCLUDED.before, after = EXCLUDED.after, occurred_at = EXCLUDED.occurred_at,
+    request_id = EXCLUDED.request_id, reason = EXCLUDED.reason";
+
+struct ChronicleEntries;
+
+fn deterministic(reason: &str, message: String) -> Outcome {
+    Outcome::Deterministic(Failure {
+        reason: reason.into(),
+        message,
+    })
+}
+
+fn from_sql(e: SqlError) -> Outcome {
+    let failure = |reason: &str| Failure {
+        reason: reason.into(),
+        message: format!("{} ({})", e.message, e.code),
+    };
+    match e.kind {
+        ErrorKind::SerializationFailure => Outcome::Transient(failure("sql_serialization")),
+        ErrorKind::Timeout => Outcome::Transient(failure("sql_timeout")),
+        ErrorKind::Connection => Outcome::Transient(failure("sql_connection")),
+        ErrorKind::PermissionDenied => Outcome::Deterministic(failure("sql_permission")),
+        ErrorKind::UniqueViolation | ErrorKind::Other => Outcome::Deterministic(failure("sql_error")),
+    }
+}
+
+fn text<'a>(p: &'a Value, key: &str) -> Option<&'a str> {
+    p.get(key).and_then(Value::as_str).filter(|s| !s.trim().is_empty())
+}
+
+fn project(event: &Event) -> Outcome {
+    let p: Value = match serde_json::from_str(&event.payload) {
+        Ok(v @ Value::Object(_)) => v,
+        _ => return deterministic("bad_payload", "payload is not a JSON object".into()),
+    };
+    let mut missing = Vec::new();
+    let mut need = |key: &'static str| {
+        let v = text(&p, key);
+        if v.is_none() {
+            missing.push(key);
+        }
+        v.unwrap_or("")
+    };
+    let id = need("chronicleEventId");
+    let actor = need("actorUserId");
+    let entity_type = need("entityType");
+    let entity_id = need("entityId");
+    let event_type = need("eventType");
+    let occurred_at = need("occurredAt");
+    if !missing.is_empty() {
+        return deterministic("bad_payload", format!("missing {}", missing.join(", ")));
+    }
+    let summary = format!("{actor} {event_type} {entity_type} {entity_id}");
+    let params = json!([
+        id,
+        actor,
+        entity_type,
+        entity_id,
+        event_type,
+        summary,
+        p.get("before").filter(|v| !v.is_null()).map(Value::to_string),
+        p.get("after").filter(|v| !v.is_null()).map(Value::to_string),
+        occurred_at,
+        text(&p, "requestId"),
+        text(&p, "reason"),
+    ]);
+    match execute(UPSERT, &params.to_string()) {
+        Ok(_) => Outcome::Success,
+        Err(e) => from_sql(e),
+    }
+}
+
+impl Guest for ChronicleEntries {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "chronicle-entries".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            event_types: vec!["*".into()],
+        }
+    }
+
+    fn handle(events: Vec<Event>) -> Vec<Outcome> {
+        events.iter().map(project).collect()
+    }
+}
+
+export!(ChronicleEntries);

@@ -50,12 +50,16 @@ fn from_sql(e: SqlError) -> Outcome {
         ErrorKind::Timeout => Outcome::Transient(failure("sql_timeout")),
         ErrorKind::Connection => Outcome::Transient(failure("sql_connection")),
         ErrorKind::PermissionDenied => Outcome::Deterministic(failure("sql_permission")),
-        ErrorKind::UniqueViolation | ErrorKind::Other => Outcome::Deterministic(failure("sql_error")),
+        ErrorKind::UniqueViolation | ErrorKind::Other => {
+            Outcome::Deterministic(failure("sql_error"))
+        }
     }
 }
 
 fn text<'a>(p: &'a Value, key: &str) -> Option<&'a str> {
-    p.get(key).and_then(Value::as_str).filter(|s| !s.trim().is_empty())
+    p.get(key)
+        .and_then(Value::as_str)
+        .filter(|s| !s.trim().is_empty())
 }
 
 fn project(event: &Event) -> Outcome {
@@ -88,8 +92,12 @@ fn project(event: &Event) -> Outcome {
         entity_id,
         event_type,
         summary,
-        p.get("before").filter(|v| !v.is_null()).map(Value::to_string),
-        p.get("after").filter(|v| !v.is_null()).map(Value::to_string),
+        p.get("before")
+            .filter(|v| !v.is_null())
+            .map(Value::to_string),
+        p.get("after")
+            .filter(|v| !v.is_null())
+            .map(Value::to_string),
         occurred_at,
         text(&p, "requestId"),
         text(&p, "reason"),

@@ -39,10 +39,16 @@ fn kind_name(kind: ErrorKind) -> &'static str {
 fn run(event: &Event) -> Outcome {
     let script: Value = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
     let empty = Vec::new();
-    let statements = script.get("statements").and_then(Value::as_array).unwrap_or(&empty);
+    let statements = script
+        .get("statements")
+        .and_then(Value::as_array)
+        .unwrap_or(&empty);
     for (i, statement) in statements.iter().enumerate() {
         let sql = statement.get("sql").and_then(Value::as_str).unwrap_or("");
-        let params = statement.get("params").cloned().unwrap_or(Value::Array(Vec::new()));
+        let params = statement
+            .get("params")
+            .cloned()
+            .unwrap_or(Value::Array(Vec::new()));
         if let Err(e) = execute(sql, &params.to_string()) {
             return Outcome::Deterministic(Failure {
                 reason: format!("sql_{}", kind_name(e.kind)),
@@ -61,7 +67,11 @@ fn run(event: &Event) -> Outcome {
         reason: reason.into(),
         message: "scripted".into(),
     };
-    match script.get("outcome").and_then(Value::as_str).unwrap_or("success") {
+    match script
+        .get("outcome")
+        .and_then(Value::as_str)
+        .unwrap_or("success")
+    {
         "transient" => Outcome::Transient(failure("scripted_transient")),
         "deterministic" => Outcome::Deterministic(failure("scripted_deterministic")),
         _ => Outcome::Success,

@@ -250,3 +250,86 @@ async fn a_plugin_importing_sql_without_the_grant_is_refused_at_load() {
     assert!(text.contains("`sql`") && text.contains("`nosql`"), "{text}");
     assert!(db.public_tables().await.is_empty(), "nothing touched");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_loops_of_one_host_each_keep_their_own_transaction() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let slow = |id: i32| {
+        let mut p = statements(&[(
+            "INSERT INTO allowed (id, note) VALUES ($1, 'slow')",
+            json!([id]),
+        )]);
+        p["sleep_ms"] = json!(1500);
+        p
+    };
+    let events: Vec<NewEvent> = (1..=4)
+        .map(|i| NewEvent::new("probe", format!("agg-{i}"), slow(i)))
+        .collect();
+    insert_events(&db.pool, &events).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Host::start(
+        &db.url,
+        &["--config", probe_config(dir.path()).to_str().unwrap()],
+        &[("OUTBOX_BATCH_SIZE", "1"), ("OUTBOX_CONCURRENCY", "4")],
+    );
+    host.wait_ready(PATIENCE);
+    let counts = wait_settled(&db.pool, "probe", 4, PATIENCE).await;
+    assert_eq!(
+        counts.done,
+        4,
+        "{:?}",
+        common::events(&db.pool, "probe").await
+    );
+    assert_eq!(allowed_ids(&db).await, vec![1, 2, 3, 4]);
+    let batches: std::collections::HashSet<_> = common::events(&db.pool, "probe")
+        .await
+        .iter()
+        .map(|r| r.claim_batch_id)
+        .collect();
+    assert_eq!(
+        batches.len(),
+        4,
+        "one batch per event, handled by concurrent loops"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn one_statement_text_bound_with_different_json_types_keeps_each_calls_values() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    let insert = "INSERT INTO allowed (id, note) VALUES ($1::int, $2::text)";
+    let payload = statements(&[
+        (insert, json!([1, 42])),
+        (insert, json!([2, "abcdefgh"])),
+        (insert, json!([3, null])),
+    ]);
+    insert_events(&db.pool, &[NewEvent::new("probe", "a", payload)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Host::start(
+        &db.url,
+        &["--config", probe_config(dir.path()).to_str().unwrap()],
+        &[],
+    );
+    host.wait_ready(PATIENCE);
+    let counts = wait_settled(&db.pool, "probe", 1, PATIENCE).await;
+    assert_eq!(
+        counts.done,
+        1,
+        "{:?}",
+        common::events(&db.pool, "probe").await
+    );
+    let notes: Vec<(i32, Option<String>)> =
+        sqlx::query_as("SELECT id, note FROM allowed ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        notes,
+        vec![
+            (1, Some("42".to_owned())),
+            (2, Some("abcdefgh".to_owned())),
+            (3, None)
+        ]
+    );
+}

@@ -135,7 +135,6 @@ impl Runtime {
             projection: spec.name.as_str().into(),
             worker_id: worker_id.into(),
             sql: spec.grants.sql().then(|| SqlGrant {
-                conn: Arc::new(std::sync::Mutex::new(None)),
                 runtime: tokio::runtime::Handle::current(),
                 statement_timeout: spec.tuning.max_processing,
             }),
@@ -152,7 +151,7 @@ impl Runtime {
             version_label: String::new(),
         };
         let mut instance = plugin
-            .instantiate()
+            .instantiate(None)
             .map_err(|e| fail(format!("cannot be instantiated: {e:#}")))?;
         instance
             .store
@@ -218,11 +217,10 @@ pub struct PluginInfo {
     pub event_types: Vec<String>,
 }
 
-/// What a `sql`-granted plugin's stores share: the slot through which a batch lends its
-/// transaction's connection.
+/// What a `sql`-granted plugin's stores need to run statements. The transaction itself is lent
+/// through a slot owned by each [`Handler`]: every claim loop has its own.
 #[derive(Clone)]
 struct SqlGrant {
-    conn: sql::ConnSlot,
     runtime: tokio::runtime::Handle,
     statement_timeout: Duration,
 }
@@ -245,8 +243,8 @@ pub struct LoadedPlugin {
 }
 
 impl LoadedPlugin {
-    /// A fresh instance in a fresh store.
-    fn instantiate(&self) -> wasmtime::Result<Instance> {
+    /// A fresh instance in a fresh store; `sql_slot` is where its handler lends transactions.
+    fn instantiate(&self, sql_slot: Option<&sql::ConnSlot>) -> wasmtime::Result<Instance> {
         let state = PluginState {
             // Nothing inherited: no env, args, preopens, sockets or stdio.
             wasi: WasiCtx::builder().build(),
@@ -261,11 +259,15 @@ impl LoadedPlugin {
             worker_id: self.worker_id.clone(),
             claim_batch_id: None,
             config: self.config.clone(),
-            sql: self.sql.as_ref().map(|g| sql::SqlSession {
-                conn: g.conn.clone(),
-                runtime: g.runtime.clone(),
-                statement_timeout: g.statement_timeout,
-            }),
+            sql: self
+                .sql
+                .as_ref()
+                .zip(sql_slot)
+                .map(|(g, slot)| sql::SqlSession {
+                    conn: slot.clone(),
+                    runtime: g.runtime.clone(),
+                    statement_timeout: g.statement_timeout,
+                }),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
@@ -364,14 +366,20 @@ pub struct CallReport {
 pub struct Handler {
     plugin: Arc<LoadedPlugin>,
     instance: Option<Instance>,
+    /// For `sql` plugins: where this handler lends its batch's transaction to its instance. Owned
+    /// here, not by the instance, so a trapped (discarded) instance never takes it along, and not
+    /// by the plugin version, so concurrent loops never see each other's transactions.
+    sql_slot: Option<sql::ConnSlot>,
 }
 
 impl Handler {
     /// A handler for `plugin`; the instance is made on first use.
     pub fn new(plugin: Arc<LoadedPlugin>) -> Self {
+        let sql_slot = plugin.sql.is_some().then(sql::ConnSlot::default);
         Handler {
             plugin,
             instance: None,
+            sql_slot,
         }
     }
 
@@ -432,6 +440,10 @@ impl Handler {
             .sql
             .clone()
             .expect("handle_in_transaction needs a sql grant");
+        let slot = self
+            .sql_slot
+            .clone()
+            .expect("a sql plugin's handler has a slot");
         let rt = grant.runtime.clone();
         let events: Vec<WitEvent> = claim
             .events
@@ -472,7 +484,7 @@ impl Handler {
                 let msg = e.to_string();
                 return (finish(out, &msg), report, Err(e));
             }
-            *grant.conn.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
             self.run(
                 claim.batch_id,
                 &events[i..=i],
@@ -481,8 +493,7 @@ impl Handler {
                 deadline,
                 &mut report,
             );
-            tx = grant
-                .conn
+            tx = slot
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .take()
@@ -536,7 +547,7 @@ impl Handler {
         }
         let instance = match self.instance.as_mut() {
             Some(i) => i,
-            None => match self.plugin.instantiate() {
+            None => match self.plugin.instantiate(self.sql_slot.as_ref()) {
                 Ok(i) => self.instance.insert(i),
                 Err(e) => {
                     return fill(

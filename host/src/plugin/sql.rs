@@ -83,6 +83,10 @@ fn classify(e: sqlx::Error) -> SqlError {
     }
 }
 
+/// Binds the JSON params. Callers build the query with `persistent(false)`: sqlx caches
+/// prepared statements by SQL text, and a plugin may bind different JSON types to the same text
+/// (`[1, 42]`, then `[2, "abc"]`); a cached statement would silently keep the first call's
+/// parameter types.
 fn bind_params<'q>(
     mut query: sqlx::query::Query<'q, sqlx::Postgres, PgArguments>,
     params: &str,
@@ -195,7 +199,7 @@ impl Host for PluginState {
         };
         session.run(move |conn| {
             Box::pin(async move {
-                let query = bind_params(sqlx::query(&statement), &params)?;
+                let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
                 let rows = query.fetch_all(conn).await.map_err(classify)?;
                 let mut out = Vec::with_capacity(rows.len());
                 for row in &rows {
@@ -220,7 +224,7 @@ impl Host for PluginState {
         };
         session.run(move |conn| {
             Box::pin(async move {
-                let query = bind_params(sqlx::query(&statement), &params)?;
+                let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
                 Ok(query.execute(conn).await.map_err(classify)?.rows_affected())
             })
         })

@@ -203,6 +203,7 @@ struct FileProjection {
     config: BTreeMap<String, String>,
     #[serde(default)]
     grants: Grants,
+    memory_limit_mib: Option<u64>,
 }
 
 /// The capabilities a projection's plugin may import, beyond `log` and `config`. A plugin that
@@ -274,6 +275,8 @@ pub struct ProjectionSpec {
     pub config: BTreeMap<String, String>,
     /// Capabilities granted to the plugin.
     pub grants: Grants,
+    /// Linear-memory cap per plugin instance, in bytes.
+    pub memory_limit: usize,
 }
 
 /// How the host reaches the search cluster. Plugins never see any of it.
@@ -544,6 +547,13 @@ impl Settings {
                 tuning,
                 config: p.config,
                 grants: p.grants,
+                memory_limit: match p.memory_limit_mib {
+                    Some(mib) => {
+                        positive_int(&key("memory_limit_mib"), mib as i64, 4096)? as usize
+                            * (1 << 20)
+                    }
+                    None => crate::plugin::limits::DEFAULT_MEMORY_BYTES,
+                },
             });
         }
         for flag in plugin_flags {
@@ -556,6 +566,7 @@ impl Settings {
                 tuning: defaults.clone(),
                 config: BTreeMap::new(),
                 grants: Grants::default(),
+                memory_limit: crate::plugin::limits::DEFAULT_MEMORY_BYTES,
             };
             match projections.iter_mut().find(|p| p.name == name) {
                 Some(existing) => {

@@ -28,6 +28,7 @@ fn spec(projection: &str, ordering: Ordering) -> ProjectionSpec {
         },
         config: BTreeMap::new(),
         grants: Default::default(),
+        memory_limit: projector::plugin::limits::DEFAULT_MEMORY_BYTES,
     }
 }
 

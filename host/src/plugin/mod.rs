@@ -27,7 +27,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
-use wasmtime::{Engine, Store, StoreLimits, StoreLimitsBuilder};
+use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
 mod bindings {
@@ -44,7 +44,7 @@ use bindings::{Plugin, PluginPre};
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
-    limits: StoreLimits,
+    limits: limits::MemoryCap,
     /// This projection's `search` access; `None` when it is not granted.
     search: Option<search::SearchAccess>,
     /// When the current batch must be done: bounds what a capability call may wait for.
@@ -134,6 +134,7 @@ impl Runtime {
         let mut plugin = LoadedPlugin {
             projection: spec.name.as_str().into(),
             worker_id: worker_id.into(),
+            memory_limit: spec.memory_limit,
             sql: spec.grants.sql().then(|| SqlGrant {
                 runtime: tokio::runtime::Handle::current(),
                 statement_timeout: spec.tuning.max_processing,
@@ -228,6 +229,8 @@ struct SqlGrant {
 /// A compiled, validated plugin version, ready to instantiate.
 pub struct LoadedPlugin {
     sql: Option<SqlGrant>,
+    /// Linear-memory cap per instance, bytes.
+    memory_limit: usize,
     projection: Arc<str>,
     worker_id: Arc<str>,
     config: Arc<BTreeMap<String, String>>,
@@ -251,10 +254,7 @@ impl LoadedPlugin {
             table: ResourceTable::new(),
             search: self.search.clone(),
             deadline: None,
-            limits: StoreLimitsBuilder::new()
-                .memory_size(limits::DEFAULT_MEMORY_BYTES)
-                .instances(16)
-                .build(),
+            limits: limits::MemoryCap::new(self.memory_limit),
             projection: self.projection.clone(),
             worker_id: self.worker_id.clone(),
             claim_batch_id: None,
@@ -289,6 +289,8 @@ enum CallError {
     Trap(String),
     /// The call ran past its deadline and was interrupted.
     Timeout,
+    /// The call trapped after its memory cap refused a growth.
+    OutOfMemory(String),
 }
 
 impl Instance {
@@ -300,6 +302,7 @@ impl Instance {
             .call_handle(&mut self.store, events)
             .map_err(|e| match e.downcast_ref::<wasmtime::Trap>() {
                 Some(wasmtime::Trap::Interrupt) => CallError::Timeout,
+                _ if self.store.data().limits.denied => CallError::OutOfMemory(root_cause(&e)),
                 _ => CallError::Trap(root_cause(&e)),
             })
     }
@@ -596,6 +599,16 @@ impl Handler {
             Err(CallError::Trap(msg)) => {
                 report.traps += 1;
                 Verdict::transient("plugin_trap", msg)
+            }
+            Err(CallError::OutOfMemory(msg)) => {
+                report.traps += 1;
+                Verdict::transient(
+                    "plugin_oom",
+                    format!(
+                        "memory cap of {} MiB reached: {msg}",
+                        self.plugin.memory_limit >> 20
+                    ),
+                )
             }
         };
         // The instance may be poisoned (a trap) or confused (a wrong count): start afresh.

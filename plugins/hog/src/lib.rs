@@ -1,0 +1,34 @@
+//! `hog`: allocates without bound in `handle`, to show that the host's memory cap stops it inside
+//! the sandbox (`plugin_oom`) without disturbing other projections.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "plugin",
+});
+
+use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
+
+struct Hog;
+
+impl Guest for Hog {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "hog".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            event_types: vec!["*".into()],
+        }
+    }
+
+    fn handle(events: Vec<Event>) -> Vec<Outcome> {
+        let mut hoard: Vec<Vec<u8>> = Vec::new();
+        loop {
+            // Touch every page so the memory is really used.
+            hoard.push(vec![1u8; 1 << 20]);
+            if hoard.len() == usize::MAX {
+                return events.iter().map(|_| Outcome::Success).collect();
+            }
+        }
+    }
+}
+
+export!(Hog);

@@ -70,7 +70,9 @@ async fn bind(host: std::net::IpAddr, port: u16, key: &str) -> Result<tokio::net
 pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
     let runtime =
         Runtime::new().map_err(|e| anyhow::anyhow!("starting the WebAssembly runtime: {e:#}"))?;
-    let runtime = runtime.with_search(settings.elastic.as_ref())?;
+    let runtime = runtime
+        .with_search(settings.elastic.as_ref())?
+        .with_cache(settings.plugin_cache_dir.as_deref());
     let mut plugins: Vec<Arc<LoadedPlugin>> = Vec::new();
     for spec in &settings.projections {
         plugins.push(runtime.load(spec, &settings.worker_id)?);
@@ -172,7 +174,8 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
             .with_label_values(&[&spec.name])
             .set(1);
         info!(projection = %spec.name, plugin = %plugin.version_label, path = %spec.plugin.display(),
-            concurrency = spec.tuning.concurrency, batch_size = spec.tuning.batch_size, "projection started");
+            concurrency = spec.tuning.concurrency, batch_size = spec.tuning.batch_size,
+            compiled = plugin.compiled.as_str(), load_ms = plugin.load_time.as_secs_f64() * 1000.0, "projection started");
     }
     state.ready.store(true, Ordering::Relaxed);
     info!(worker_id = %settings.worker_id, http_port = settings.http_port, projections = ?names, "projector started");

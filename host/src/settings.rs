@@ -127,6 +127,14 @@ pub struct Overrides {
     /// `text` or `json` [default: text].
     #[arg(long, env = "OUTBOX_LOG_FORMAT", value_name = "OUTBOX_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Directory of compiled plugin code, reused across restarts; empty disables
+    /// [default: $XDG_CACHE_HOME/projector/components or ~/.cache/projector/components].
+    #[arg(
+        long,
+        env = "OUTBOX_PLUGIN_CACHE_DIR",
+        value_name = "OUTBOX_PLUGIN_CACHE_DIR"
+    )]
+    pub plugin_cache_dir: Option<String>,
     /// Elasticsearch/OpenSearch URL for the `search` capability.
     #[arg(long, env = "ELASTIC_URL", value_name = "ELASTIC_URL")]
     pub elastic_url: Option<String>,
@@ -176,6 +184,7 @@ struct FileConfig {
     dispatch_metric_prefix: Option<String>,
     metrics_refresh_seconds: Option<f64>,
     log_format: Option<LogFormat>,
+    plugin_cache_dir: Option<String>,
     elastic_url: Option<String>,
     elastic_username: Option<String>,
     elastic_password: Option<String>,
@@ -319,6 +328,8 @@ pub struct Settings {
     pub projections: Vec<ProjectionSpec>,
     /// The search cluster, when any projection is granted `search`.
     pub elastic: Option<ElasticSettings>,
+    /// Where compiled plugin code is cached; `None` compiles every start.
+    pub plugin_cache_dir: Option<PathBuf>,
 }
 
 /// Picks the first value present: flag/env, then file, then the default.
@@ -349,6 +360,18 @@ fn seconds(key: &str, v: f64, allow_zero: bool) -> Result<Duration> {
         ));
     }
     Duration::try_from_secs_f64(v).map_err(|e| Error::config(key, e.to_string()))
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    let base = std::env::var_os("XDG_CACHE_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .filter(|v| !v.is_empty())
+                .map(|h| PathBuf::from(h).join(".cache"))
+        })?;
+    Some(base.join("projector").join("components"))
 }
 
 fn default_worker_id() -> String {
@@ -613,7 +636,18 @@ impl Settings {
 
         let elastic = resolve_elastic(elastic_over, elastic_file, &mut projections)?;
 
+        let plugin_cache_dir = match over
+            .plugin_cache_dir
+            .take()
+            .or(file.plugin_cache_dir.take())
+        {
+            Some(dir) if dir.trim().is_empty() => None,
+            Some(dir) => Some(PathBuf::from(dir)),
+            None => default_cache_dir(),
+        };
+
         Ok(Settings {
+            plugin_cache_dir,
             elastic,
             database_url,
             worker_id,

@@ -12,6 +12,7 @@
 //!   A timeout charges every event still unanswered (`plugin_timeout`): re-running them would
 //!   only time out again.
 
+pub mod cache;
 mod config;
 pub mod limits;
 mod log;
@@ -73,6 +74,7 @@ pub struct Runtime {
     linker: Linker<PluginState>,
     _ticker: limits::EpochTicker,
     search: Option<search::SearchClient>,
+    cache: Option<cache::CompiledCache>,
 }
 
 impl Runtime {
@@ -93,7 +95,20 @@ impl Runtime {
             linker,
             _ticker,
             search: None,
+            cache: None,
         })
+    }
+
+    /// Keeps compiled components in `dir` (see [`cache`]); without it every start compiles.
+    pub fn with_cache(mut self, dir: Option<&std::path::Path>) -> Self {
+        self.cache = dir.and_then(|d| match cache::CompiledCache::new(d) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                tracing::warn!(dir = %d.display(), error = %e, "compiled-component cache unavailable; compiling every start");
+                None
+            }
+        });
+        self
     }
 
     /// Connects the `search` capability to the cluster in `elastic` (when there is one). Call it
@@ -115,7 +130,12 @@ impl Runtime {
         };
         let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
         let digest = hex::encode(Sha256::digest(&bytes));
-        let component = Component::new(&self.engine, &bytes).map_err(|e| {
+        let started = Instant::now();
+        let compiled = match &self.cache {
+            Some(cache) => cache.load(&self.engine, &bytes, &digest),
+            None => Component::new(&self.engine, &bytes).map(|c| (c, cache::Source::Compiled)),
+        };
+        let (component, source) = compiled.map_err(|e| {
             fail(format!(
                 "not a valid WebAssembly component: {}",
                 root_cause(&e)
@@ -150,6 +170,8 @@ impl Runtime {
             digest,
             info: PluginInfo::default(),
             version_label: String::new(),
+            compiled: source,
+            load_time: Duration::ZERO,
         };
         let mut instance = plugin
             .instantiate(None)
@@ -173,6 +195,7 @@ impl Runtime {
             version: info.version,
             event_types: info.event_types,
         };
+        plugin.load_time = started.elapsed();
         Ok(Arc::new(plugin))
     }
 }
@@ -243,6 +266,10 @@ pub struct LoadedPlugin {
     pub info: PluginInfo,
     /// `name@version+sha256:<16 hex>`, recorded as `projection_version` on every event it settles.
     pub version_label: String,
+    /// Whether the compiled code came from the cache.
+    pub compiled: cache::Source,
+    /// How long loading took (compile or cache load, validation, `describe()`).
+    pub load_time: Duration,
 }
 
 impl LoadedPlugin {

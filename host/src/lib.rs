@@ -25,6 +25,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod plugin;
+pub mod registry;
 pub mod service;
 pub mod settings;
 pub mod sql_roles;

@@ -13,7 +13,8 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::outbox::lease;
 use crate::plugin::{LoadedPlugin, Runtime};
-use crate::settings::{LogFormat, Settings};
+use crate::registry::Registry;
+use crate::settings::{LogFormat, ProjectionSpec, Settings};
 use crate::worker::Worker;
 use crate::{cli::RunArgs, Error, Result};
 use sqlx::postgres::PgListener;
@@ -73,9 +74,14 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
     let runtime = runtime
         .with_search(settings.elastic.as_ref())?
         .with_cache(settings.plugin_cache_dir.as_deref());
-    let mut plugins: Vec<Arc<LoadedPlugin>> = Vec::new();
+    let mut loaded: Vec<(ProjectionSpec, Arc<LoadedPlugin>, Vec<u8>)> = Vec::new();
     for spec in &settings.projections {
-        plugins.push(runtime.load(spec, &settings.worker_id)?);
+        let bytes = std::fs::read(&spec.plugin).map_err(|e| Error::Plugin {
+            path: spec.plugin.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        let plugin = runtime.load_bytes(spec, &settings.worker_id, &bytes, &spec.plugin)?;
+        loaded.push((spec.clone(), plugin, bytes));
     }
     let http_listener = bind(settings.http_host, settings.http_port, "OUTBOX_HTTP_PORT").await?;
     let metrics_listener = match settings.metrics_port {
@@ -105,6 +111,8 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
         metrics: metrics.clone(),
         pool: pool.clone(),
         ready: Default::default(),
+        registry: Default::default(),
+        admin_token: settings.admin_token.clone(),
     });
     let mut servers = Vec::new();
     servers.push(tokio::spawn(serve(
@@ -152,13 +160,21 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
 
     let worker_id: Arc<str> = settings.worker_id.as_str().into();
     let mut workers = tokio::task::JoinSet::new();
-    for (spec, plugin) in settings.projections.iter().zip(&plugins) {
+    let registry = Arc::new(
+        Registry::start(Arc::new(runtime), pool.clone(), &settings.worker_id, loaded).await?,
+    );
+    let _ = state.registry.set(registry.clone());
+    for spec in &settings.projections {
+        let slot = registry
+            .slot(&spec.name)
+            .expect("every projection has a slot");
+        let plugin = slot.current();
         metrics.init_projection(&spec.name);
         let spec = Arc::new(spec.clone());
         for _ in 0..spec.tuning.concurrency {
             let worker = Worker {
                 spec: spec.clone(),
-                plugin: plugin.clone(),
+                plugin: slot.clone(),
                 pool: pool.clone(),
                 sql_pool: sql_pools.get(&spec.name).cloned(),
                 worker_id: worker_id.clone(),

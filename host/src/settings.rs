@@ -127,6 +127,14 @@ pub struct Overrides {
     /// `text` or `json` [default: text].
     #[arg(long, env = "OUTBOX_LOG_FORMAT", value_name = "OUTBOX_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// Bearer token for the admin API (plugin load/rollback); unset disables the admin API.
+    #[arg(
+        long,
+        env = "OUTBOX_ADMIN_TOKEN",
+        value_name = "OUTBOX_ADMIN_TOKEN",
+        hide_env_values = true
+    )]
+    pub admin_token: Option<String>,
     /// Directory of compiled plugin code, reused across restarts; empty disables
     /// [default: $XDG_CACHE_HOME/projector/components or ~/.cache/projector/components].
     #[arg(
@@ -330,6 +338,8 @@ pub struct Settings {
     pub elastic: Option<ElasticSettings>,
     /// Where compiled plugin code is cached; `None` compiles every start.
     pub plugin_cache_dir: Option<PathBuf>,
+    /// Bearer token the admin API requires; `None` disables it.
+    pub admin_token: Option<String>,
 }
 
 /// Picks the first value present: flag/env, then file, then the default.
@@ -646,7 +656,16 @@ impl Settings {
             None => default_cache_dir(),
         };
 
+        let admin_token = over.admin_token.take().filter(|t| !t.is_empty());
+        if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
+            return Err(Error::config(
+                "OUTBOX_ADMIN_TOKEN",
+                "must be at least 16 characters",
+            ));
+        }
+
         Ok(Settings {
+            admin_token,
             plugin_cache_dir,
             elastic,
             database_url,

@@ -12,7 +12,8 @@
 
 use crate::metrics::Metrics;
 use crate::outbox::{claim, lease, settle, Claim};
-use crate::plugin::{Handler, LoadedPlugin};
+use crate::plugin::Handler;
+use crate::registry::ActiveSlot;
 use crate::settings::ProjectionSpec;
 use sqlx::PgPool;
 use std::sync::Arc;
@@ -26,7 +27,7 @@ pub struct Worker {
     /// The projection.
     pub spec: Arc<ProjectionSpec>,
     /// Its plugin version.
-    pub plugin: Arc<LoadedPlugin>,
+    pub plugin: Arc<ActiveSlot>,
     /// The shared pool.
     pub pool: PgPool,
     /// For `sql` projections: the pool logged in as the projection's role.
@@ -47,7 +48,7 @@ impl Worker {
     /// Runs until shutdown.
     pub async fn run(self) {
         let projection = self.spec.name.clone();
-        let mut handler = Some(Handler::new(self.plugin.clone()));
+        let mut handler = Some(Handler::new(self.plugin.current()));
         let mut failures: u32 = 0;
         // The earliest retry this loop scheduled: waking then beats waiting for the next poll.
         let mut next_retry: Option<tokio::time::Instant> = None;
@@ -66,7 +67,12 @@ impl Worker {
                         worker_id = %self.worker_id,
                         batch_size = claim.events.len(),
                     );
-                    let handler_in = handler.take().expect("handler present");
+                    // The version is read once per batch: a swap takes effect at the next batch.
+                    let current = self.plugin.current();
+                    let handler_in = match handler.take() {
+                        Some(h) if Arc::ptr_eq(h.plugin(), &current) => h,
+                        _ => Handler::new(current),
+                    };
                     let (h, retry_in) = self.process(claim, handler_in).instrument(span).await;
                     handler = Some(h);
                     if let Some(d) = retry_in {
@@ -204,7 +210,7 @@ impl Worker {
         let version = handler
             .as_ref()
             .map(|h| h.plugin().version_label.clone())
-            .unwrap_or_else(|| self.plugin.version_label.clone());
+            .unwrap_or_else(|| self.plugin.current().version_label.clone());
         let settled = match tx {
             Some(Ok(tx)) => {
                 self.settle_in_transaction(tx, &claim, &verdicts, &version)
@@ -238,7 +244,7 @@ impl Worker {
             .observe(started.elapsed().as_secs_f64());
         let handler = handler
             .take()
-            .unwrap_or_else(|| Handler::new(self.plugin.clone()));
+            .unwrap_or_else(|| Handler::new(self.plugin.current()));
         (handler, retry_in)
     }
 

@@ -123,17 +123,31 @@ impl Runtime {
 
     /// Compiles and validates `spec`'s plugin for this host's `worker_id`.
     pub fn load(&self, spec: &ProjectionSpec, worker_id: &str) -> Result<Arc<LoadedPlugin>, Error> {
-        let path = &spec.plugin;
+        let bytes = std::fs::read(&spec.plugin).map_err(|e| Error::Plugin {
+            path: spec.plugin.clone(),
+            message: format!("cannot read: {e}"),
+        })?;
+        self.load_bytes(spec, worker_id, &bytes, &spec.plugin)
+    }
+
+    /// Compiles and validates a component given as bytes (`origin` names it in errors).
+    /// Blocking: compiling takes a while.
+    pub fn load_bytes(
+        &self,
+        spec: &ProjectionSpec,
+        worker_id: &str,
+        bytes: &[u8],
+        origin: &std::path::Path,
+    ) -> Result<Arc<LoadedPlugin>, Error> {
         let fail = |message: String| Error::Plugin {
-            path: path.clone(),
+            path: origin.to_path_buf(),
             message,
         };
-        let bytes = std::fs::read(path).map_err(|e| fail(format!("cannot read: {e}")))?;
-        let digest = hex::encode(Sha256::digest(&bytes));
+        let digest = hex::encode(Sha256::digest(bytes));
         let started = Instant::now();
         let compiled = match &self.cache {
-            Some(cache) => cache.load(&self.engine, &bytes, &digest),
-            None => Component::new(&self.engine, &bytes).map(|c| (c, cache::Source::Compiled)),
+            Some(cache) => cache.load(&self.engine, bytes, &digest),
+            None => Component::new(&self.engine, bytes).map(|c| (c, cache::Source::Compiled)),
         };
         let (component, source) = compiled.map_err(|e| {
             fail(format!(

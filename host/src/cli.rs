@@ -31,6 +31,56 @@ pub enum Command {
     },
     /// Run the projections until SIGTERM/SIGINT (or for OUTBOX_RUN_SECONDS).
     Run(RunArgs),
+    /// Manage plugin versions of a running host (through its admin API).
+    Plugins {
+        /// What to do.
+        #[command(subcommand)]
+        action: PluginsAction,
+        /// The running host's HTTP address.
+        #[arg(
+            long,
+            global = true,
+            env = "PROJECTOR_ADMIN_URL",
+            default_value = "http://127.0.0.1:8080"
+        )]
+        admin_url: String,
+        /// The host's admin token.
+        #[arg(
+            long,
+            global = true,
+            env = "OUTBOX_ADMIN_TOKEN",
+            hide_env_values = true
+        )]
+        token: Option<String>,
+        /// Who is acting (recorded with the activation).
+        #[arg(long, global = true, env = "USER", default_value = "cli")]
+        by: String,
+    },
+}
+
+/// `projector plugins ...`.
+#[derive(Debug, Subcommand)]
+pub enum PluginsAction {
+    /// Validate FILE and make it the projection's active version.
+    Load {
+        /// The projection.
+        #[arg(long)]
+        projection: String,
+        /// The component.
+        file: PathBuf,
+    },
+    /// Re-activate the version that was active before the current one.
+    Rollback {
+        /// The projection.
+        #[arg(long)]
+        projection: String,
+    },
+    /// List the projection's versions, which is active, and how many events each settled.
+    List {
+        /// The projection.
+        #[arg(long)]
+        projection: String,
+    },
 }
 
 /// Arguments of `projector run`. Every setting also reads its environment variable; a flag wins
@@ -77,6 +127,12 @@ pub fn main() -> ExitCode {
             runtime().block_on(crate::db::migrate_command(database_url))
         }
         Command::Run(args) => crate::service::run_command(args),
+        Command::Plugins {
+            action,
+            admin_url,
+            token,
+            by,
+        } => plugins_command(action, &admin_url, token.as_deref(), &by),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -104,5 +160,66 @@ impl std::str::FromStr for LogFormat {
             "json" => Ok(LogFormat::Json),
             other => Err(format!("expected `text` or `json`, got `{other}`")),
         }
+    }
+}
+
+/// `projector plugins ...`: one admin API request, its JSON answer printed.
+fn plugins_command(
+    action: PluginsAction,
+    admin_url: &str,
+    token: Option<&str>,
+    by: &str,
+) -> crate::Result<()> {
+    use crate::Error;
+    let token = token.ok_or_else(|| {
+        Error::config(
+            "OUTBOX_ADMIN_TOKEN",
+            "not set: the admin API needs the host's token",
+        )
+    })?;
+    let base = admin_url.trim_end_matches('/');
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let auth = format!("Bearer {token}");
+    let response = match &action {
+        PluginsAction::Load { projection, file } => {
+            let bytes = std::fs::read(file).map_err(|e| Error::Plugin {
+                path: file.clone(),
+                message: format!("cannot read: {e}"),
+            })?;
+            agent
+                .put(&format!("{base}/projections/{projection}/plugin"))
+                .header("Authorization", &auth)
+                .header("X-Projector-By", by)
+                .send(&bytes[..])
+        }
+        PluginsAction::Rollback { projection } => agent
+            .post(&format!("{base}/projections/{projection}/rollback"))
+            .header("Authorization", &auth)
+            .header("X-Projector-By", by)
+            .send(&b""[..]),
+        PluginsAction::List { projection } => agent
+            .get(&format!("{base}/projections/{projection}/plugins"))
+            .header("Authorization", &auth)
+            .call(),
+    };
+    let mut response =
+        response.map_err(|e| Error::config("--admin-url", format!("cannot reach {base}: {e}")))?;
+    let status = response.status().as_u16();
+    let body = response.body_mut().read_to_string().unwrap_or_default();
+    println!("{body}");
+    match status {
+        200 => Ok(()),
+        401 | 403 => Err(Error::config(
+            "OUTBOX_ADMIN_TOKEN",
+            format!("refused by the host ({status})"),
+        )),
+        404 => Err(Error::config(
+            "--projection",
+            format!("unknown to the host ({status})"),
+        )),
+        _ => Err(Error::Other(anyhow::anyhow!("the host answered {status}"))),
     }
 }

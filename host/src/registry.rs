@@ -255,3 +255,35 @@ async fn record_active(
     tx.commit().await?;
     Ok(())
 }
+
+impl Registry {
+    /// Watches `projection`'s configured plugin file every `every`: a file whose content differs
+    /// from what was last seen there is activated as a new version (`by` = `file:<path>`); a bad
+    /// one is rejected once, not at every tick. Runs until the task is aborted.
+    pub async fn watch_file(self: Arc<Self>, projection: String, every: std::time::Duration) {
+        let Some(slot) = self.slot(&projection) else {
+            return;
+        };
+        let path = slot.spec.plugin.clone();
+        let mut last_seen = slot.current().digest.clone();
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(bytes) = tokio::fs::read(&path).await else {
+                continue;
+            };
+            let digest = {
+                use sha2::{Digest, Sha256};
+                hex::encode(Sha256::digest(&bytes))
+            };
+            if digest == last_seen {
+                continue;
+            }
+            last_seen = digest;
+            let by = format!("file:{}", path.display());
+            // Rejections are recorded and logged by `activate`.
+            let _ = self.activate(&projection, bytes, &by).await;
+        }
+    }
+}

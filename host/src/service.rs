@@ -164,6 +164,14 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
         Registry::start(Arc::new(runtime), pool.clone(), &settings.worker_id, loaded).await?,
     );
     let _ = state.registry.set(registry.clone());
+    let mut watchers = Vec::new();
+    if let Some(every) = settings.plugin_watch {
+        for spec in &settings.projections {
+            watchers.push(tokio::spawn(
+                registry.clone().watch_file(spec.name.clone(), every),
+            ));
+        }
+    }
     for spec in &settings.projections {
         let slot = registry
             .slot(&spec.name)
@@ -227,7 +235,7 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
         metrics.dispatch_active.with_label_values(&[name]).set(0);
     }
     listener.abort();
-    for task in background {
+    for task in background.into_iter().chain(watchers) {
         task.abort();
     }
     for server in servers {

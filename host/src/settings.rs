@@ -127,6 +127,9 @@ pub struct Overrides {
     /// `text` or `json` [default: text].
     #[arg(long, env = "OUTBOX_LOG_FORMAT", value_name = "OUTBOX_LOG_FORMAT")]
     pub log_format: Option<LogFormat>,
+    /// How often each projection's plugin file is checked for a new version; 0 disables [default: 2].
+    #[arg(long, env = "OUTBOX_PLUGIN_WATCH_SECONDS", value_name = "OUTBOX_PLUGIN_WATCH_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub plugin_watch_seconds: Option<f64>,
     /// Bearer token for the admin API (plugin load/rollback); unset disables the admin API.
     #[arg(
         long,
@@ -193,6 +196,7 @@ struct FileConfig {
     metrics_refresh_seconds: Option<f64>,
     log_format: Option<LogFormat>,
     plugin_cache_dir: Option<String>,
+    plugin_watch_seconds: Option<f64>,
     elastic_url: Option<String>,
     elastic_username: Option<String>,
     elastic_password: Option<String>,
@@ -340,6 +344,8 @@ pub struct Settings {
     pub plugin_cache_dir: Option<PathBuf>,
     /// Bearer token the admin API requires; `None` disables it.
     pub admin_token: Option<String>,
+    /// How often plugin files are checked for a new version; `None` disables watching.
+    pub plugin_watch: Option<Duration>,
 }
 
 /// Picks the first value present: flag/env, then file, then the default.
@@ -664,7 +670,14 @@ impl Settings {
             ));
         }
 
+        let plugin_watch = seconds(
+            "OUTBOX_PLUGIN_WATCH_SECONDS",
+            pick(over.plugin_watch_seconds, file.plugin_watch_seconds, 2.0),
+            true,
+        )?;
+
         Ok(Settings {
+            plugin_watch: (plugin_watch > Duration::ZERO).then_some(plugin_watch),
             admin_token,
             plugin_cache_dir,
             elastic,

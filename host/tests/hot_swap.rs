@@ -211,3 +211,100 @@ async fn versions_swap_and_roll_back_under_load_and_every_event_is_applied_once_
         1
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_it_back() {
+    let db = TestDb::new().await;
+    db.migrate();
+    sqlx::raw_sql("CREATE TABLE stamps (event_id uuid PRIMARY KEY, seq bigint NOT NULL, version text NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let live = dir.path().join("stamp.wasm");
+    std::fs::copy(plugin("stamp_v1"), &live).unwrap();
+    let config = write_file(
+        dir.path(),
+        "stamp.toml",
+        "[[projection]]\nname = \"stamp\"\nplugin = \"stamp.wasm\"\n[projection.grants]\nsql_tables = [\"stamps\"]\n",
+    );
+    let mut host = Host::start(
+        &db.url,
+        &["--config", config.to_str().unwrap()],
+        &[
+            ("OUTBOX_ADMIN_TOKEN", TOKEN),
+            ("OUTBOX_PLUGIN_WATCH_SECONDS", "0.2"),
+        ],
+    );
+    host.wait_ready(PATIENCE);
+    let active = async || -> Option<String> {
+        sqlx::query_scalar("SELECT declared_version FROM plugin_versions WHERE projection = 'stamp' AND status = 'active'")
+            .fetch_optional(&db.pool)
+            .await
+            .unwrap()
+    };
+    assert_eq!(active().await.as_deref(), Some("1.0.0"));
+
+    // Drop v2 in place (write, then rename, as a deploy should).
+    let staged = dir.path().join("stamp.wasm.new");
+    std::fs::copy(plugin("stamp_v2"), &staged).unwrap();
+    std::fs::rename(&staged, &live).unwrap();
+    wait_until(
+        "the dropped file becomes the active version",
+        PATIENCE,
+        async || active().await.as_deref() == Some("2.0.0"),
+    )
+    .await;
+    insert_events(&db.pool, &[NewEvent::new("stamp", "a", json!({}))]).await;
+    wait_settled(&db.pool, "stamp", 1, PATIENCE).await;
+    let stamped: String = sqlx::query_scalar("SELECT version FROM stamps")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(stamped, "2.0.0");
+
+    // The CLI rolls back through the admin API.
+    let admin_url = format!("http://127.0.0.1:{}", host.port);
+    let env = [("OUTBOX_ADMIN_TOKEN", TOKEN)];
+    let out = run_projector(
+        &[
+            "plugins",
+            "rollback",
+            "--projection",
+            "stamp",
+            "--admin-url",
+            &admin_url,
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(active().await.as_deref(), Some("1.0.0"));
+    let out = run_projector(
+        &[
+            "plugins",
+            "list",
+            "--projection",
+            "stamp",
+            "--admin-url",
+            &admin_url,
+        ],
+        &env,
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(listed["versions"].as_array().unwrap().len(), 2);
+    // A wrong token is refused (exit 2, naming the setting).
+    let out = run_projector(
+        &[
+            "plugins",
+            "list",
+            "--projection",
+            "stamp",
+            "--admin-url",
+            &admin_url,
+        ],
+        &[("OUTBOX_ADMIN_TOKEN", "wrong-token-0123456789")],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(output_text(&out).contains("OUTBOX_ADMIN_TOKEN"));
+}

@@ -23,6 +23,13 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
+/// Hosts tell each other about activations on this channel (payload: the projection).
+pub const PLUGINS_CHANNEL: &str = "projector_plugins";
+
+const ACTIVE: &str = "\
+SELECT digest, component FROM plugin_versions
+WHERE projection = $1 AND status = 'active' AND component IS NOT NULL";
+
 /// One projection's active version.
 pub struct ActiveSlot {
     spec: Arc<ProjectionSpec>,
@@ -197,6 +204,11 @@ impl Registry {
             }
         };
         record_active(&self.pool, projection, &plugin, &bytes, by).await?;
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(PLUGINS_CHANNEL)
+            .bind(projection)
+            .execute(&self.pool)
+            .await?;
         let previous = slot.active.swap(plugin.clone());
         tracing::info!(projection, from = %previous.version_label, to = %plugin.version_label, by,
             compiled = plugin.compiled.as_str(), load_ms = plugin.load_time.as_secs_f64() * 1000.0,
@@ -284,6 +296,79 @@ impl Registry {
             let by = format!("file:{}", path.display());
             // Rejections are recorded and logged by `activate`.
             let _ = self.activate(&projection, bytes, &by).await;
+        }
+    }
+}
+
+impl Registry {
+    /// Makes this host run the version the table says is active for `projection`, if it runs
+    /// another (another host activated it).
+    pub async fn sync(&self, projection: &str) -> Result<()> {
+        let Some(slot) = self.slot(projection) else {
+            return Ok(());
+        };
+        let _one_at_a_time = slot.switching.lock().await;
+        let active: Option<(String, Vec<u8>)> = sqlx::query_as(ACTIVE)
+            .bind(projection)
+            .fetch_optional(&self.pool)
+            .await?;
+        let Some((digest, bytes)) = active else {
+            return Ok(());
+        };
+        if digest == slot.current().digest {
+            return Ok(());
+        }
+        let (runtime, spec, worker_id) = (
+            self.runtime.clone(),
+            slot.spec.clone(),
+            self.worker_id.clone(),
+        );
+        let origin = PathBuf::from(format!(
+            "(active version of `{projection}` in plugin_versions)"
+        ));
+        let plugin = tokio::task::spawn_blocking(move || {
+            runtime.load_bytes(&spec, &worker_id, &bytes, &origin)
+        })
+        .await
+        .map_err(|e| Error::Other(anyhow::anyhow!("loading thread failed: {e}")))??;
+        let previous = slot.active.swap(plugin.clone());
+        tracing::info!(projection, from = %previous.version_label, to = %plugin.version_label,
+            "following the version another host activated; the next batch runs it");
+        Ok(())
+    }
+
+    /// Follows activations made by other hosts until `shutdown`: on every notification, and
+    /// after every (re)connection, since notifications sent meanwhile are lost.
+    pub async fn follow(self: Arc<Self>, shutdown: tokio_util::sync::CancellationToken) {
+        let names: Vec<String> = self.slots.keys().cloned().collect();
+        while !shutdown.is_cancelled() {
+            let mut listener = match sqlx::postgres::PgListener::connect_with(&self.pool).await {
+                Ok(l) => l,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if listener.listen(PLUGINS_CHANNEL).await.is_err() {
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+                continue;
+            }
+            for name in &names {
+                if let Err(e) = self.sync(name).await {
+                    tracing::warn!(projection = %name, error = %e, "cannot follow the active plugin version");
+                }
+            }
+            loop {
+                match listener.try_recv().await {
+                    Ok(Some(n)) => {
+                        if let Err(e) = self.sync(n.payload()).await {
+                            tracing::warn!(projection = n.payload(), error = %e, "cannot follow the active plugin version");
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(_) => break,
+                }
+            }
         }
     }
 }

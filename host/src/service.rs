@@ -164,7 +164,7 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
         Registry::start(Arc::new(runtime), pool.clone(), &settings.worker_id, loaded).await?,
     );
     let _ = state.registry.set(registry.clone());
-    let mut watchers = Vec::new();
+    let mut watchers = vec![tokio::spawn(registry.clone().follow(shutdown.clone()))];
     if let Some(every) = settings.plugin_watch {
         for spec in &settings.projections {
             watchers.push(tokio::spawn(

@@ -308,3 +308,64 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(output_text(&out).contains("OUTBOX_ADMIN_TOKEN"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_version_activated_on_one_host_is_followed_by_the_others() {
+    let db = TestDb::new().await;
+    db.migrate();
+    sqlx::raw_sql("CREATE TABLE stamps (event_id uuid PRIMARY KEY, seq bigint NOT NULL, version text NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "stamp.toml",
+        format!(
+            "[[projection]]\nname = \"stamp\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"stamps\"]\n",
+            plugin("stamp_v1").display()
+        ),
+    );
+    let args = ["--config", config.to_str().unwrap()];
+    // Small batches, so both hosts get a share.
+    let mut a = Host::start(
+        &db.url,
+        &args,
+        &[("OUTBOX_ADMIN_TOKEN", TOKEN), ("OUTBOX_BATCH_SIZE", "3")],
+    );
+    a.wait_ready(PATIENCE);
+    let mut b = Host::start(&db.url, &args, &[("OUTBOX_BATCH_SIZE", "3")]);
+    b.wait_ready(PATIENCE);
+
+    let (status, body) = admin(
+        &a,
+        "PUT",
+        "/projections/stamp/plugin",
+        &std::fs::read(plugin("stamp_v2")).unwrap(),
+    );
+    assert_eq!(status, 200, "{body}");
+    wait_until("host B follows the activation", PATIENCE, async || {
+        b.log_text()
+            .contains("following the version another host activated")
+    })
+    .await;
+    let events: Vec<NewEvent> = (0..60)
+        .map(|i| NewEvent::new("stamp", format!("agg-{i}"), json!({})))
+        .collect();
+    insert_events(&db.pool, &events).await;
+    wait_settled(&db.pool, "stamp", 60, PATIENCE).await;
+    let versions: Vec<(String, String)> = sqlx::query_as(
+        "SELECT DISTINCT e.claimed_by, s.version FROM outbox_events e JOIN stamps s ON s.event_id = e.id",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert!(
+        versions.iter().all(|(_, v)| v == "2.0.0"),
+        "every host runs v2: {versions:?}"
+    );
+    assert!(
+        versions.iter().any(|(by, _)| *by == b.worker_id),
+        "host B took part: {versions:?}"
+    );
+}

@@ -137,6 +137,18 @@ async fn versions_swap_and_roll_back_under_load_and_every_event_is_applied_once_
         "{body}"
     );
 
+    // So is a component built against another version of the contract.
+    let wrong = std::fs::read(plugin("wrong_world")).unwrap();
+    let (status, body) = admin(&host, "PUT", "/projections/stamp/plugin", &wrong);
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("projector:plugin/projection@0.1.0"),
+        "{body}"
+    );
+
     let written = writer.await.unwrap();
     let counts = wait_settled(&db.pool, "stamp", written as i64, PATIENCE).await;
     assert_eq!(counts.done, written as i64);
@@ -208,7 +220,7 @@ async fn versions_swap_and_roll_back_under_load_and_every_event_is_applied_once_
             .iter()
             .filter(|r| r["status"] == "rejected")
             .count(),
-        1
+        2
     );
 }
 

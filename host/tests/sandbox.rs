@@ -101,3 +101,24 @@ async fn a_memory_hog_is_stopped_at_its_cap_inside_the_sandbox() {
     assert_eq!(counts.done, 200);
     assert!(host.is_ready(), "/readyz stays ok");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_finds_no_environment_files_sockets_or_stdio() {
+    let db = TestDb::new().await;
+    db.migrate();
+    insert_events(&db.pool, &[NewEvent::new("ambient", "a", json!({}))]).await;
+    let mut host = Host::start(
+        &db.url,
+        &["--plugin", &plugin_spec("ambient", &plugin("ambient"))],
+        &[("SECRET_IN_HOST_ENV", "should-not-leak")],
+    );
+    host.wait_ready(PATIENCE);
+    wait_settled(&db.pool, "ambient", 1, PATIENCE).await;
+    let row = &common::events(&db.pool, "ambient").await[0];
+    assert_eq!(row.status, "done", "the plugin reached: {:?}", row.error);
+    let log = host.log_text();
+    assert!(
+        !log.contains("AMBIENT-STDOUT-LEAK") && !log.contains("AMBIENT-STDERR-LEAK"),
+        "plugin stdio reached the host's output"
+    );
+}

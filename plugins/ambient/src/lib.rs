@@ -1,0 +1,72 @@
+//! `ambient`: answers `success` only if the sandbox gives it no ambient authority. For each event
+//! it tries to read the environment and the arguments, list and read files, open a TCP
+//! connection and write to stdout/stderr; anything that works is reported as a deterministic
+//! `ambient_authority` failure naming what was reachable. Clock and random are allowed and used.
+
+wit_bindgen::generate!({
+    path: "../../wit",
+    world: "plugin",
+});
+
+use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
+use projector::plugin::types::Failure;
+use std::io::Write;
+
+struct Ambient;
+
+fn findings() -> Vec<String> {
+    let mut found = Vec::new();
+    if std::env::vars().next().is_some() {
+        found.push("environment variables".to_owned());
+    }
+    if std::env::args().len() > 0 {
+        found.push("arguments".to_owned());
+    }
+    for dir in ["/", ".", "/etc", "/tmp"] {
+        if std::fs::read_dir(dir).is_ok() {
+            found.push(format!("directory {dir}"));
+        }
+    }
+    if std::fs::read("/etc/passwd").is_ok() {
+        found.push("file /etc/passwd".to_owned());
+    }
+    if std::net::TcpStream::connect("127.0.0.1:5432").is_ok() {
+        found.push("a TCP socket".to_owned());
+    }
+    // stdout/stderr go nowhere: writing succeeds or fails, but nobody can read it; the host
+    // test checks its own output for this marker.
+    let _ = writeln!(std::io::stdout(), "AMBIENT-STDOUT-LEAK");
+    let _ = writeln!(std::io::stderr(), "AMBIENT-STDERR-LEAK");
+    // Allowed: clocks.
+    let _ = std::time::SystemTime::now();
+    found
+}
+
+impl Guest for Ambient {
+    fn describe() -> PluginInfo {
+        PluginInfo {
+            name: "ambient".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            event_types: vec!["*".into()],
+        }
+    }
+
+    fn handle(events: Vec<Event>) -> Vec<Outcome> {
+        let found = findings();
+        events
+            .iter()
+            .map(|_| {
+                if found.is_empty() {
+                    Outcome::Success
+                } else {
+                    Outcome::Deterministic(Failure {
+                        reason: "ambient_authority".into(),
+                        message: found.join(", "),
+                    })
+                }
+            })
+            .collect()
+    }
+}
+
+export!(Ambient);

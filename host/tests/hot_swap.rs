@@ -37,6 +37,60 @@ fn admin(host: &Host, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// An application writing 5 events every 10 ms for `how_long`; yields how many it wrote.
+fn keep_writing(pool: sqlx::PgPool, how_long: Duration) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut n = 0;
+        while started.elapsed() < how_long {
+            let batch: Vec<NewEvent> = (0..5)
+                .map(|i| {
+                    NewEvent::new(
+                        "stamp",
+                        format!("agg-{}", (n + i) % 40),
+                        json!({"n": n + i}),
+                    )
+                })
+                .collect();
+            insert_events(&pool, &batch).await;
+            n += 5;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        n
+    })
+}
+
+/// Waits until all `written` events are done, checks each was applied once by the version its
+/// outbox row names, and returns (events per version, version of the last event).
+async fn applied_once_by_the_named_version(
+    db: &TestDb,
+    written: usize,
+) -> (std::collections::BTreeMap<String, usize>, String) {
+    let counts = wait_settled(&db.pool, "stamp", written as i64, PATIENCE).await;
+    assert_eq!(counts.done, written as i64);
+    let rows: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(
+        "SELECT e.seq, e.projection_version, e.attempts, s.version
+         FROM outbox_events e LEFT JOIN stamps s ON s.event_id = e.id ORDER BY e.seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let mut by_version = std::collections::BTreeMap::new();
+    for (seq, label, attempts, stamped) in &rows {
+        let stamped = stamped
+            .as_deref()
+            .unwrap_or_else(|| panic!("event {seq} has no stamp"));
+        assert!(
+            label.starts_with(&format!("stamp@{stamped}+")),
+            "event {seq}: row says {label}, read model says {stamped}"
+        );
+        assert_eq!(*attempts, 1, "event {seq} was delivered more than once");
+        *by_version.entry(stamped.to_owned()).or_insert(0) += 1;
+    }
+    let last = rows.last().and_then(|r| r.3.clone()).unwrap_or_default();
+    (by_version, last)
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn versions_swap_and_roll_back_under_load_and_every_event_is_applied_once_by_the_version_it_names(
 ) {
@@ -77,26 +131,7 @@ async fn versions_swap_and_roll_back_under_load_and_every_event_is_applied_once_
     assert_eq!(unauthorised.status().as_u16(), 401);
 
     // The application keeps writing for 3 s.
-    let writer_pool = db.pool.clone();
-    let writer = tokio::spawn(async move {
-        let started = Instant::now();
-        let mut n = 0;
-        while started.elapsed() < Duration::from_secs(3) {
-            let batch: Vec<NewEvent> = (0..5)
-                .map(|i| {
-                    NewEvent::new(
-                        "stamp",
-                        format!("agg-{}", (n + i) % 40),
-                        json!({"n": n + i}),
-                    )
-                })
-                .collect();
-            insert_events(&writer_pool, &batch).await;
-            n += 5;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        n
-    });
+    let writer = keep_writing(db.pool.clone(), Duration::from_secs(3));
 
     tokio::time::sleep(Duration::from_millis(800)).await;
     let v2 = std::fs::read(plugin("stamp_v2")).unwrap();
@@ -150,38 +185,12 @@ async fn versions_swap_and_roll_back_under_load_and_every_event_is_applied_once_
     );
 
     let written = writer.await.unwrap();
-    let counts = wait_settled(&db.pool, "stamp", written as i64, PATIENCE).await;
-    assert_eq!(counts.done, written as i64);
-
-    // Exactly once, by the version the outbox row names.
-    let rows: Vec<(i64, String, i32, Option<String>)> = sqlx::query_as(
-        "SELECT e.seq, e.projection_version, e.attempts, s.version
-         FROM outbox_events e LEFT JOIN stamps s ON s.event_id = e.id ORDER BY e.seq",
-    )
-    .fetch_all(&db.pool)
-    .await
-    .unwrap();
-    let mut by_version = std::collections::BTreeMap::new();
-    for (seq, label, attempts, stamped) in &rows {
-        let stamped = stamped
-            .as_deref()
-            .unwrap_or_else(|| panic!("event {seq} has no stamp"));
-        assert!(
-            label.starts_with(&format!("stamp@{stamped}+")),
-            "event {seq}: row says {label}, read model says {stamped}"
-        );
-        assert_eq!(*attempts, 1, "event {seq} was delivered more than once");
-        *by_version.entry(stamped.to_owned()).or_insert(0) += 1;
-    }
+    let (by_version, last) = applied_once_by_the_named_version(&db, written).await;
     assert!(
         by_version.get("2.0.0").copied().unwrap_or(0) > 0,
         "v2 ran: {by_version:?}"
     );
-    assert_eq!(
-        rows.last().unwrap().3.as_deref(),
-        Some("1.0.0"),
-        "after the rollback v1 runs"
-    );
+    assert_eq!(last, "1.0.0", "after the rollback v1 runs");
 
     // The longest pause between two consecutive completions, swaps included.
     let done: Vec<chrono::DateTime<chrono::Utc>> =
@@ -213,7 +222,7 @@ async fn versions_swap_and_roll_back_under_load_and_every_event_is_applied_once_
     assert_eq!(status_of("2.0.0").map(|s| s.0), Some("retired".to_owned()));
     assert_eq!(
         status_of("2.0.0").map(|s| s.1),
-        by_version.get("2.0.0").copied()
+        by_version.get("2.0.0").map(|n| *n as i64)
     );
     assert_eq!(
         versions
@@ -257,7 +266,9 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     };
     assert_eq!(active().await.as_deref(), Some("1.0.0"));
 
-    // Drop v2 in place (write, then rename, as a deploy should).
+    // Under load: drop v2 in place (write, then rename, as a deploy should).
+    let writer = keep_writing(db.pool.clone(), Duration::from_secs(4));
+    tokio::time::sleep(Duration::from_millis(400)).await;
     let staged = dir.path().join("stamp.wasm.new");
     std::fs::copy(plugin("stamp_v2"), &staged).unwrap();
     std::fs::rename(&staged, &live).unwrap();
@@ -267,13 +278,7 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
         async || active().await.as_deref() == Some("2.0.0"),
     )
     .await;
-    insert_events(&db.pool, &[NewEvent::new("stamp", "a", json!({}))]).await;
-    wait_settled(&db.pool, "stamp", 1, PATIENCE).await;
-    let stamped: String = sqlx::query_scalar("SELECT version FROM stamps")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
-    assert_eq!(stamped, "2.0.0");
+    tokio::time::sleep(Duration::from_millis(400)).await;
 
     // The CLI rolls back through the admin API.
     let admin_url = format!("http://127.0.0.1:{}", host.port);
@@ -291,6 +296,16 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     );
     assert!(out.status.success(), "{}", output_text(&out));
     assert_eq!(active().await.as_deref(), Some("1.0.0"));
+    let written = writer.await.unwrap();
+    let (by_version, last) = applied_once_by_the_named_version(&db, written).await;
+    assert!(
+        by_version.get("2.0.0").copied().unwrap_or(0) > 0,
+        "v2 ran: {by_version:?}"
+    );
+    assert_eq!(
+        last, "1.0.0",
+        "after the CLI rollback v1 runs: {by_version:?}"
+    );
     let out = run_projector(
         &[
             "plugins",

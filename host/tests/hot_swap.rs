@@ -37,6 +37,26 @@ fn admin(host: &Host, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
     (status, serde_json::from_str(&text).unwrap_or(Value::Null))
 }
 
+/// A fresh database with the `stamps` read model, and a config (in a temp dir) running
+/// projection `stamp` from `plugin_path` (relative paths are relative to that dir).
+async fn stamp_setup(plugin_path: &str) -> (TestDb, tempfile::TempDir, std::path::PathBuf) {
+    let db = TestDb::new().await;
+    db.migrate();
+    sqlx::raw_sql("CREATE TABLE stamps (event_id uuid PRIMARY KEY, seq bigint NOT NULL, version text NOT NULL)")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "stamp.toml",
+        format!(
+            "[[projection]]\nname = \"stamp\"\nplugin = \"{plugin_path}\"\n[projection.grants]\nsql_tables = [\"stamps\"]\n"
+        ),
+    );
+    (db, dir, config)
+}
+
 /// An application writing 5 events every 10 ms for `how_long`; yields how many it wrote.
 fn keep_writing(pool: sqlx::PgPool, how_long: Duration) -> tokio::task::JoinHandle<usize> {
     tokio::spawn(async move {
@@ -94,21 +114,7 @@ async fn applied_once_by_the_named_version(
 #[tokio::test(flavor = "multi_thread")]
 async fn versions_swap_and_roll_back_under_load_and_every_event_is_applied_once_by_the_version_it_names(
 ) {
-    let db = TestDb::new().await;
-    db.migrate();
-    sqlx::raw_sql("CREATE TABLE stamps (event_id uuid PRIMARY KEY, seq bigint NOT NULL, version text NOT NULL)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "stamp.toml",
-        format!(
-            "[[projection]]\nname = \"stamp\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"stamps\"]\n",
-            plugin("stamp_v1").display()
-        ),
-    );
+    let (db, dir, config) = stamp_setup(&plugin("stamp_v1").display().to_string()).await;
     let mut host = Host::start(
         &db.url,
         &["--config", config.to_str().unwrap()],
@@ -235,20 +241,9 @@ async fn versions_swap_and_roll_back_under_load_and_every_event_is_applied_once_
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_it_back() {
-    let db = TestDb::new().await;
-    db.migrate();
-    sqlx::raw_sql("CREATE TABLE stamps (event_id uuid PRIMARY KEY, seq bigint NOT NULL, version text NOT NULL)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
+    let (db, dir, config) = stamp_setup("stamp.wasm").await;
     let live = dir.path().join("stamp.wasm");
     std::fs::copy(plugin("stamp_v1"), &live).unwrap();
-    let config = write_file(
-        dir.path(),
-        "stamp.toml",
-        "[[projection]]\nname = \"stamp\"\nplugin = \"stamp.wasm\"\n[projection.grants]\nsql_tables = [\"stamps\"]\n",
-    );
     let mut host = Host::start(
         &db.url,
         &["--config", config.to_str().unwrap()],
@@ -338,21 +333,7 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_activated_on_one_host_is_followed_by_the_others() {
-    let db = TestDb::new().await;
-    db.migrate();
-    sqlx::raw_sql("CREATE TABLE stamps (event_id uuid PRIMARY KEY, seq bigint NOT NULL, version text NOT NULL)")
-        .execute(&db.pool)
-        .await
-        .unwrap();
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_file(
-        dir.path(),
-        "stamp.toml",
-        format!(
-            "[[projection]]\nname = \"stamp\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"stamps\"]\n",
-            plugin("stamp_v1").display()
-        ),
-    );
+    let (db, dir, config) = stamp_setup(&plugin("stamp_v1").display().to_string()).await;
     let args = ["--config", config.to_str().unwrap()];
     // Small batches, so both hosts get a share.
     let mut a = Host::start(

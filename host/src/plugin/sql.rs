@@ -188,16 +188,21 @@ impl SqlSession {
     }
 }
 
-impl Host for PluginState {
-    fn query(&mut self, statement: String, params: String) -> Result<String, SqlError> {
-        let Some(session) = self.sql.as_mut() else {
-            return Err(error(
+impl PluginState {
+    fn sql_session(&mut self) -> Result<&mut SqlSession, SqlError> {
+        self.sql.as_mut().ok_or_else(|| {
+            error(
                 ErrorKind::PermissionDenied,
                 "",
                 "the sql capability is not granted",
-            ));
-        };
-        session.run(move |conn| {
+            )
+        })
+    }
+}
+
+impl Host for PluginState {
+    fn query(&mut self, statement: String, params: String) -> Result<String, SqlError> {
+        self.sql_session()?.run(move |conn| {
             Box::pin(async move {
                 let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
                 let rows = query.fetch_all(conn).await.map_err(classify)?;
@@ -215,14 +220,7 @@ impl Host for PluginState {
     }
 
     fn execute(&mut self, statement: String, params: String) -> Result<u64, SqlError> {
-        let Some(session) = self.sql.as_mut() else {
-            return Err(error(
-                ErrorKind::PermissionDenied,
-                "",
-                "the sql capability is not granted",
-            ));
-        };
-        session.run(move |conn| {
+        self.sql_session()?.run(move |conn| {
             Box::pin(async move {
                 let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
                 Ok(query.execute(conn).await.map_err(classify)?.rows_affected())

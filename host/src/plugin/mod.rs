@@ -11,6 +11,12 @@
 //!   the event that traps is charged (`plugin_trap`, or `plugin_contract` for a wrong count).
 //!   A timeout charges every event still unanswered (`plugin_timeout`): re-running them would
 //!   only time out again.
+//! - Instances live per claim loop, not per batch: a [`Handler`] keeps its instance (and store)
+//!   across batches and replaces it after a trap, a timeout, an out-of-memory or a version
+//!   change. That saves an instantiation per batch (microseconds from the `InstancePre`) but
+//!   means a plugin may keep state between batches, and its memory cap covers the instance's
+//!   whole life. Since instances are long-lived, the pooling allocator would buy little and is
+//!   not used.
 
 pub mod cache;
 mod config;

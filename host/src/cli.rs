@@ -31,6 +31,98 @@ pub enum Command {
     },
     /// Run the projections until SIGTERM/SIGINT (or for OUTBOX_RUN_SECONDS).
     Run(RunArgs),
+    /// Move failed events back to pending (attempts reset, due now), audited.
+    Replay {
+        /// The projection.
+        #[arg(long)]
+        projection: String,
+        /// Who is replaying (audited).
+        #[arg(long)]
+        by: String,
+        /// Why (audited).
+        #[arg(long)]
+        reason: String,
+        /// Only events failed with this error reason.
+        #[arg(long)]
+        error_reason: Option<String>,
+        /// Only events of this type.
+        #[arg(long)]
+        event_type: Option<String>,
+        /// Only these event ids.
+        #[arg(long, value_delimiter = ',')]
+        ids: Option<Vec<uuid::Uuid>>,
+        /// At most this many, oldest first.
+        #[arg(long)]
+        limit: Option<u32>,
+        /// Print what would change, change nothing (still audited, marked dry).
+        #[arg(long)]
+        dry_run: bool,
+        /// Postgres connection URL.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            value_name = "DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<String>,
+    },
+    /// Mark failed events as skipped (terminal) so their aggregates continue, audited.
+    Skip {
+        /// The projection.
+        #[arg(long)]
+        projection: String,
+        /// The events to skip.
+        #[arg(long, value_delimiter = ',', required = true)]
+        ids: Vec<uuid::Uuid>,
+        /// Who is skipping (audited).
+        #[arg(long)]
+        by: String,
+        /// Why (audited).
+        #[arg(long)]
+        reason: String,
+        /// Postgres connection URL.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            value_name = "DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<String>,
+    },
+    /// Stop a projection from claiming (survives restarts) ...
+    Pause {
+        /// The projection.
+        #[arg(long)]
+        projection: String,
+        /// Who is pausing.
+        #[arg(long, env = "USER", default_value = "cli")]
+        by: String,
+        /// Why.
+        #[arg(long)]
+        reason: Option<String>,
+        /// Postgres connection URL.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            value_name = "DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<String>,
+    },
+    /// ... and let it claim again.
+    Resume {
+        /// The projection.
+        #[arg(long)]
+        projection: String,
+        /// Postgres connection URL.
+        #[arg(
+            long,
+            env = "DATABASE_URL",
+            value_name = "DATABASE_URL",
+            hide_env_values = true
+        )]
+        database_url: Option<String>,
+    },
     /// Manage plugin versions of a running host (through its admin API).
     Plugins {
         /// What to do.
@@ -127,6 +219,91 @@ pub fn main() -> ExitCode {
             runtime().block_on(crate::db::migrate_command(database_url))
         }
         Command::Run(args) => crate::service::run_command(args),
+        Command::Replay {
+            projection,
+            by,
+            reason,
+            error_reason,
+            event_type,
+            ids,
+            limit,
+            dry_run,
+            database_url,
+        } => {
+            let filter = crate::outbox::operator::Filter {
+                error_reason,
+                event_type,
+                ids,
+                limit: limit.map(i64::from),
+            };
+            operator_command(database_url, move |pool| async move {
+                let done = crate::outbox::operator::act(
+                    &pool,
+                    &projection,
+                    &filter,
+                    &by,
+                    &reason,
+                    dry_run,
+                    false,
+                )
+                .await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&done).expect("serialisable")
+                );
+                Ok(())
+            })
+        }
+        Command::Skip {
+            projection,
+            ids,
+            by,
+            reason,
+            database_url,
+        } => {
+            let filter = crate::outbox::operator::Filter {
+                ids: Some(ids),
+                ..Default::default()
+            };
+            operator_command(database_url, move |pool| async move {
+                let done = crate::outbox::operator::act(
+                    &pool,
+                    &projection,
+                    &filter,
+                    &by,
+                    &reason,
+                    false,
+                    true,
+                )
+                .await?;
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&done).expect("serialisable")
+                );
+                Ok(())
+            })
+        }
+        Command::Pause {
+            projection,
+            by,
+            reason,
+            database_url,
+        } => operator_command(database_url, move |pool| async move {
+            crate::outbox::operator::pause(&pool, &projection, &by, reason.as_deref()).await?;
+            println!("projection `{projection}` paused");
+            Ok(())
+        }),
+        Command::Resume {
+            projection,
+            database_url,
+        } => operator_command(database_url, move |pool| async move {
+            let was = crate::outbox::operator::resume(&pool, &projection).await?;
+            println!(
+                "projection `{projection}` {}",
+                if was { "resumed" } else { "was not paused" }
+            );
+            Ok(())
+        }),
         Command::Plugins {
             action,
             admin_url,
@@ -222,4 +399,26 @@ fn plugins_command(
         )),
         _ => Err(Error::Other(anyhow::anyhow!("the host answered {status}"))),
     }
+}
+
+/// Runs an operator command against the database (migrated first, so it works on a fresh one).
+fn operator_command<F, Fut>(database_url: Option<String>, work: F) -> crate::Result<()>
+where
+    F: FnOnce(sqlx::PgPool) -> Fut,
+    Fut: std::future::Future<Output = crate::Result<()>>,
+{
+    crate::service::init_logging(LogFormat::Text);
+    let url = database_url
+        .filter(|u| !u.trim().is_empty())
+        .ok_or_else(|| {
+            crate::Error::config(
+                "DATABASE_URL",
+                "not set: pass --database-url or set DATABASE_URL",
+            )
+        })?;
+    runtime().block_on(async move {
+        let pool = crate::db::connect(&url, 2).await?;
+        crate::db::migrate(&pool).await?;
+        work(pool).await
+    })
 }

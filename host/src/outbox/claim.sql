@@ -3,11 +3,13 @@
 --   $6: max attempts (stuck rows that used them up are left to the reclaim sweep)
 --   $7: lease in seconds
 -- Claimable: pending and due, or processing with an expired lease (stuck: reclaimed here).
--- With ordering, only rows with no unfinished earlier row of the same aggregate.
+-- With ordering, only rows with no unfinished earlier row of the same aggregate (skipped is
+-- finished). A paused projection claims nothing.
 WITH candidates AS (
     SELECT o.seq, o.status AS previous_status
     FROM outbox_events o
     WHERE o.projection = $1
+      AND NOT EXISTS (SELECT 1 FROM projection_pauses pp WHERE pp.projection = $1)
       AND o.status IN ('pending', 'processing')
       AND (   (o.status = 'pending' AND o.next_retry_at <= now())
            OR (o.status = 'processing' AND o.lease_expires_at < now() AND o.attempts < $6))
@@ -17,7 +19,7 @@ WITH candidates AS (
               WHERE p.projection = o.projection
                 AND p.aggregate_id = o.aggregate_id
                 AND p.seq < o.seq
-                AND p.status <> 'done'))
+                AND p.status NOT IN ('done', 'skipped')))
     ORDER BY o.seq
     LIMIT $2
     FOR UPDATE OF o SKIP LOCKED

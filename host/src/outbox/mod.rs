@@ -2,13 +2,14 @@
 //! run by the Rust function next to it; nothing else in the host writes `status`.
 //!
 //! The state model is drawn in the README ("Delivery states"): pending → processing →
-//! done | pending-with-retry | failed, plus release at shutdown and operator replay.
+//! done | pending-with-retry | failed, plus release at shutdown and the operator transitions
+//! ([`operator`]): replay (failed → pending), skip (failed → skipped), pause/resume.
 //!
 //! Invariants kept here:
 //! - **Claiming** ([`claim`]) takes due `pending` rows and `processing` rows whose lease expired
 //!   (stuck work, reclaimed) with `FOR UPDATE SKIP LOCKED`, sets a fresh `claim_batch_id` and a
 //!   lease, and counts the attempt. With per-aggregate ordering a row is claimable only when no
-//!   earlier row of its projection and aggregate is unfinished (`status <> 'done'`), so at most
+//!   earlier row of its projection and aggregate is unfinished (not `done` or `skipped`), so at most
 //!   one event per aggregate is ever in flight and a `failed` event blocks the ones after it.
 //! - **Fencing** ([`settle`], [`lease`]): every write after the claim is conditional on
 //!   `claim_batch_id` still being ours and `status = 'processing'`. A worker that lost its lease
@@ -19,6 +20,7 @@
 pub mod backoff;
 pub mod claim;
 pub mod lease;
+pub mod operator;
 pub mod settle;
 
 use uuid::Uuid;

@@ -143,11 +143,13 @@ pub struct StatusCounts {
     pub processing: i64,
     pub done: i64,
     pub failed: i64,
+    /// Skipped by an operator (terminal).
+    pub skipped: i64,
 }
 
 impl StatusCounts {
     pub fn total(&self) -> i64 {
-        self.pending + self.processing + self.done + self.failed
+        self.pending + self.processing + self.done + self.failed + self.skipped
     }
 
     /// Rows the host still has to settle (pending, including those waiting for a retry, and
@@ -173,6 +175,7 @@ pub async fn status_counts(pool: &PgPool, projection: &str) -> StatusCounts {
             "processing" => counts.processing = n,
             "done" => counts.done = n,
             "failed" => counts.failed = n,
+            "skipped" => counts.skipped = n,
             other => panic!("unexpected status {other:?}"),
         }
     }

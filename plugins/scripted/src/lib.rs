@@ -3,6 +3,8 @@
 //!
 //! Payload keys (all optional except `outcome`):
 //! - `outcome`: `success` | `transient` | `deterministic` | `trap` (panics) |
+//!   `from_config` (the projection's config key `outcome` says which, default `deterministic`
+//!   with reason `bad_config`: an operator "fixes" it by changing the config) |
 //!   `transient_then_success` (transient while `attempt <= fail_times`, then success) |
 //!   `wrong_count` (returns one outcome too many for the whole batch) | `spin` (loops forever).
 //! - `reason`, `message`: the failure's reason and message (defaults `es_connect` for transient,
@@ -64,7 +66,16 @@ fn run(event: &Event) -> Option<Outcome> {
     if let Some(ms) = script.get("sleep_ms").and_then(Value::as_u64) {
         std::thread::sleep(Duration::from_millis(ms));
     }
-    let outcome = match script.get("outcome").and_then(Value::as_str).unwrap_or("") {
+    let configured = projector::plugin::config::get("outcome");
+    let chosen = match script.get("outcome").and_then(Value::as_str).unwrap_or("") {
+        "from_config" => configured.as_deref().unwrap_or("config_missing"),
+        other => other,
+    };
+    let outcome = match chosen {
+        "config_missing" => Some(Outcome::Deterministic(Failure {
+            reason: "bad_config".into(),
+            message: "the projection's config has no `outcome`".into(),
+        })),
         "success" => Some(Outcome::Success),
         "transient" => Some(Outcome::Transient(failure(&script, "es_connect"))),
         "deterministic" => Some(Outcome::Deterministic(failure(&script, "bad_payload"))),

@@ -1,0 +1,151 @@
+//! Operator transitions: replay (`failed` → `pending`, attempts reset, due now, audited), skip
+//! (`failed` → `skipped`, a terminal state that lets the aggregate continue, audited), and
+//! pause/resume of a projection (a paused projection claims nothing; the pause is a row, so it
+//! survives restarts).
+//!
+//! Every replay and skip, dry runs included, appends one `replay_audit` row naming who, when,
+//! why, the filter, how many rows and which ids, in the same transaction as the change itself.
+
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Which failed events an operator acts on.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Filter {
+    /// Only events failed with this reason.
+    pub error_reason: Option<String>,
+    /// Only events of this type.
+    pub event_type: Option<String>,
+    /// Only these events.
+    pub ids: Option<Vec<Uuid>>,
+    /// At most this many (oldest first).
+    pub limit: Option<i64>,
+}
+
+/// What an operator action did (or, dry, would do).
+#[derive(Debug, Clone, Serialize)]
+pub struct Outcome {
+    /// `replay` or `skip`.
+    pub action: &'static str,
+    /// The projection.
+    pub projection: String,
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// The events concerned, oldest first.
+    pub event_ids: Vec<Uuid>,
+}
+
+const SELECT_FAILED: &str = "\
+SELECT id FROM outbox_events
+WHERE projection = $1 AND status = 'failed'
+  AND ($2::text IS NULL OR error_reason = $2)
+  AND ($3::text IS NULL OR event_type = $3)
+  AND ($4::uuid[] IS NULL OR id = ANY($4))
+ORDER BY seq
+LIMIT $5
+FOR UPDATE";
+
+const REPLAY: &str = "\
+UPDATE outbox_events
+SET status = 'pending', attempts = 0, next_retry_at = now(), failure_kind = NULL,
+    replay_count = replay_count + 1, last_replayed_at = now(), last_replayed_by = $2,
+    last_replayed_reason = $3
+WHERE id = ANY($1) AND status = 'failed'";
+
+const SKIP: &str =
+    "UPDATE outbox_events SET status = 'skipped' WHERE id = ANY($1) AND status = 'failed'";
+
+const AUDIT: &str = "\
+INSERT INTO replay_audit (action, projection, performed_by, reason, filter, dry_run, row_count, event_ids)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+
+/// Replays (`skip == false`) or skips the failed events of `projection` that `filter` selects.
+pub async fn act(
+    pool: &PgPool,
+    projection: &str,
+    filter: &Filter,
+    by: &str,
+    reason: &str,
+    dry_run: bool,
+    skip: bool,
+) -> sqlx::Result<Outcome> {
+    let action = if skip { "skip" } else { "replay" };
+    let mut tx = pool.begin().await?;
+    let ids: Vec<Uuid> = sqlx::query_scalar(SELECT_FAILED)
+        .bind(projection)
+        .bind(&filter.error_reason)
+        .bind(&filter.event_type)
+        .bind(&filter.ids)
+        .bind(filter.limit.unwrap_or(i64::MAX))
+        .fetch_all(&mut *tx)
+        .await?;
+    if !dry_run && !ids.is_empty() {
+        let change = if skip {
+            sqlx::query(SKIP).bind(&ids)
+        } else {
+            sqlx::query(REPLAY).bind(&ids).bind(by).bind(reason)
+        };
+        change.execute(&mut *tx).await?;
+        // Replayed events and the events a skip unblocks are due now: wake the hosts.
+        sqlx::query("SELECT pg_notify($1, $2)")
+            .bind(crate::service::NOTIFY_CHANNEL)
+            .bind(projection)
+            .execute(&mut *tx)
+            .await?;
+    }
+    sqlx::query(AUDIT)
+        .bind(action)
+        .bind(projection)
+        .bind(by)
+        .bind(reason)
+        .bind(sqlx::types::Json(filter))
+        .bind(dry_run)
+        .bind(ids.len() as i32)
+        .bind(&ids)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(Outcome {
+        action,
+        projection: projection.to_owned(),
+        dry_run,
+        event_ids: ids,
+    })
+}
+
+/// Pauses `projection` (idempotent).
+pub async fn pause(
+    pool: &PgPool,
+    projection: &str,
+    by: &str,
+    reason: Option<&str>,
+) -> sqlx::Result<()> {
+    sqlx::query(
+        "INSERT INTO projection_pauses (projection, paused_by, reason) VALUES ($1, $2, $3)
+         ON CONFLICT (projection) DO NOTHING",
+    )
+    .bind(projection)
+    .bind(by)
+    .bind(reason)
+    .execute(pool)
+    .await?;
+    Ok(())
+}
+
+/// Resumes `projection` and wakes its hosts; returns whether it was paused.
+pub async fn resume(pool: &PgPool, projection: &str) -> sqlx::Result<bool> {
+    let mut tx = pool.begin().await?;
+    let removed = sqlx::query("DELETE FROM projection_pauses WHERE projection = $1")
+        .bind(projection)
+        .execute(&mut *tx)
+        .await?
+        .rows_affected();
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(crate::service::NOTIFY_CHANNEL)
+        .bind(projection)
+        .execute(&mut *tx)
+        .await?;
+    tx.commit().await?;
+    Ok(removed > 0)
+}

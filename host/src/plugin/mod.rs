@@ -127,17 +127,8 @@ impl Runtime {
         Ok(self)
     }
 
-    /// Compiles and validates `spec`'s plugin for this host's `worker_id`.
-    pub fn load(&self, spec: &ProjectionSpec, worker_id: &str) -> Result<Arc<LoadedPlugin>, Error> {
-        let bytes = std::fs::read(&spec.plugin).map_err(|e| Error::Plugin {
-            path: spec.plugin.clone(),
-            message: format!("cannot read: {e}"),
-        })?;
-        self.load_bytes(spec, worker_id, &bytes, &spec.plugin)
-    }
-
-    /// Compiles and validates a component given as bytes (`origin` names it in errors).
-    /// Blocking: compiling takes a while.
+    /// Compiles and validates a component (`origin` names it in errors) as `spec`'s plugin for
+    /// this host's `worker_id`. Blocking: compiling takes a while.
     pub fn load_bytes(
         &self,
         spec: &ProjectionSpec,

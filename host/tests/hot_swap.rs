@@ -114,7 +114,7 @@ async fn applied_once_by_the_named_version(
 #[tokio::test(flavor = "multi_thread")]
 async fn versions_swap_and_roll_back_under_load_and_every_event_is_applied_once_by_the_version_it_names(
 ) {
-    let (db, dir, config) = stamp_setup(&plugin("stamp_v1").display().to_string()).await;
+    let (db, _dir, config) = stamp_setup(&plugin("stamp_v1").display().to_string()).await;
     let mut host = Host::start(
         &db.url,
         &["--config", config.to_str().unwrap()],
@@ -333,7 +333,7 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_version_activated_on_one_host_is_followed_by_the_others() {
-    let (db, dir, config) = stamp_setup(&plugin("stamp_v1").display().to_string()).await;
+    let (db, _dir, config) = stamp_setup(&plugin("stamp_v1").display().to_string()).await;
     let args = ["--config", config.to_str().unwrap()];
     // Small batches, so both hosts get a share.
     let mut a = Host::start(

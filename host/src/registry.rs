@@ -10,7 +10,8 @@
 //!   runs the new one; nothing is lost or applied twice by a switch (outcomes are settled by the
 //!   same fenced statement whatever version produced them, stamped with that version).
 //! - Exactly one version per projection is `active` in the table; activations of one projection
-//!   are serialised in this host.
+//!   are serialised in this host, and recording them is serialised across hosts (an advisory
+//!   lock per projection).
 //! - The configured file is activated at start, so a restart runs what the configuration says.
 
 use crate::plugin::{LoadedPlugin, Runtime};
@@ -249,6 +250,12 @@ async fn record_active(
     by: &str,
 ) -> Result<()> {
     let mut tx = pool.begin().await?;
+    // Hosts starting together record the same version at once: serialise per projection, or
+    // both inserts race on the one-active index.
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('projector_plugin_versions:' || $1))")
+        .bind(projection)
+        .execute(&mut *tx)
+        .await?;
     sqlx::query(RETIRE_OTHERS)
         .bind(projection)
         .bind(&plugin.digest)

@@ -377,3 +377,19 @@ async fn a_version_activated_on_one_host_is_followed_by_the_others() {
         "host B took part: {versions:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hosts_starting_together_record_one_active_version() {
+    let (db, _dir, config) = stamp_setup(&plugin("stamp_v1").display().to_string()).await;
+    let args = ["--config", config.to_str().unwrap()];
+    let mut hosts: Vec<Host> = (0..4).map(|_| Host::start(&db.url, &args, &[])).collect();
+    for host in &mut hosts {
+        host.wait_ready(PATIENCE);
+    }
+    let active: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM plugin_versions WHERE status = 'active'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(active, 1);
+}

@@ -236,23 +236,7 @@ pub fn main() -> ExitCode {
                 ids,
                 limit: limit.map(i64::from),
             };
-            operator_command(database_url, move |pool| async move {
-                let done = crate::outbox::operator::act(
-                    &pool,
-                    &projection,
-                    &filter,
-                    &by,
-                    &reason,
-                    dry_run,
-                    false,
-                )
-                .await?;
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&done).expect("serialisable")
-                );
-                Ok(())
-            })
+            replay_or_skip(database_url, projection, filter, by, reason, dry_run, false)
         }
         Command::Skip {
             projection,
@@ -265,23 +249,7 @@ pub fn main() -> ExitCode {
                 ids: Some(ids),
                 ..Default::default()
             };
-            operator_command(database_url, move |pool| async move {
-                let done = crate::outbox::operator::act(
-                    &pool,
-                    &projection,
-                    &filter,
-                    &by,
-                    &reason,
-                    false,
-                    true,
-                )
-                .await?;
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&done).expect("serialisable")
-                );
-                Ok(())
-            })
+            replay_or_skip(database_url, projection, filter, by, reason, false, true)
         }
         Command::Pause {
             projection,
@@ -399,6 +367,28 @@ fn plugins_command(
         )),
         _ => Err(Error::Other(anyhow::anyhow!("the host answered {status}"))),
     }
+}
+
+/// `projector replay` / `projector skip`: acts and prints what was (or would be) changed.
+fn replay_or_skip(
+    database_url: Option<String>,
+    projection: String,
+    filter: crate::outbox::operator::Filter,
+    by: String,
+    reason: String,
+    dry_run: bool,
+    skip: bool,
+) -> crate::Result<()> {
+    operator_command(database_url, move |pool| async move {
+        let done =
+            crate::outbox::operator::act(&pool, &projection, &filter, &by, &reason, dry_run, skip)
+                .await?;
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&done).expect("serialisable")
+        );
+        Ok(())
+    })
 }
 
 /// Runs an operator command against the database (migrated first, so it works on a fresh one).

@@ -20,14 +20,9 @@ pub struct Cli {
 pub enum Command {
     /// Apply the database migrations (creates `outbox_events` and friends) and exit.
     Migrate {
-        /// Postgres connection URL.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            value_name = "DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        /// The database.
+        #[command(flatten)]
+        db: Database,
     },
     /// Run the projections until SIGTERM/SIGINT (or for OUTBOX_RUN_SECONDS).
     Run(RunArgs),
@@ -57,14 +52,9 @@ pub enum Command {
         /// Print what would change, change nothing (still audited, marked dry).
         #[arg(long)]
         dry_run: bool,
-        /// Postgres connection URL.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            value_name = "DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        /// The database.
+        #[command(flatten)]
+        db: Database,
     },
     /// Mark failed events as skipped (terminal) so their aggregates continue, audited.
     Skip {
@@ -80,14 +70,9 @@ pub enum Command {
         /// Why (audited).
         #[arg(long)]
         reason: String,
-        /// Postgres connection URL.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            value_name = "DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        /// The database.
+        #[command(flatten)]
+        db: Database,
     },
     /// Stop a projection from claiming (survives restarts) ...
     Pause {
@@ -100,28 +85,18 @@ pub enum Command {
         /// Why.
         #[arg(long)]
         reason: Option<String>,
-        /// Postgres connection URL.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            value_name = "DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        /// The database.
+        #[command(flatten)]
+        db: Database,
     },
     /// ... and let it claim again.
     Resume {
         /// The projection.
         #[arg(long)]
         projection: String,
-        /// Postgres connection URL.
-        #[arg(
-            long,
-            env = "DATABASE_URL",
-            value_name = "DATABASE_URL",
-            hide_env_values = true
-        )]
-        database_url: Option<String>,
+        /// The database.
+        #[command(flatten)]
+        db: Database,
     },
     /// Manage plugin versions of a running host (through its admin API).
     Plugins {
@@ -175,6 +150,34 @@ pub enum PluginsAction {
     },
 }
 
+/// The database a one-shot command works on.
+#[derive(Debug, Args)]
+pub struct Database {
+    /// Postgres connection URL.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        value_name = "DATABASE_URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
+}
+
+impl Database {
+    /// The URL, or the error naming `DATABASE_URL` when it is missing.
+    pub fn url(&self) -> crate::Result<&str> {
+        self.database_url
+            .as_deref()
+            .filter(|u| !u.trim().is_empty())
+            .ok_or_else(|| {
+                crate::Error::config(
+                    "DATABASE_URL",
+                    "not set: pass --database-url or set DATABASE_URL",
+                )
+            })
+    }
+}
+
 /// Arguments of `projector run`. Every setting also reads its environment variable; a flag wins
 /// over the variable, the variable over the `--config` file.
 #[derive(Debug, Args)]
@@ -213,10 +216,10 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Migrate { database_url } => {
+        Command::Migrate { db } => {
             let log = LogFormat::Text;
             crate::service::init_logging(log);
-            runtime().block_on(crate::db::migrate_command(database_url))
+            runtime().block_on(crate::db::migrate_command(&db))
         }
         Command::Run(args) => crate::service::run_command(args),
         Command::Replay {
@@ -228,7 +231,7 @@ pub fn main() -> ExitCode {
             ids,
             limit,
             dry_run,
-            database_url,
+            db,
         } => {
             let filter = crate::outbox::operator::Filter {
                 error_reason,
@@ -236,35 +239,32 @@ pub fn main() -> ExitCode {
                 ids,
                 limit: limit.map(i64::from),
             };
-            replay_or_skip(database_url, projection, filter, by, reason, dry_run, false)
+            replay_or_skip(db, projection, filter, by, reason, dry_run, false)
         }
         Command::Skip {
             projection,
             ids,
             by,
             reason,
-            database_url,
+            db,
         } => {
             let filter = crate::outbox::operator::Filter {
                 ids: Some(ids),
                 ..Default::default()
             };
-            replay_or_skip(database_url, projection, filter, by, reason, false, true)
+            replay_or_skip(db, projection, filter, by, reason, false, true)
         }
         Command::Pause {
             projection,
             by,
             reason,
-            database_url,
-        } => operator_command(database_url, move |pool| async move {
+            db,
+        } => operator_command(db, move |pool| async move {
             crate::outbox::operator::pause(&pool, &projection, &by, reason.as_deref()).await?;
             println!("projection `{projection}` paused");
             Ok(())
         }),
-        Command::Resume {
-            projection,
-            database_url,
-        } => operator_command(database_url, move |pool| async move {
+        Command::Resume { projection, db } => operator_command(db, move |pool| async move {
             let was = crate::outbox::operator::resume(&pool, &projection).await?;
             println!(
                 "projection `{projection}` {}",
@@ -371,7 +371,7 @@ fn plugins_command(
 
 /// `projector replay` / `projector skip`: acts and prints what was (or would be) changed.
 fn replay_or_skip(
-    database_url: Option<String>,
+    db: Database,
     projection: String,
     filter: crate::outbox::operator::Filter,
     by: String,
@@ -379,7 +379,7 @@ fn replay_or_skip(
     dry_run: bool,
     skip: bool,
 ) -> crate::Result<()> {
-    operator_command(database_url, move |pool| async move {
+    operator_command(db, move |pool| async move {
         let done =
             crate::outbox::operator::act(&pool, &projection, &filter, &by, &reason, dry_run, skip)
                 .await?;
@@ -392,20 +392,13 @@ fn replay_or_skip(
 }
 
 /// Runs an operator command against the database (migrated first, so it works on a fresh one).
-fn operator_command<F, Fut>(database_url: Option<String>, work: F) -> crate::Result<()>
+fn operator_command<F, Fut>(db: Database, work: F) -> crate::Result<()>
 where
     F: FnOnce(sqlx::PgPool) -> Fut,
     Fut: std::future::Future<Output = crate::Result<()>>,
 {
     crate::service::init_logging(LogFormat::Text);
-    let url = database_url
-        .filter(|u| !u.trim().is_empty())
-        .ok_or_else(|| {
-            crate::Error::config(
-                "DATABASE_URL",
-                "not set: pass --database-url or set DATABASE_URL",
-            )
-        })?;
+    let url = db.url()?.to_owned();
     runtime().block_on(async move {
         let pool = crate::db::connect(&url, 2).await?;
         crate::db::migrate(&pool).await?;

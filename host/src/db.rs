@@ -53,16 +53,8 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 }
 
 /// `projector migrate`.
-pub async fn migrate_command(database_url: Option<String>) -> Result<()> {
-    let url = database_url
-        .filter(|u| !u.trim().is_empty())
-        .ok_or_else(|| {
-            Error::config(
-                "DATABASE_URL",
-                "not set: pass --database-url or set DATABASE_URL",
-            )
-        })?;
-    let pool = connect(&url, 2).await?;
+pub async fn migrate_command(db: &crate::cli::Database) -> Result<()> {
+    let pool = connect(db.url()?, 2).await?;
     migrate(&pool).await?;
     tracing::info!(migrations = MIGRATOR.iter().count(), "database migrated");
     Ok(())

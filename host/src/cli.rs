@@ -98,6 +98,44 @@ pub enum Command {
         #[command(flatten)]
         db: Database,
     },
+    /// Per projection: events per status, stuck, blocked, failed by reason, oldest pending age,
+    /// active plugin version, paused or not.
+    Status {
+        /// Only this projection.
+        #[arg(long)]
+        projection: Option<String>,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+        /// The database.
+        #[command(flatten)]
+        db: Database,
+    },
+    /// Rebuild a projection's read model from its source of truth (see `--source`).
+    Rebuild(RebuildArgs),
+    /// Delete `done` rows older than the retention age, in small batches, once.
+    Prune {
+        /// Delete `done` rows older than this many seconds.
+        #[arg(
+            long,
+            env = "OUTBOX_RETENTION_DONE_SECONDS",
+            value_name = "SECONDS",
+            value_parser = parse_positive_seconds
+        )]
+        older_than: f64,
+        /// Rows per delete batch.
+        #[arg(
+            long,
+            env = "OUTBOX_RETENTION_BATCH_SIZE",
+            value_name = "N",
+            default_value_t = 1000,
+            value_parser = clap::value_parser!(i64).range(1..=100_000)
+        )]
+        batch_size: i64,
+        /// The database.
+        #[command(flatten)]
+        db: Database,
+    },
     /// Manage plugin versions of a running host (through its admin API).
     Plugins {
         /// What to do.
@@ -196,6 +234,45 @@ pub struct RunArgs {
     pub overrides: Overrides,
 }
 
+/// Arguments of `projector rebuild`: the projection's configuration as for `projector run`,
+/// plus what to rebuild and how.
+#[derive(Debug, Args)]
+pub struct RebuildArgs {
+    /// The projection to rebuild.
+    #[arg(long)]
+    pub projection: String,
+    /// Empty the projection's granted tables first.
+    #[arg(long, conflicts_with = "zero_downtime")]
+    pub truncate: bool,
+    /// Write the source rows as outbox events for the running hosts instead of applying them.
+    #[arg(long, conflicts_with = "zero_downtime")]
+    pub emit_outbox: bool,
+    /// Build into shadow tables and switch them in atomically once caught up (sql projections).
+    #[arg(long)]
+    pub zero_downtime: bool,
+    /// A source named in `[projection.sources]`, or a SELECT returning `id` (uuid),
+    /// `event_type`, `aggregate_id`, `payload` and optionally `aggregate_type`, `occurred_at`,
+    /// `seq` [default: the projection's only source].
+    #[arg(long, value_name = "NAME|SQL")]
+    pub source: Option<String>,
+    /// Who is rebuilding (recorded).
+    #[arg(long, env = "USER", default_value = "cli")]
+    pub by: String,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+    /// The projection's configuration.
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+fn parse_positive_seconds(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("`{s}` is not a positive number of seconds")),
+    }
+}
+
 /// Entry point of the binary.
 pub fn main() -> ExitCode {
     let cli = match Cli::try_parse() {
@@ -269,6 +346,37 @@ pub fn main() -> ExitCode {
             println!(
                 "projection `{projection}` {}",
                 if was { "resumed" } else { "was not paused" }
+            );
+            Ok(())
+        }),
+        Command::Status {
+            projection,
+            json,
+            db,
+        } => operator_command(db, move |pool| async move {
+            let rows = crate::outbox::status::status(&pool, projection.as_deref()).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).expect("serialisable")
+                );
+            } else {
+                print!("{}", crate::outbox::status::render_table(&rows));
+            }
+            Ok(())
+        }),
+        Command::Rebuild(args) => rebuild_command(args),
+        Command::Prune {
+            older_than,
+            batch_size,
+            db,
+        } => operator_command(db, move |pool| async move {
+            let older = std::time::Duration::from_secs_f64(older_than);
+            let deleted = crate::outbox::retention::prune(&pool, older, batch_size, None).await?;
+            let total: u64 = deleted.values().sum();
+            println!(
+                "{}",
+                serde_json::json!({"deleted": total, "by_projection": deleted})
             );
             Ok(())
         }),
@@ -387,6 +495,62 @@ fn replay_or_skip(
             "{}",
             serde_json::to_string_pretty(&done).expect("serialisable")
         );
+        Ok(())
+    })
+}
+
+/// `projector rebuild`: progress on stderr, the report on stdout.
+fn rebuild_command(args: RebuildArgs) -> crate::Result<()> {
+    use crate::rebuild::{Mode, Request};
+    let settings = crate::settings::Settings::resolve(
+        args.run.overrides,
+        args.run.config.as_deref(),
+        &args.run.plugins,
+    )?;
+    crate::service::init_logging(settings.log_format);
+    let request = Request {
+        projection: args.projection,
+        mode: if args.zero_downtime {
+            Mode::ZeroDowntime
+        } else if args.emit_outbox {
+            Mode::Outbox
+        } else {
+            Mode::Direct
+        },
+        truncate: args.truncate,
+        source: args.source,
+        by: args.by,
+    };
+    let json = args.json;
+    let migrate = !args.run.no_migrate;
+    runtime().block_on(async move {
+        let pool = crate::db::connect(&settings.database_url, 4).await?;
+        if migrate {
+            crate::db::migrate(&pool).await?;
+        }
+        let last = std::sync::Mutex::new(std::time::Instant::now());
+        let progress = |r: &crate::rebuild::Report| {
+            let mut last = last.lock().expect("not poisoned");
+            if last.elapsed() >= std::time::Duration::from_secs(1) {
+                *last = std::time::Instant::now();
+                eprintln!(
+                    "rebuild {}: {} rows read, {} applied, {} failed, {} caught up ({:.1}s)",
+                    r.projection, r.rows_read, r.rows_applied, r.rows_failed, r.caught_up,
+                    r.duration_seconds
+                );
+            }
+        };
+        let report = crate::rebuild::run(&settings, &pool, request, &progress).await?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&report).expect("serialisable"));
+        } else {
+            println!(
+                "rebuild {} ({:?}, source {}): {} rows read, {} applied, {} failed, {} caught up, {} superseded{} in {:.1}s",
+                report.projection, report.mode, report.source, report.rows_read, report.rows_applied,
+                report.rows_failed, report.caught_up, report.superseded,
+                if report.switched { ", switched" } else { "" }, report.duration_seconds
+            );
+        }
         Ok(())
     })
 }

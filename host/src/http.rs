@@ -1,8 +1,17 @@
 //! The HTTP surface: `/healthz` (the process serves), `/readyz` (the database answers and every
-//! plugin is loaded), `/metrics` (Prometheus text), and the admin API (bearer token
-//! `OUTBOX_ADMIN_TOKEN`; disabled without one): `PUT /projections/{name}/plugin` (body = the
-//! component) activates a new version, `POST /projections/{name}/rollback` re-activates the
-//! previous one, `GET /projections/{name}/plugins` lists the versions.
+//! plugin is loaded), `/metrics` (Prometheus text), and the admin API (JSON; documented in
+//! `docs/openapi.yaml`).
+//!
+//! Invariants:
+//! - Reads are open: `GET /status`, `GET /projections/{name}/status`, `.../plugins`, `.../audit`,
+//!   `.../rebuilds`.
+//! - Every write needs the bearer token `OUTBOX_ADMIN_TOKEN` and is checked before the body is
+//!   even parsed: without the right token the answer is 401 and nothing changes; with no token
+//!   configured every write is 403. Writes: `PUT .../plugin` (body = the component),
+//!   `POST .../rollback`, `.../replay`, `.../skip`, `.../pause`, `.../resume`, `.../rebuild`.
+//! - Who acted is the `by` field of the body, else the `X-Projector-By` header, else `http`.
+//! - The write endpoints call the same functions as the CLI commands; nothing here touches the
+//!   outbox tables directly.
 
 use crate::metrics::Metrics;
 use axum::body::Bytes;
@@ -11,6 +20,8 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::IntoResponse;
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
+use serde::Deserialize;
+use serde::Serialize;
 use serde_json::json;
 use sqlx::PgPool;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -29,6 +40,8 @@ pub struct AppState {
     pub pool: PgPool,
     /// Set once every plugin is loaded and the claim loops run.
     pub ready: AtomicBool,
+    /// The host's settings (the rebuild endpoint runs a projection's plugin with them).
+    pub settings: Option<Arc<crate::settings::Settings>>,
 }
 
 /// The router with all three endpoints.
@@ -43,6 +56,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         )
         .route("/projections/{name}/rollback", post(rollback))
         .route("/projections/{name}/plugins", get(list_plugins))
+        .route("/status", get(status_all))
+        .route("/projections/{name}/status", get(status_one))
+        .route("/projections/{name}/audit", get(audit))
+        .route("/projections/{name}/rebuilds", get(rebuilds))
+        .route("/projections/{name}/replay", post(replay))
+        .route("/projections/{name}/skip", post(skip))
+        .route("/projections/{name}/pause", post(pause))
+        .route("/projections/{name}/resume", post(resume))
+        .route("/projections/{name}/rebuild", post(rebuild))
         .with_state(state)
 }
 
@@ -56,10 +78,7 @@ fn reply(status: StatusCode, body: serde_json::Value) -> Reply {
 }
 
 /// Checks the bearer token; returns who is acting (`X-Projector-By`, default `http`).
-fn authorize(
-    state: &AppState,
-    headers: &HeaderMap,
-) -> Result<(String, Arc<crate::registry::Registry>), Reply> {
+fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, Reply> {
     let Some(token) = &state.admin_token else {
         return Err(reply(
             StatusCode::FORBIDDEN,
@@ -76,19 +95,57 @@ fn authorize(
             json!({"error": "missing or wrong bearer token"}),
         ));
     }
-    let Some(registry) = state.registry.get() else {
-        return Err(reply(
-            StatusCode::SERVICE_UNAVAILABLE,
-            json!({"error": "starting"}),
-        ));
-    };
-    let by = headers
+    Ok(headers
         .get("x-projector-by")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .unwrap_or("http")
-        .to_owned();
-    Ok((by, registry.clone()))
+        .to_owned())
+}
+
+/// The plugin registry, once the host has started.
+fn registry(state: &AppState) -> Result<Arc<crate::registry::Registry>, Reply> {
+    state.registry.get().cloned().ok_or_else(|| {
+        reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "starting"}),
+        )
+    })
+}
+
+/// Authorizes, then parses the JSON body (an empty body is `{}`).
+fn authorized_body<T: serde::de::DeserializeOwned>(
+    state: &AppState,
+    headers: &HeaderMap,
+    body: &Bytes,
+) -> Result<(String, T), Reply> {
+    let by = authorize(state, headers)?;
+    let raw: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        body
+    };
+    let parsed = serde_json::from_slice(raw).map_err(|e| {
+        reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("invalid JSON body: {e}")}),
+        )
+    })?;
+    Ok((by, parsed))
+}
+
+fn internal(e: impl std::fmt::Display) -> Reply {
+    reply(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        json!({"error": e.to_string()}),
+    )
+}
+
+fn missing(field: &str) -> Reply {
+    reply(
+        StatusCode::BAD_REQUEST,
+        json!({"error": format!("`{field}` is required and must not be empty")}),
+    )
 }
 
 fn activated(name: &str, result: crate::Result<Arc<crate::plugin::LoadedPlugin>>) -> Reply {
@@ -118,10 +175,11 @@ async fn load_plugin(
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
-    let (by, registry) = match authorize(&state, &headers) {
-        Ok(ok) => ok,
-        Err(r) => return r,
-    };
+    let (by, registry) =
+        match authorize(&state, &headers).and_then(|by| Ok((by, registry(&state)?))) {
+            Ok(ok) => ok,
+            Err(r) => return r,
+        };
     activated(&name, registry.activate(&name, body.to_vec(), &by).await)
 }
 
@@ -130,19 +188,16 @@ async fn rollback(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Reply {
-    let (by, registry) = match authorize(&state, &headers) {
-        Ok(ok) => ok,
-        Err(r) => return r,
-    };
+    let (by, registry) =
+        match authorize(&state, &headers).and_then(|by| Ok((by, registry(&state)?))) {
+            Ok(ok) => ok,
+            Err(r) => return r,
+        };
     activated(&name, registry.rollback(&name, &by).await)
 }
 
-async fn list_plugins(
-    State(state): State<Arc<AppState>>,
-    Path(name): Path<String>,
-    headers: HeaderMap,
-) -> Reply {
-    let (_, registry) = match authorize(&state, &headers) {
+async fn list_plugins(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
+    let registry = match registry(&state) {
         Ok(ok) => ok,
         Err(r) => return r,
     };
@@ -184,5 +239,272 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         state.metrics.render(),
+    )
+}
+
+async fn status_all(State(state): State<Arc<AppState>>) -> Reply {
+    match crate::outbox::status::status(&state.pool, None).await {
+        Ok(rows) => reply(StatusCode::OK, json!({"projections": rows})),
+        Err(e) => internal(e),
+    }
+}
+
+async fn status_one(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
+    match crate::outbox::status::status(&state.pool, Some(&name)).await {
+        Ok(mut rows) => reply(StatusCode::OK, json!(rows.pop())),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    action: String,
+    performed_by: String,
+    performed_at: chrono::DateTime<chrono::Utc>,
+    reason: String,
+    filter: serde_json::Value,
+    dry_run: bool,
+    row_count: i32,
+    event_ids: Vec<uuid::Uuid>,
+}
+
+async fn audit(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
+    let rows: sqlx::Result<Vec<AuditRow>> = sqlx::query_as(
+        "SELECT id, action, performed_by, performed_at, reason, filter, dry_run, row_count, event_ids
+         FROM replay_audit WHERE projection = $1 ORDER BY id DESC LIMIT 100",
+    )
+    .bind(&name)
+    .fetch_all(&state.pool)
+    .await;
+    match rows {
+        Ok(rows) => reply(StatusCode::OK, json!({"projection": name, "audit": rows})),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Serialize, sqlx::FromRow)]
+struct RebuildRow {
+    id: i64,
+    mode: String,
+    source: String,
+    truncate: bool,
+    started_by: String,
+    started_at: chrono::DateTime<chrono::Utc>,
+    finished_at: Option<chrono::DateTime<chrono::Utc>>,
+    status: String,
+    rows_read: i64,
+    rows_applied: i64,
+    rows_failed: i64,
+    caught_up: i64,
+    error: Option<String>,
+}
+
+async fn rebuilds(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
+    let rows: sqlx::Result<Vec<RebuildRow>> = sqlx::query_as(
+        "SELECT id, mode, source, truncate, started_by, started_at, finished_at, status, rows_read,
+                rows_applied, rows_failed, caught_up, error
+         FROM projector_rebuilds WHERE projection = $1 ORDER BY id DESC LIMIT 20",
+    )
+    .bind(&name)
+    .fetch_all(&state.pool)
+    .await;
+    match rows {
+        Ok(rows) => reply(
+            StatusCode::OK,
+            json!({"projection": name, "rebuilds": rows}),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+/// The body of `POST .../replay` (and, with `ids` only, `.../skip`).
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct ReplayBody {
+    by: Option<String>,
+    reason: Option<String>,
+    error_reason: Option<String>,
+    event_type: Option<String>,
+    ids: Option<Vec<uuid::Uuid>>,
+    limit: Option<u32>,
+    #[serde(default)]
+    dry_run: bool,
+}
+
+async fn replay_or_skip(
+    state: &AppState,
+    name: &str,
+    headers: &HeaderMap,
+    body: &Bytes,
+    skip: bool,
+) -> Reply {
+    let (by, b) = match authorized_body::<ReplayBody>(state, headers, body) {
+        Ok(ok) => ok,
+        Err(r) => return r,
+    };
+    let by = b.by.filter(|v| !v.trim().is_empty()).unwrap_or(by);
+    let Some(reason) = b.reason.filter(|v| !v.trim().is_empty()) else {
+        return missing("reason");
+    };
+    if skip && b.ids.as_ref().is_none_or(|ids| ids.is_empty()) {
+        return missing("ids");
+    }
+    if skip
+        && (b.error_reason.is_some() || b.event_type.is_some() || b.limit.is_some() || b.dry_run)
+    {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "skip takes `ids`, `reason` and `by` only"}),
+        );
+    }
+    let filter = crate::outbox::operator::Filter {
+        error_reason: b.error_reason,
+        event_type: b.event_type,
+        ids: b.ids,
+        limit: b.limit.map(i64::from),
+    };
+    match crate::outbox::operator::act(&state.pool, name, &filter, &by, &reason, b.dry_run, skip)
+        .await
+    {
+        Ok(outcome) => reply(StatusCode::OK, json!(outcome)),
+        Err(e) => internal(e),
+    }
+}
+
+async fn replay(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    replay_or_skip(&state, &name, &headers, &body, false).await
+}
+
+async fn skip(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    replay_or_skip(&state, &name, &headers, &body, true).await
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct PauseBody {
+    by: Option<String>,
+    reason: Option<String>,
+}
+
+async fn pause(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    let (by, b) = match authorized_body::<PauseBody>(&state, &headers, &body) {
+        Ok(ok) => ok,
+        Err(r) => return r,
+    };
+    let by = b.by.filter(|v| !v.trim().is_empty()).unwrap_or(by);
+    match crate::outbox::operator::pause(&state.pool, &name, &by, b.reason.as_deref()).await {
+        Ok(()) => reply(StatusCode::OK, json!({"projection": name, "paused": true})),
+        Err(e) => internal(e),
+    }
+}
+
+async fn resume(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    if let Err(r) = authorized_body::<PauseBody>(&state, &headers, &body) {
+        return r;
+    }
+    match crate::outbox::operator::resume(&state.pool, &name).await {
+        Ok(was) => reply(
+            StatusCode::OK,
+            json!({"projection": name, "paused": false, "was_paused": was}),
+        ),
+        Err(e) => internal(e),
+    }
+}
+
+#[derive(Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct RebuildBody {
+    by: Option<String>,
+    #[serde(default)]
+    truncate: bool,
+    #[serde(default)]
+    emit_outbox: bool,
+    #[serde(default)]
+    zero_downtime: bool,
+    source: Option<String>,
+}
+
+/// Starts a rebuild in the background: 202 once it is validated; progress and outcome are at
+/// `GET .../rebuilds` and in the `projector_rebuild_*` metrics.
+async fn rebuild(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Reply {
+    use crate::rebuild::{Mode, Request};
+    let (by, b) = match authorized_body::<RebuildBody>(&state, &headers, &body) {
+        Ok(ok) => ok,
+        Err(r) => return r,
+    };
+    let Some(settings) = state.settings.clone() else {
+        return reply(
+            StatusCode::SERVICE_UNAVAILABLE,
+            json!({"error": "starting"}),
+        );
+    };
+    let Some(spec) = settings.projections.iter().find(|p| p.name == name) else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("`{name}` is not a projection of this host")}),
+        );
+    };
+    if b.zero_downtime && (b.truncate || b.emit_outbox) {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": "`zero_downtime` excludes `truncate` and `emit_outbox`"}),
+        );
+    }
+    if let Err(e) = crate::rebuild::resolve_source(spec, b.source.as_deref()) {
+        return reply(StatusCode::BAD_REQUEST, json!({"error": e.to_string()}));
+    }
+    let request = Request {
+        projection: name.clone(),
+        mode: if b.zero_downtime {
+            Mode::ZeroDowntime
+        } else if b.emit_outbox {
+            Mode::Outbox
+        } else {
+            Mode::Direct
+        },
+        truncate: b.truncate,
+        source: b.source,
+        by: b.by.filter(|v| !v.trim().is_empty()).unwrap_or(by),
+    };
+    let pool = state.pool.clone();
+    // On a thread of its own: the rebuild's future holds a source cursor across awaits, which
+    // the compiler cannot prove `Send` for a spawned task (rust-lang/rust#102211).
+    let rt = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || {
+        rt.block_on(async move {
+            if let Err(e) = crate::rebuild::run(&settings, &pool, request, &|_| {}).await {
+                tracing::warn!(error = %e, "rebuild failed");
+            }
+        })
+    });
+    reply(
+        StatusCode::ACCEPTED,
+        json!({"projection": name, "status": "started", "progress": format!("/projections/{name}/rebuilds")}),
     )
 }

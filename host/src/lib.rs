@@ -14,7 +14,10 @@
 //! - [`plugin`]: the WebAssembly runtime, the capabilities a plugin may import, sandbox limits.
 //! - [`sql_roles`]: the database roles and grants behind the `sql` capability.
 //! - [`worker`]: one claim → call → settle loop.
-//! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics`.
+//! - [`rebuild`]: rebuilding a read model from its source of truth (direct, through the outbox,
+//!   or zero-downtime into shadow tables).
+//! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics` and
+//!   the admin API.
 //! - [`service`]: `projector run`: wiring, wake-ups, signals, shutdown.
 #![deny(missing_docs)]
 
@@ -25,6 +28,7 @@ pub mod http;
 pub mod metrics;
 pub mod outbox;
 pub mod plugin;
+pub mod rebuild;
 pub mod registry;
 pub mod service;
 pub mod settings;

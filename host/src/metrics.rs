@@ -48,7 +48,32 @@ pub struct Metrics {
     pub batch_duration: HistogramVec,
     /// Plugin `handle` call duration (all calls of a batch, bisection included).
     pub plugin_call_duration: HistogramVec,
+    /// `done` rows deleted by retention.
+    pub pruned: IntCounterVec,
+    /// How long the latest finished rebuild took.
+    pub rebuild_duration: GaugeVec,
+    /// When the latest rebuild finished (Unix time).
+    pub rebuild_last_finished: GaugeVec,
+    /// 1 if the latest finished rebuild succeeded, else 0.
+    pub rebuild_last_success: IntGaugeVec,
 }
+
+fn gauge(r: &Registry, name: &str, help: &str) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), &["projection"]).expect("valid metric");
+    r.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+// The latest finished rebuild per projection (rebuilds may run in another process: the
+// `projector rebuild` command records them in `projector_rebuilds`).
+const REBUILD_SQL: &str = "\
+SELECT DISTINCT ON (projection) projection,
+       EXTRACT(EPOCH FROM finished_at - started_at)::float8,
+       EXTRACT(EPOCH FROM finished_at)::float8,
+       status = 'succeeded'
+FROM projector_rebuilds
+WHERE finished_at IS NOT NULL AND projection = ANY($1)
+ORDER BY projection, finished_at DESC";
 
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -116,18 +141,11 @@ impl Metrics {
                 "outbox_lag_events",
                 "Unfinished events (pending or processing).",
             ),
-            oldest_age: {
-                let g = GaugeVec::new(
-                    Opts::new(
-                        "outbox_oldest_age_seconds",
-                        "Age of the oldest unfinished event.",
-                    ),
-                    &["projection"],
-                )
-                .expect("valid metric");
-                r.register(Box::new(g.clone())).expect("unique metric");
-                g
-            },
+            oldest_age: gauge(
+                &r,
+                "outbox_oldest_age_seconds",
+                "Age of the oldest unfinished event.",
+            ),
             inflight: int_gauge(
                 &r,
                 "outbox_inflight_events",
@@ -200,6 +218,27 @@ impl Metrics {
                 &r,
                 "projector_plugin_call_duration_seconds",
                 "Duration of the plugin calls of one batch.",
+            ),
+            pruned: counter(
+                &r,
+                "outbox_pruned_total",
+                "Done rows deleted by retention.",
+                &["projection"],
+            ),
+            rebuild_duration: gauge(
+                &r,
+                "projector_rebuild_duration_seconds",
+                "Duration of the latest finished rebuild.",
+            ),
+            rebuild_last_finished: gauge(
+                &r,
+                "projector_rebuild_last_finished_timestamp_seconds",
+                "When the latest rebuild finished (Unix time).",
+            ),
+            rebuild_last_success: int_gauge(
+                &r,
+                "projector_rebuild_last_success",
+                "1 if the latest finished rebuild succeeded, else 0.",
             ),
             registry: r,
         }
@@ -302,6 +341,21 @@ impl Metrics {
                 g.with_label_values(&[projection]).set(0);
             }
             self.oldest_age.with_label_values(&[projection]).set(0.0);
+        }
+        let rebuilds: Vec<(String, f64, f64, bool)> = sqlx::query_as(REBUILD_SQL)
+            .bind(projections)
+            .fetch_all(pool)
+            .await?;
+        for (projection, duration, finished, success) in &rebuilds {
+            self.rebuild_duration
+                .with_label_values(&[projection])
+                .set(*duration);
+            self.rebuild_last_finished
+                .with_label_values(&[projection])
+                .set(*finished);
+            self.rebuild_last_success
+                .with_label_values(&[projection])
+                .set(i64::from(*success));
         }
         Ok(())
     }

@@ -31,6 +31,15 @@ const ACTIVE: &str = "\
 SELECT digest, component FROM plugin_versions
 WHERE projection = $1 AND status = 'active' AND component IS NOT NULL";
 
+/// The component of `projection`'s active version, if a host has recorded one.
+pub async fn active_component(pool: &PgPool, projection: &str) -> sqlx::Result<Option<Vec<u8>>> {
+    let row: Option<(String, Vec<u8>)> = sqlx::query_as(ACTIVE)
+        .bind(projection)
+        .fetch_optional(pool)
+        .await?;
+    Ok(row.map(|(_, bytes)| bytes))
+}
+
 /// One projection's active version.
 pub struct ActiveSlot {
     spec: Arc<ProjectionSpec>,

@@ -113,6 +113,7 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
         ready: Default::default(),
         registry: Default::default(),
         admin_token: settings.admin_token.clone(),
+        settings: Some(Arc::new(settings.clone())),
     });
     let mut servers = Vec::new();
     servers.push(tokio::spawn(serve(
@@ -141,7 +142,7 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
         .iter()
         .map(|p| p.name.clone())
         .collect();
-    let background = vec![
+    let mut background = vec![
         tokio::spawn(refresh_gauges(
             pool.clone(),
             metrics.clone(),
@@ -157,6 +158,14 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
             shutdown.clone(),
         )),
     ];
+    if let Some(retention) = settings.retention.clone() {
+        background.push(tokio::spawn(retain(
+            pool.clone(),
+            metrics.clone(),
+            retention,
+            shutdown.clone(),
+        )));
+    }
 
     let worker_id: Arc<str> = settings.worker_id.as_str().into();
     let mut workers = tokio::task::JoinSet::new();
@@ -362,6 +371,39 @@ async fn sweep_stuck(
                 Err(e) => warn!(projection = %spec.name, error = %e, "stuck-work sweep failed"),
             }
             wakes[&spec.name].notify_waiters();
+        }
+    }
+}
+
+/// Every `OUTBOX_RETENTION_INTERVAL_SECONDS`: delete old `done` rows in small batches. Several
+/// hosts may run it at once; each batch skips rows another one holds.
+async fn retain(
+    pool: PgPool,
+    metrics: Arc<Metrics>,
+    retention: crate::settings::Retention,
+    shutdown: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(retention.interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    while !shutdown.is_cancelled() {
+        tick.tick().await;
+        match crate::outbox::retention::prune(
+            &pool,
+            retention.done_after,
+            retention.batch_size,
+            None,
+        )
+        .await
+        {
+            Ok(deleted) => {
+                for (projection, n) in &deleted {
+                    metrics.pruned.with_label_values(&[projection]).inc_by(*n);
+                }
+                if !deleted.is_empty() {
+                    info!(deleted = ?deleted, "retention deleted old done rows");
+                }
+            }
+            Err(e) => warn!(error = %e, "retention pass failed"),
         }
     }
 }

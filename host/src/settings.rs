@@ -146,6 +146,20 @@ pub struct Overrides {
         value_name = "OUTBOX_PLUGIN_CACHE_DIR"
     )]
     pub plugin_cache_dir: Option<String>,
+    /// Delete `done` rows older than this many seconds, in the background; 0 disables [default: 0].
+    #[arg(long, env = "OUTBOX_RETENTION_DONE_SECONDS", value_name = "OUTBOX_RETENTION_DONE_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub retention_done_seconds: Option<f64>,
+    /// Rows deleted per retention batch [default: 1000].
+    #[arg(
+        long,
+        env = "OUTBOX_RETENTION_BATCH_SIZE",
+        value_name = "OUTBOX_RETENTION_BATCH_SIZE",
+        allow_negative_numbers = true
+    )]
+    pub retention_batch_size: Option<i64>,
+    /// How often retention runs [default: 60].
+    #[arg(long, env = "OUTBOX_RETENTION_INTERVAL_SECONDS", value_name = "OUTBOX_RETENTION_INTERVAL_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
+    pub retention_interval_seconds: Option<f64>,
     /// Elasticsearch/OpenSearch URL for the `search` capability.
     #[arg(long, env = "ELASTIC_URL", value_name = "ELASTIC_URL")]
     pub elastic_url: Option<String>,
@@ -197,6 +211,9 @@ struct FileConfig {
     log_format: Option<LogFormat>,
     plugin_cache_dir: Option<String>,
     plugin_watch_seconds: Option<f64>,
+    retention_done_seconds: Option<f64>,
+    retention_batch_size: Option<i64>,
+    retention_interval_seconds: Option<f64>,
     elastic_url: Option<String>,
     elastic_username: Option<String>,
     elastic_password: Option<String>,
@@ -225,6 +242,8 @@ struct FileProjection {
     #[serde(default)]
     grants: Grants,
     memory_limit_mib: Option<u64>,
+    #[serde(default)]
+    sources: BTreeMap<String, String>,
 }
 
 /// The capabilities a projection's plugin may import, beyond `log` and `config`. A plugin that
@@ -298,6 +317,9 @@ pub struct ProjectionSpec {
     pub grants: Grants,
     /// Linear-memory cap per plugin instance, in bytes.
     pub memory_limit: usize,
+    /// Named source-of-truth queries `projector rebuild --source NAME` reads
+    /// (`[projection.sources]`).
+    pub sources: BTreeMap<String, String>,
 }
 
 /// How the host reaches the search cluster. Plugins never see any of it.
@@ -346,6 +368,19 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// How often plugin files are checked for a new version; `None` disables watching.
     pub plugin_watch: Option<Duration>,
+    /// Background deletion of old `done` rows; `None` keeps them.
+    pub retention: Option<Retention>,
+}
+
+/// Retention of `done` rows ([`crate::outbox::retention`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    /// `done` rows older than this are deleted.
+    pub done_after: Duration,
+    /// Rows per delete batch.
+    pub batch_size: i64,
+    /// How often the background pass runs.
+    pub interval: Duration,
 }
 
 /// Picks the first value present: flag/env, then file, then the default.
@@ -586,6 +621,7 @@ impl Settings {
                 tuning,
                 config: p.config,
                 grants: p.grants,
+                sources: p.sources,
                 memory_limit: match p.memory_limit_mib {
                     Some(mib) => {
                         positive_int(&key("memory_limit_mib"), mib as i64, 4096)? as usize
@@ -605,6 +641,7 @@ impl Settings {
                 tuning: defaults.clone(),
                 config: BTreeMap::new(),
                 grants: Grants::default(),
+                sources: BTreeMap::new(),
                 memory_limit: crate::plugin::limits::DEFAULT_MEMORY_BYTES,
             };
             match projections.iter_mut().find(|p| p.name == name) {
@@ -676,7 +713,22 @@ impl Settings {
             true,
         )?;
 
+        let retention = Retention::resolve(
+            pick(
+                over.retention_done_seconds,
+                file.retention_done_seconds,
+                0.0,
+            ),
+            pick(over.retention_batch_size, file.retention_batch_size, 1000),
+            pick(
+                over.retention_interval_seconds,
+                file.retention_interval_seconds,
+                60.0,
+            ),
+        )?;
+
         Ok(Settings {
+            retention,
             plugin_watch: (plugin_watch > Duration::ZERO).then_some(plugin_watch),
             admin_token,
             plugin_cache_dir,
@@ -714,6 +766,24 @@ impl Settings {
             log_format: pick(over.log_format, file.log_format, LogFormat::Text),
             projections,
         })
+    }
+}
+
+impl Retention {
+    /// Validates the three retention settings; `done_seconds == 0` means retention is off.
+    pub fn resolve(
+        done_seconds: f64,
+        batch_size: i64,
+        interval_seconds: f64,
+    ) -> Result<Option<Self>> {
+        let done_after = seconds("OUTBOX_RETENTION_DONE_SECONDS", done_seconds, true)?;
+        let batch_size = positive_int("OUTBOX_RETENTION_BATCH_SIZE", batch_size, 100_000)?;
+        let interval = seconds("OUTBOX_RETENTION_INTERVAL_SECONDS", interval_seconds, false)?;
+        Ok((done_after > Duration::ZERO).then_some(Retention {
+            done_after,
+            batch_size,
+            interval,
+        }))
     }
 }
 

@@ -30,12 +30,12 @@ pub fn role_name(database: &str, projection: &str) -> String {
     format!("projector_{projection}_{}", &digest[..8])
 }
 
-fn quote_ident(name: &str) -> String {
+pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
 /// `schema.table` or `table`, each part quoted.
-fn quote_table(table: &str) -> String {
+pub(crate) fn quote_table(table: &str) -> String {
     table
         .split('.')
         .map(quote_ident)
@@ -164,12 +164,14 @@ pub async fn provision(
     Ok(pools)
 }
 
-/// Grants the role its tables (and only them), schema usage, and the settle function.
+/// Grants the role its tables (and only them), schema usage, and the settle function. The
+/// shadow tables of a zero-downtime rebuild in progress (`projector_rebuild_*` schemas) are left
+/// alone: the rebuild grants and drops them.
 async fn grant_tables(conn: &mut PgConnection, spec: &ProjectionSpec, role: &str) -> Result<()> {
     let role_q = quote_ident(role);
     let granted: Vec<(String,)> = sqlx::query_as(
         "SELECT DISTINCT table_schema || '.' || table_name FROM information_schema.role_table_grants
-         WHERE grantee = $1",
+         WHERE grantee = $1 AND table_schema NOT LIKE 'projector\\_rebuild\\_%'",
     )
     .bind(role)
     .fetch_all(&mut *conn)

@@ -29,6 +29,7 @@ fn spec(projection: &str, ordering: Ordering) -> ProjectionSpec {
         config: BTreeMap::new(),
         grants: Default::default(),
         memory_limit: projector::plugin::limits::DEFAULT_MEMORY_BYTES,
+        sources: BTreeMap::new(),
     }
 }
 

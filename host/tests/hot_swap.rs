@@ -12,29 +12,7 @@ use std::time::{Duration, Instant};
 const TOKEN: &str = "test-admin-token-0123456789";
 
 fn admin(host: &Host, method: &str, path: &str, body: &[u8]) -> (u16, Value) {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let url = format!("http://127.0.0.1:{}{path}", host.port);
-    let auth = format!("Bearer {TOKEN}");
-    let response = match method {
-        "PUT" => agent
-            .put(&url)
-            .header("Authorization", &auth)
-            .header("X-Projector-By", "test")
-            .send(body),
-        "POST" => agent
-            .post(&url)
-            .header("Authorization", &auth)
-            .header("X-Projector-By", "test")
-            .send(body),
-        _ => agent.get(&url).header("Authorization", &auth).call(),
-    };
-    let mut response = response.expect("admin request");
-    let status = response.status().as_u16();
-    let text = response.body_mut().read_to_string().unwrap_or_default();
-    (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+    host.send(method, path, Some(TOKEN), body)
 }
 
 /// A fresh database with the `stamps` read model, and a config (in a temp dir) running

@@ -8,7 +8,9 @@ use uuid::Uuid;
 
 const CLAIM_SQL: &str = include_str!("claim.sql");
 
-type Row = (
+/// The columns `claim.sql` returns, in order: seq, id, event_type, aggregate_type, aggregate_id,
+/// payload as text, headers, occurred_at, attempts, reclaimed.
+pub(crate) type Row = (
     i64,
     Uuid,
     String,
@@ -34,6 +36,34 @@ fn headers(value: serde_json::Value) -> Vec<(String, String)> {
     }
 }
 
+/// One returned row as the event a plugin sees.
+pub(crate) fn to_event(row: Row) -> ClaimedEvent {
+    let (
+        seq,
+        id,
+        event_type,
+        aggregate_type,
+        aggregate_id,
+        payload,
+        hdrs,
+        occurred_at,
+        attempt,
+        reclaimed,
+    ) = row;
+    ClaimedEvent {
+        seq,
+        id,
+        event_type,
+        aggregate_type,
+        aggregate_id,
+        payload,
+        headers: headers(hdrs),
+        occurred_at: occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        attempt,
+        reclaimed,
+    }
+}
+
 /// Claims the next batch of `spec`'s projection for `worker_id`. Returns an empty claim when
 /// nothing is due.
 pub async fn claim(pool: &PgPool, spec: &ProjectionSpec, worker_id: &str) -> sqlx::Result<Claim> {
@@ -48,36 +78,7 @@ pub async fn claim(pool: &PgPool, spec: &ProjectionSpec, worker_id: &str) -> sql
         .bind(spec.tuning.lease.as_secs_f64())
         .fetch_all(pool)
         .await?;
-    let mut events: Vec<ClaimedEvent> = rows
-        .into_iter()
-        .map(
-            |(
-                seq,
-                id,
-                event_type,
-                aggregate_type,
-                aggregate_id,
-                payload,
-                hdrs,
-                occurred_at,
-                attempt,
-                reclaimed,
-            )| {
-                ClaimedEvent {
-                    seq,
-                    id,
-                    event_type,
-                    aggregate_type,
-                    aggregate_id,
-                    payload,
-                    headers: headers(hdrs),
-                    occurred_at: occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true),
-                    attempt,
-                    reclaimed,
-                }
-            },
-        )
-        .collect();
+    let mut events: Vec<ClaimedEvent> = rows.into_iter().map(to_event).collect();
     events.sort_by_key(|e| e.seq);
     Ok(Claim {
         batch_id,

@@ -16,12 +16,15 @@
 //!   changes nothing.
 //! - **One transaction per batch** for all outcomes of a batch ([`settle`]).
 //! - **Retries** ([`backoff`]): exponential with jitter, between the base and max backoff.
+//! - **Retention** ([`retention`]) deletes only old `done` rows; [`status`] only reads.
 
 pub mod backoff;
 pub mod claim;
 pub mod lease;
 pub mod operator;
+pub mod retention;
 pub mod settle;
+pub mod status;
 
 use uuid::Uuid;
 

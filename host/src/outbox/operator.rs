@@ -3,6 +3,9 @@
 //! pause/resume of a projection (a paused projection claims nothing; the pause is a row, so it
 //! survives restarts).
 //!
+//! The rebuild's transition lives here too: [`supersede_in_snapshot`] marks `done` the unfinished
+//! events a zero-downtime rebuild already built into its new model.
+//!
 //! Every replay and skip, dry runs included, appends one `replay_audit` row naming who, when,
 //! why, the filter, how many rows and which ids, in the same transaction as the change itself.
 
@@ -148,4 +151,72 @@ pub async fn resume(pool: &PgPool, projection: &str) -> sqlx::Result<bool> {
         .await?;
     tx.commit().await?;
     Ok(removed > 0)
+}
+
+/// The events of `projection` a zero-downtime rebuild must still apply to its new model: `done`
+/// (so applied to the old model) but written after the rebuild's snapshot (so not in the source
+/// rows it read), minus those it already applied (`applied`, by seq). Oldest first.
+const DONE_AFTER_SNAPSHOT: &str = "\
+SELECT seq, id, event_type, aggregate_type, aggregate_id, payload::text, headers, occurred_at,
+       attempts, false
+FROM outbox_events
+WHERE projection = $1 AND status = 'done'
+  AND created_xid IS NOT NULL AND NOT pg_visible_in_snapshot(created_xid, $2::text::pg_snapshot)
+  AND seq <> ALL($3)
+ORDER BY seq";
+
+/// See [`DONE_AFTER_SNAPSHOT`].
+pub async fn done_after_snapshot(
+    db: &mut sqlx::PgConnection,
+    projection: &str,
+    snapshot: &str,
+    applied: &[i64],
+) -> sqlx::Result<Vec<super::ClaimedEvent>> {
+    let rows: Vec<super::claim::Row> = sqlx::query_as(DONE_AFTER_SNAPSHOT)
+        .bind(projection)
+        .bind(snapshot)
+        .bind(applied)
+        .fetch_all(db)
+        .await?;
+    Ok(rows.into_iter().map(super::claim::to_event).collect())
+}
+
+/// The rebuild transition (`pending`/`processing` → `done`): a zero-downtime rebuild built its
+/// model from source rows read in `snapshot`; every unfinished event written in that snapshot is
+/// already in the model and must not be applied again. Runs in the switch's transaction, while
+/// the projection is paused and nothing of it is in flight; a batch that was claimed anyway is
+/// fenced off (its settle finds the row no longer `processing` and changes nothing). Returns the
+/// number of rows.
+const SUPERSEDE: &str = "\
+UPDATE outbox_events
+SET status = 'done', done_at = now(), projection_version = $3,
+    claim_batch_id = NULL, lease_expires_at = NULL, error_reason = NULL, error = NULL
+WHERE projection = $1 AND status IN ('pending', 'processing')
+  AND (created_xid IS NULL OR pg_visible_in_snapshot(created_xid, $2::text::pg_snapshot))";
+
+/// See [`SUPERSEDE`]. `label` is stamped as the rows' `projection_version`.
+pub async fn supersede_in_snapshot(
+    tx: &mut sqlx::PgConnection,
+    projection: &str,
+    snapshot: &str,
+    label: &str,
+) -> sqlx::Result<u64> {
+    Ok(sqlx::query(SUPERSEDE)
+        .bind(projection)
+        .bind(snapshot)
+        .bind(label)
+        .execute(tx)
+        .await?
+        .rows_affected())
+}
+
+/// How many events of `projection` are processing under a live lease.
+pub async fn in_flight(db: &mut sqlx::PgConnection, projection: &str) -> sqlx::Result<i64> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox_events
+         WHERE projection = $1 AND status = 'processing' AND lease_expires_at >= now()",
+    )
+    .bind(projection)
+    .fetch_one(db)
+    .await
 }

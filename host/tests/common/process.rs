@@ -191,6 +191,41 @@ impl Host {
         Some((status, body))
     }
 
+    /// `METHOD <path>` with `body` and, when given, `Authorization: Bearer <token>` (and
+    /// `X-Projector-By: test`): the status and the JSON answer (`Null` when not JSON).
+    pub fn send(
+        &self,
+        method: &str,
+        path: &str,
+        token: Option<&str>,
+        body: &[u8],
+    ) -> (u16, serde_json::Value) {
+        let url = format!("http://127.0.0.1:{}{path}", self.port);
+        let auth = token.map(|t| format!("Bearer {t}"));
+        let with_auth = |req: ureq::RequestBuilder<ureq::typestate::WithBody>| match &auth {
+            Some(a) => req
+                .header("Authorization", a)
+                .header("X-Projector-By", "test"),
+            None => req,
+        };
+        let response = match method {
+            "PUT" => with_auth(self.agent.put(&url)).send(body),
+            "POST" => with_auth(self.agent.post(&url)).send(body),
+            "GET" => match &auth {
+                Some(a) => self.agent.get(&url).header("Authorization", a).call(),
+                None => self.agent.get(&url).call(),
+            },
+            other => panic!("unsupported method {other}"),
+        };
+        let mut response = response.unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+        let status = response.status().as_u16();
+        let text = response.body_mut().read_to_string().unwrap_or_default();
+        (
+            status,
+            serde_json::from_str(&text).unwrap_or(serde_json::Value::Null),
+        )
+    }
+
     /// Whether `GET /readyz` answers 200 right now.
     pub fn is_ready(&self) -> bool {
         matches!(self.get("/readyz"), Some((200, _)))

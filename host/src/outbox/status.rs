@@ -1,0 +1,262 @@
+//! `projector status`: the state of every projection in one consistent read, replacing the
+//! seeds' "common SQL" appendix.
+//!
+//! Invariants:
+//! - Every number comes from one `REPEATABLE READ` snapshot, so the counts add up: the per-status
+//!   counts sum to the projection's rows, `stuck` is a subset of `processing`, `blocked` of
+//!   `pending`, and `failed_by_reason` sums to `failed`.
+//! - `stuck` is processing under an expired lease; `blocked` is pending behind a failed event of
+//!   the same aggregate (it cannot run until that one is replayed or skipped).
+//! - A projection is listed when it has events, a plugin version or a pause.
+
+use serde::Serialize;
+use sqlx::PgPool;
+use std::collections::BTreeMap;
+
+/// Every status an outbox row can have, in the order the table shows them.
+pub const STATUSES: [&str; 5] = ["pending", "processing", "done", "failed", "skipped"];
+
+/// One projection's state.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ProjectionStatus {
+    /// The projection.
+    pub projection: String,
+    /// Rows per status (every status present, zero when none).
+    pub counts: BTreeMap<String, i64>,
+    /// Processing rows whose lease expired.
+    pub stuck: i64,
+    /// Pending rows behind a failed row of their aggregate.
+    pub blocked: i64,
+    /// Failed rows by `error_reason` (`""` when none was recorded).
+    pub failed_by_reason: BTreeMap<String, i64>,
+    /// Seconds since the oldest pending row was created; `None` when nothing is pending.
+    pub oldest_pending_age_seconds: Option<f64>,
+    /// The active plugin version, if a host has recorded one.
+    pub plugin: Option<ActivePlugin>,
+    /// The pause, if the projection is paused.
+    pub paused: Option<Pause>,
+}
+
+/// The plugin version a projection's hosts run.
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
+pub struct ActivePlugin {
+    /// `name@version#digest-prefix`, as stamped on the events.
+    pub version: Option<String>,
+    /// sha256 of the component.
+    pub digest: String,
+    /// When it became active.
+    pub activated_at: Option<chrono::DateTime<chrono::Utc>>,
+    /// Who activated it.
+    pub activated_by: Option<String>,
+}
+
+/// Who paused a projection, when and why.
+#[derive(Debug, Clone, Serialize, PartialEq, sqlx::FromRow)]
+pub struct Pause {
+    /// Who.
+    pub paused_by: String,
+    /// When.
+    pub paused_at: chrono::DateTime<chrono::Utc>,
+    /// Why.
+    pub reason: Option<String>,
+}
+
+const COUNTS: &str = "\
+SELECT projection, status, count(*) FROM outbox_events
+WHERE $1::text IS NULL OR projection = $1
+GROUP BY projection, status";
+
+const UNFINISHED: &str = "\
+SELECT projection,
+       count(*) FILTER (WHERE status = 'processing' AND lease_expires_at < now()),
+       EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8
+FROM outbox_events
+WHERE status IN ('pending', 'processing') AND ($1::text IS NULL OR projection = $1)
+GROUP BY projection";
+
+const BLOCKED: &str = "\
+WITH first_failure AS (
+    SELECT projection, aggregate_id, min(seq) AS seq
+    FROM outbox_events
+    WHERE status = 'failed' AND ($1::text IS NULL OR projection = $1)
+    GROUP BY projection, aggregate_id
+)
+SELECT f.projection, count(*)
+FROM first_failure f
+JOIN outbox_events o ON o.projection = f.projection AND o.aggregate_id = f.aggregate_id
+                    AND o.seq > f.seq AND o.status = 'pending'
+GROUP BY f.projection";
+
+const FAILED_BY_REASON: &str = "\
+SELECT projection, COALESCE(error_reason, ''), count(*) FROM outbox_events
+WHERE status = 'failed' AND ($1::text IS NULL OR projection = $1)
+GROUP BY projection, error_reason";
+
+const PLUGINS: &str = "\
+SELECT projection, version_label AS version, digest, activated_at, activated_by
+FROM plugin_versions
+WHERE status = 'active' AND ($1::text IS NULL OR projection = $1)";
+
+const PAUSES: &str = "\
+SELECT projection, paused_by, paused_at, reason FROM projection_pauses
+WHERE $1::text IS NULL OR projection = $1";
+
+/// The state of `projection` (or of every projection), sorted by name.
+pub async fn status(
+    pool: &PgPool,
+    projection: Option<&str>,
+) -> sqlx::Result<Vec<ProjectionStatus>> {
+    let mut tx = pool.begin().await?;
+    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    let mut all: BTreeMap<String, ProjectionStatus> = BTreeMap::new();
+    fn entry<'a>(
+        all: &'a mut BTreeMap<String, ProjectionStatus>,
+        name: &str,
+    ) -> &'a mut ProjectionStatus {
+        all.entry(name.to_owned())
+            .or_insert_with(|| ProjectionStatus {
+                projection: name.to_owned(),
+                counts: STATUSES.iter().map(|s| (s.to_string(), 0)).collect(),
+                stuck: 0,
+                blocked: 0,
+                failed_by_reason: BTreeMap::new(),
+                oldest_pending_age_seconds: None,
+                plugin: None,
+                paused: None,
+            })
+    }
+    let counts: Vec<(String, String, i64)> = sqlx::query_as(COUNTS)
+        .bind(projection)
+        .fetch_all(&mut *tx)
+        .await?;
+    for (name, status, n) in counts {
+        entry(&mut all, &name).counts.insert(status, n);
+    }
+    let unfinished: Vec<(String, i64, Option<f64>)> = sqlx::query_as(UNFINISHED)
+        .bind(projection)
+        .fetch_all(&mut *tx)
+        .await?;
+    for (name, stuck, age) in unfinished {
+        let e = entry(&mut all, &name);
+        e.stuck = stuck;
+        e.oldest_pending_age_seconds = age;
+    }
+    let blocked: Vec<(String, i64)> = sqlx::query_as(BLOCKED)
+        .bind(projection)
+        .fetch_all(&mut *tx)
+        .await?;
+    for (name, n) in blocked {
+        entry(&mut all, &name).blocked = n;
+    }
+    let failed: Vec<(String, String, i64)> = sqlx::query_as(FAILED_BY_REASON)
+        .bind(projection)
+        .fetch_all(&mut *tx)
+        .await?;
+    for (name, reason, n) in failed {
+        entry(&mut all, &name).failed_by_reason.insert(reason, n);
+    }
+    let plugins: Vec<(
+        String,
+        Option<String>,
+        String,
+        Option<chrono::DateTime<chrono::Utc>>,
+        Option<String>,
+    )> = sqlx::query_as(PLUGINS)
+        .bind(projection)
+        .fetch_all(&mut *tx)
+        .await?;
+    for (name, version, digest, activated_at, activated_by) in plugins {
+        entry(&mut all, &name).plugin = Some(ActivePlugin {
+            version,
+            digest,
+            activated_at,
+            activated_by,
+        });
+    }
+    let pauses: Vec<(
+        String,
+        String,
+        chrono::DateTime<chrono::Utc>,
+        Option<String>,
+    )> = sqlx::query_as(PAUSES)
+        .bind(projection)
+        .fetch_all(&mut *tx)
+        .await?;
+    for (name, paused_by, paused_at, reason) in pauses {
+        entry(&mut all, &name).paused = Some(Pause {
+            paused_by,
+            paused_at,
+            reason,
+        });
+    }
+    tx.commit().await?;
+    if let Some(p) = projection {
+        entry(&mut all, p);
+    }
+    Ok(all.into_values().collect())
+}
+
+/// The human-readable table `projector status` prints.
+pub fn render_table(rows: &[ProjectionStatus]) -> String {
+    let mut header = vec!["projection".to_owned()];
+    header.extend(STATUSES.iter().map(|s| s.to_string()));
+    header.extend(
+        ["stuck", "blocked", "oldest_pending", "plugin", "paused"]
+            .iter()
+            .map(|s| s.to_string()),
+    );
+    let mut table = vec![header];
+    for r in rows {
+        let mut line = vec![r.projection.clone()];
+        line.extend(STATUSES.iter().map(|s| r.counts[*s].to_string()));
+        line.push(r.stuck.to_string());
+        line.push(r.blocked.to_string());
+        line.push(
+            r.oldest_pending_age_seconds
+                .map(|a| format!("{a:.1}s"))
+                .unwrap_or_else(|| "-".into()),
+        );
+        line.push(
+            r.plugin
+                .as_ref()
+                .and_then(|p| p.version.clone())
+                .unwrap_or_else(|| "-".into()),
+        );
+        line.push(match &r.paused {
+            Some(p) => format!("yes (by {})", p.paused_by),
+            None => "no".into(),
+        });
+        table.push(line);
+    }
+    let widths: Vec<usize> = (0..table[0].len())
+        .map(|c| table.iter().map(|l| l[c].len()).max().unwrap_or(0))
+        .collect();
+    let mut out = String::new();
+    for line in &table {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    for r in rows.iter().filter(|r| !r.failed_by_reason.is_empty()) {
+        let reasons: Vec<String> = r
+            .failed_by_reason
+            .iter()
+            .map(|(reason, n)| {
+                let reason = if reason.is_empty() { "(none)" } else { reason };
+                format!("{reason}={n}")
+            })
+            .collect();
+        out.push_str(&format!(
+            "failed in {}: {}\n",
+            r.projection,
+            reasons.join(", ")
+        ));
+    }
+    out
+}

@@ -1,0 +1,371 @@
+//! Rebuilding the chronicle read model (seed 004) from its source of truth, `chronicle_events`:
+//! directly through the plugin, through the outbox, and with zero downtime (shadow table,
+//! catch-up, atomic switch) while the application keeps writing and readers keep reading.
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+const CHRONICLE_SCHEMA: &str = include_str!("../../examples/migrations/0001_chronicle.sql");
+
+/// `n` changes by the application, each in one statement: the chronicle event and its outbox row.
+fn application_writes(from: i64, n: i64) -> String {
+    format!(
+        "WITH changes AS (
+            INSERT INTO chronicle_events (actor_user_id, entity_type, entity_id, event_type, before, after,
+                                          occurred_at, request_id, reason)
+            SELECT 'user-' || (i % 7), 'book', 'book-' || (i % 50), 'BookRenamed',
+                   jsonb_build_object('title', 'v' || (i - 1)), jsonb_build_object('title', 'v' || i),
+                   timestamptz '2025-11-08 10:00:00+00' + make_interval(secs => i), 'req-' || i,
+                   CASE WHEN i % 3 = 0 THEN 'typo' END
+            FROM generate_series({from}, {to}) AS i
+            RETURNING *
+        )
+        INSERT INTO outbox_events (projection, event_type, aggregate_type, aggregate_id, payload)
+        SELECT 'chronicle', 'book.renamed', entity_type, entity_type || ':' || entity_id,
+               jsonb_build_object('chronicleEventId', id, 'actorUserId', actor_user_id,
+                                  'entityType', entity_type, 'entityId', entity_id, 'eventType', event_type,
+                                  'before', before, 'after', after, 'occurredAt', occurred_at,
+                                  'requestId', request_id, 'reason', reason)
+        FROM changes ORDER BY occurred_at",
+        to = from + n - 1
+    )
+}
+
+/// The source query, as an operator puts it in `[projection.sources]`: the same payload the
+/// application writes into the outbox.
+const SOURCE_QUERY: &str = "SELECT id, event_type, entity_type AS aggregate_type, entity_type || ':' || entity_id AS aggregate_id, occurred_at, jsonb_build_object('chronicleEventId', id, 'actorUserId', actor_user_id, 'entityType', entity_type, 'entityId', entity_id, 'eventType', event_type, 'before', before, 'after', after, 'occurredAt', occurred_at, 'requestId', request_id, 'reason', reason) AS payload FROM chronicle_events ORDER BY occurred_at, id";
+
+const ENTRIES: &str = "SELECT id::text, actor_user_id, entity_type, entity_id, event_type, summary,
+                              before, after, occurred_at, request_id, reason
+                       FROM chronicle_entries ORDER BY occurred_at, id";
+const FOLD: &str = "SELECT id::text, actor_user_id, entity_type, entity_id, event_type,
+                           actor_user_id || ' ' || event_type || ' ' || entity_type || ' ' || entity_id,
+                           before, after, occurred_at, request_id, reason
+                    FROM chronicle_events ORDER BY occurred_at, id";
+
+type Entry = (
+    String,
+    String,
+    String,
+    String,
+    String,
+    String,
+    Option<Value>,
+    Option<Value>,
+    chrono::DateTime<chrono::Utc>,
+    Option<String>,
+    Option<String>,
+);
+
+async fn entries(pool: &sqlx::PgPool, query: &str) -> Vec<Entry> {
+    sqlx::query_as(query).fetch_all(pool).await.unwrap()
+}
+
+async fn setup(n: i64) -> (TestDb, tempfile::TempDir, std::path::PathBuf) {
+    let db = TestDb::new().await;
+    db.migrate();
+    sqlx::raw_sql(CHRONICLE_SCHEMA)
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    sqlx::raw_sql(&application_writes(1, n))
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "chronicle.toml",
+        format!(
+            "batch_size = 200\n[[projection]]\nname = \"chronicle\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"chronicle_entries\"]\n[projection.sources]\nchronicle_events = \"{SOURCE_QUERY}\"\n",
+            plugin("chronicle_entries").display()
+        ),
+    );
+    (db, dir, config)
+}
+
+fn rebuild(db: &TestDb, config: &std::path::Path, extra: &[&str]) -> (std::process::Output, Value) {
+    let mut args = vec![
+        "rebuild",
+        "--config",
+        config.to_str().unwrap(),
+        "--projection",
+        "chronicle",
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let out = run_projector(
+        &args,
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("OUTBOX_LOG_FORMAT", "text"),
+        ],
+    );
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    (out, report)
+}
+
+/// Damages the read model: drops a tenth of the entries and garbles another tenth.
+async fn damage(pool: &sqlx::PgPool) {
+    sqlx::raw_sql(
+        "DELETE FROM chronicle_entries WHERE request_id LIKE '%1';
+         UPDATE chronicle_entries SET summary = 'stale' WHERE request_id LIKE '%2'",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_and_outbox_rebuilds_of_10k_source_rows_equal_the_incremental_result() {
+    let (db, _dir, config) = setup(10_000).await;
+    {
+        let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &[]);
+        host.wait_ready(PATIENCE);
+        assert_eq!(
+            wait_settled(&db.pool, "chronicle", 10_000, secs(180))
+                .await
+                .done,
+            10_000
+        );
+        host.sigterm();
+        host.wait_exit(secs(30));
+    }
+    let incremental = entries(&db.pool, ENTRIES).await;
+    assert_eq!(incremental.len(), 10_000);
+    assert_eq!(
+        incremental,
+        entries(&db.pool, FOLD).await,
+        "the incremental result is the fold"
+    );
+
+    // A source without the columns a rebuild needs changes nothing and names what is missing.
+    damage(&db.pool).await;
+    let damaged = entries(&db.pool, ENTRIES).await;
+    let (out, _) = rebuild(&db, &config, &["--truncate", "--source", "SELECT 1 AS x"]);
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(output_text(&out).contains("`id`"), "{}", output_text(&out));
+    assert_eq!(
+        entries(&db.pool, ENTRIES).await,
+        damaged,
+        "nothing was truncated"
+    );
+
+    // Direct: through the plugin, into the (emptied) live table.
+    let (out, report) = rebuild(&db, &config, &["--truncate"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(
+        (
+            &report["mode"],
+            &report["rows_read"],
+            &report["rows_applied"],
+            &report["rows_failed"]
+        ),
+        (
+            &Value::from("direct"),
+            &Value::from(10_000),
+            &Value::from(10_000),
+            &Value::from(0)
+        ),
+        "{report}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("rows read"),
+        "progress is printed"
+    );
+    assert_eq!(
+        entries(&db.pool, ENTRIES).await,
+        incremental,
+        "direct rebuild = incremental"
+    );
+
+    // Outbox: the source rows become outbox events the host consumes.
+    damage(&db.pool).await;
+    let (out, report) = rebuild(&db, &config, &["--truncate", "--emit-outbox"]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(
+        (&report["mode"], &report["rows_applied"]),
+        (&Value::from("outbox"), &Value::from(10_000)),
+        "{report}"
+    );
+    assert_eq!(
+        entries(&db.pool, ENTRIES).await.len(),
+        0,
+        "truncated; the hosts rebuild it"
+    );
+    let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &[]);
+    host.wait_ready(PATIENCE);
+    assert_eq!(
+        wait_settled(&db.pool, "chronicle", 20_000, secs(180))
+            .await
+            .done,
+        20_000
+    );
+    assert_eq!(
+        entries(&db.pool, ENTRIES).await,
+        incremental,
+        "outbox rebuild = incremental"
+    );
+
+    let recorded: Vec<(String, String, i64)> =
+        sqlx::query_as("SELECT mode, status, rows_applied FROM projector_rebuilds ORDER BY id")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(
+        recorded,
+        [
+            ("direct".into(), "failed".into(), 0),
+            ("direct".into(), "succeeded".into(), 10_000),
+            ("outbox".into(), "succeeded".into(), 10_000)
+        ],
+        "every attempt is recorded, the one with the bad source as failed"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_downtime_rebuild_switches_atomically_while_the_application_writes_and_readers_read() {
+    let (db, _dir, config) = setup(10_000).await;
+    let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &[]);
+    host.wait_ready(PATIENCE);
+    assert_eq!(
+        wait_settled(&db.pool, "chronicle", 10_000, secs(180))
+            .await
+            .done,
+        10_000
+    );
+    let started: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+
+    // Readers: every read sees either the old model (all 10k entries projected before the
+    // rebuild started) or the new one (none of them), and never fewer entries than before.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let pool = db.new_pool().await;
+        let stop = stop.clone();
+        readers.push(tokio::spawn(async move {
+            let (mut last, mut old_seen, mut new_seen, mut reads) = (0i64, false, false, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let (total, old): (i64, i64) = sqlx::query_as(
+                    "SELECT count(*), count(*) FILTER (WHERE projected_at < $1) FROM chronicle_entries",
+                )
+                .bind(started)
+                .fetch_one(&pool)
+                .await
+                .unwrap();
+                assert!(old == 10_000 || old == 0, "a partial model: {old} old entries of {total}");
+                assert!(total >= last && total >= 10_000, "entries went from {last} to {total}");
+                last = total;
+                old_seen |= old == 10_000;
+                new_seen |= old == 0;
+                reads += 1;
+            }
+            (old_seen, new_seen, reads)
+        }));
+    }
+    // The application keeps writing: 20 changes every 100 ms.
+    let writer = {
+        let pool = db.new_pool().await;
+        let stop = stop.clone();
+        tokio::spawn(async move {
+            let mut next = 10_001;
+            while !stop.load(Ordering::Relaxed) {
+                sqlx::raw_sql(&application_writes(next, 20))
+                    .execute(&pool)
+                    .await
+                    .unwrap();
+                next += 20;
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+            next - 10_001
+        })
+    };
+
+    let (out, report) = {
+        let (db_url, config) = (db.url.clone(), config.clone());
+        tokio::task::spawn_blocking(move || {
+            let out = run_projector(
+                &[
+                    "rebuild",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--projection",
+                    "chronicle",
+                    "--zero-downtime",
+                    "--json",
+                ],
+                &[
+                    ("DATABASE_URL", db_url.as_str()),
+                    ("OUTBOX_LOG_FORMAT", "text"),
+                ],
+            );
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            (out, report)
+        })
+        .await
+        .unwrap()
+    };
+    tokio::time::sleep(secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    let mut reads = 0;
+    let (mut old_seen, mut new_seen) = (false, false);
+    for r in readers {
+        let (o, n, k) = r.await.unwrap();
+        old_seen |= o;
+        new_seen |= n;
+        reads += k;
+    }
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(report["switched"], true, "{report}");
+    assert_eq!(report["rows_failed"], 0, "{report}");
+    assert!(report["rows_read"].as_u64().unwrap() >= 10_000, "{report}");
+    assert!(
+        report["caught_up"].as_u64().unwrap() > 0,
+        "events the host applied during the build were caught up: {report}"
+    );
+    assert!(
+        old_seen && new_seen,
+        "readers saw the old model, then the new one ({reads} reads)"
+    );
+
+    // Everything the application wrote is in the model exactly as the fold says, and every
+    // outbox row is done.
+    let total = 10_000 + written as i64;
+    assert_eq!(
+        wait_settled(&db.pool, "chronicle", total, secs(120))
+            .await
+            .done,
+        total
+    );
+    assert_eq!(
+        entries(&db.pool, ENTRIES).await,
+        entries(&db.pool, FOLD).await
+    );
+    let leftovers: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'projector_rebuild%'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(leftovers, 0, "the shadow schema is gone");
+    let paused: i64 = sqlx::query_scalar("SELECT count(*) FROM projection_pauses")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(paused, 0, "the switch's pause was lifted");
+    wait_until("the host exports the rebuild", PATIENCE, async || {
+        host.metric(
+            "projector_rebuild_last_success",
+            &[("projection", "chronicle")],
+        ) == Some(1.0)
+    })
+    .await;
+}

@@ -508,3 +508,59 @@ async fn rebuild(
         json!({"projection": name, "status": "started", "progress": format!("/projections/{name}/rebuilds")}),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    /// `(METHOD, path)` of every `.route(...)` in this file.
+    fn routes_in_source() -> BTreeSet<(String, String)> {
+        let source = include_str!("http.rs");
+        let mut routes = BTreeSet::new();
+        for chunk in source
+            .split(".route(\n")
+            .chain(source.split(".route("))
+            .skip(1)
+        {
+            let Some(path) = chunk
+                .trim_start()
+                .strip_prefix('"')
+                .and_then(|r| r.split('"').next())
+            else {
+                continue;
+            };
+            let rest = &chunk[chunk.find(path).unwrap() + path.len() + 1..];
+            let method = rest
+                .trim_start_matches([',', ' ', '\n'])
+                .split('(')
+                .next()
+                .unwrap_or("")
+                .to_uppercase();
+            if path.starts_with('/') && ["GET", "PUT", "POST"].contains(&method.as_str()) {
+                routes.insert((method, path.to_owned()));
+            }
+        }
+        routes
+    }
+
+    #[test]
+    fn the_openapi_document_describes_exactly_the_routes_the_router_serves() {
+        let doc: serde_json::Value =
+            serde_json::from_str(include_str!("../../docs/openapi.json")).expect("valid JSON");
+        let mut documented = BTreeSet::new();
+        for (path, item) in doc["paths"].as_object().expect("paths") {
+            for method in item.as_object().expect("path item").keys() {
+                documented.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+        let served = routes_in_source();
+        assert!(served.len() >= 15, "parsed the router: {served:?}");
+        assert_eq!(served, documented);
+        // Every write is documented as needing the token.
+        for (method, path) in &served {
+            let op = &doc["paths"][path][method.to_lowercase()];
+            let secured = op.get("security").is_some();
+            assert_eq!(secured, method != "GET", "{method} {path}");
+        }
+    }
+}

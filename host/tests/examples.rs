@@ -45,6 +45,38 @@ async fn the_example_config_runs_the_three_seed_projections_into_their_sinks() {
         .await
         .unwrap();
     assert_eq!(entries, 40);
+    // The example's source query rebuilds the chronicle (here with zero downtime, beside the
+    // running host) to the same 40 entries.
+    let out = run_projector(
+        &[
+            "rebuild",
+            "--config",
+            config.to_str().unwrap(),
+            "--projection",
+            "chronicle",
+            "--zero-downtime",
+            "--json",
+        ],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("ELASTIC_URL", osmem.url.as_str()),
+        ],
+    );
+    assert!(out.status.success(), "{}", output_text(&out));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(
+        (
+            report["rows_applied"].as_u64(),
+            report["switched"].as_bool()
+        ),
+        (Some(40), Some(true)),
+        "{report}"
+    );
+    let rebuilt: i64 = sqlx::query_scalar("SELECT count(*) FROM chronicle_entries")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rebuilt, 40);
     let positions: Vec<(String, i32, Option<i32>)> = sqlx::query_as(
         "SELECT position_code, headcount_in_use, job_level_version FROM position_cache ORDER BY 1",
     )

@@ -293,11 +293,11 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     assert!(out.status.success(), "{}", output_text(&out));
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["versions"].as_array().unwrap().len(), 2);
-    // A wrong token is refused (exit 2, naming the setting).
+    // A write with a wrong token is refused (exit 2, naming the setting) and changes nothing.
     let out = run_projector(
         &[
             "plugins",
-            "list",
+            "rollback",
             "--projection",
             "stamp",
             "--admin-url",
@@ -307,6 +307,11 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     );
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(output_text(&out).contains("OUTBOX_ADMIN_TOKEN"));
+    let (_, after) = admin(&host, "GET", "/projections/stamp/plugins", b"");
+    assert_eq!(
+        after["versions"], listed["versions"],
+        "the refused rollback changed nothing"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -2,6 +2,10 @@
 //! (`osmem-server`, OpenSearch-compatible): the index ends up as a fold of the events, duplicate
 //! and stale deliveries change nothing, a mapping conflict fails only its own event, an outage is
 //! retried until the server is back, and a projection can only write what it was granted.
+//!
+//! Drills A (server down), B (throttling), C (poison event), D (partial bulk success) and G
+//! (duplicate delivery) of seed 003 are here, each named `drill_<letter>_...`; each ends with the
+//! index equal to the fold of all events and prints its row of the drill table.
 
 mod common;
 
@@ -37,10 +41,16 @@ fn projection_toml(projection: &str, index: Option<&str>, granted: &[&str], extr
 }
 
 /// `projector run --config <toml>` against `db`, writing to `es`.
-fn start_host(db: &TestDb, es: &Osmem, dir: &Path, toml: &str, env: &[(&str, &str)]) -> Host {
+fn start_host(
+    db: &TestDb,
+    elastic_url: &str,
+    dir: &Path,
+    toml: &str,
+    env: &[(&str, &str)],
+) -> Host {
     let config = write_file(dir, "projector.toml", toml);
     let mut full_env = vec![
-        ("ELASTIC_URL", es.url.as_str()),
+        ("ELASTIC_URL", elastic_url),
         ("NO_PROXY", "127.0.0.1,localhost"),
     ];
     full_env.extend_from_slice(env);
@@ -197,7 +207,7 @@ async fn redeliver(pool: &PgPool, seqs: &[i64]) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn the_index_is_the_fold_of_500_events_and_redelivering_them_changes_nothing() {
+async fn drill_g_the_index_is_the_fold_of_500_events_and_redelivering_them_all_changes_nothing() {
     let db = TestDb::new().await;
     db.migrate();
     let es = Osmem::start();
@@ -206,7 +216,7 @@ async fn the_index_is_the_fold_of_500_events_and_redelivering_them_changes_nothi
     insert_events(&db.pool, &history).await;
     let _host = start_host(
         &db,
-        &es,
+        &es.url,
         dir.path(),
         &projection_toml(PROJECTION, Some(INDEX), &[INDEX], ""),
         &[],
@@ -250,6 +260,8 @@ async fn the_index_is_the_fold_of_500_events_and_redelivering_them_changes_nothi
         );
     }
     assert_index_holds(&es, INDEX, &expected);
+    // Each redelivered write met its own version and changed nothing: versions = last seq.
+    drill_report(&db.pool, "G", &[PROJECTION], 0.0, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -280,7 +292,7 @@ async fn an_older_event_delivered_after_a_newer_one_is_a_no_op() {
     .await;
     let _host = start_host(
         &db,
-        &es,
+        &es.url,
         dir.path(),
         &projection_toml(PROJECTION, Some(INDEX), &[INDEX], ""),
         &[],
@@ -312,7 +324,7 @@ async fn an_older_event_delivered_after_a_newer_one_is_a_no_op() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_mapping_conflict_fails_only_its_event_and_the_rest_of_the_bulk_is_applied() {
+async fn drill_c_a_poison_event_fails_alone_and_the_rest_of_its_bulk_is_applied() {
     let db = TestDb::new().await;
     db.migrate();
     let es = Osmem::start();
@@ -338,7 +350,7 @@ async fn a_mapping_conflict_fails_only_its_event_and_the_rest_of_the_bulk_is_app
     let ids = insert_events(&db.pool, &batch).await;
     let _host = start_host(
         &db,
-        &es,
+        &es.url,
         dir.path(),
         &projection_toml(PROJECTION, Some(INDEX), &[INDEX], ""),
         &[("OUTBOX_BATCH_SIZE", "20"), ("OUTBOX_CONCURRENCY", "1")],
@@ -374,10 +386,12 @@ async fn a_mapping_conflict_fails_only_its_event_and_the_rest_of_the_bulk_is_app
     }
     let good: Vec<EventRow> = rows.into_iter().filter(|r| r.id != ids[7]).collect();
     assert_index_holds(&es, INDEX, &fold(&good));
+    drill_report(&db.pool, "C", &[PROJECTION], 0.0, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn while_the_search_server_is_down_events_wait_with_es_connect_and_drain_when_it_is_back() {
+async fn drill_a_while_the_search_server_is_down_events_wait_with_es_connect_and_drain_when_it_is_back(
+) {
     let db = TestDb::new().await;
     db.migrate();
     let mut es = Osmem::start();
@@ -385,7 +399,7 @@ async fn while_the_search_server_is_down_events_wait_with_es_connect_and_drain_w
     let dir = tempfile::tempdir().unwrap();
     let mut host = start_host(
         &db,
-        &es,
+        &es.url,
         dir.path(),
         &projection_toml(PROJECTION, Some(INDEX), &[INDEX], ""),
         // Enough attempts to outlast the outage; retries at most every half second (FAST).
@@ -438,8 +452,92 @@ async fn while_the_search_server_is_down_events_wait_with_es_connect_and_drain_w
     let rows = events(&db.pool, PROJECTION).await;
     assert_index_holds(&es, INDEX, &fold(&rows));
     assert!(host.is_ready());
+    drill_report(&db.pool, "A", &[PROJECTION], 0.0, 0).await;
     host.sigterm();
     assert_eq!(host.wait_exit(PATIENCE).code(), Some(0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drill_b_a_throttling_server_gets_backoff_with_es_429_and_the_backlog_drains() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let es = Osmem::start();
+    // The first eight bulk requests are answered 429 whole, as a server shedding load does.
+    let proxy = FaultProxy::start(&es.url, Fault::ThrottleRequests(8));
+    let dir = tempfile::tempdir().unwrap();
+    let history = random_history(200, 0xb_429);
+    insert_events(&db.pool, &history).await;
+    let host = start_host(
+        &db,
+        &proxy.url,
+        dir.path(),
+        &projection_toml(PROJECTION, Some(INDEX), &[INDEX], ""),
+        &[("OUTBOX_MAX_ATTEMPTS", "20")],
+    );
+    let counts = wait_settled(&db.pool, PROJECTION, 200, PATIENCE).await;
+    assert_eq!(counts.done, 200, "none lost: {counts:?}");
+    assert!(proxy.throttled_requests() >= 8);
+    let retried = host.metric_sum(
+        "outbox_retry_scheduled_total",
+        &[("projection", PROJECTION), ("reason", "es_429")],
+    );
+    assert!(retried >= 8.0, "retries scheduled with es_429: {retried}");
+    // The throttled batches' events were retried, not failed.
+    let rows = events(&db.pool, PROJECTION).await;
+    assert!(rows.iter().any(|r| r.attempts > 1));
+    assert_index_holds(&es, INDEX, &fold(&rows));
+    drill_report(&db.pool, "B", &[PROJECTION], 0.0, 0).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn drill_d_a_partly_successful_bulk_retries_only_its_failed_items() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let es = Osmem::start();
+    // Items of aggregates whose id ends in an even digit are throttled (429) the first time.
+    fn even(id: &str) -> bool {
+        id.chars()
+            .last()
+            .and_then(|c| c.to_digit(10))
+            .is_some_and(|d| d % 2 == 0)
+    }
+    let proxy = FaultProxy::start(&es.url, Fault::ThrottleItems(even));
+    let dir = tempfile::tempdir().unwrap();
+    // One event per aggregate, so a retry never waits on an earlier event of its aggregate.
+    let batch: Vec<NewEvent> = (0..40)
+        .map(|i| {
+            let id = format!("book-{i:02}");
+            event(
+                "book",
+                "created",
+                &id,
+                json!({"title": format!("Book {i}")}),
+            )
+        })
+        .collect();
+    insert_events(&db.pool, &batch).await;
+    let _host = start_host(
+        &db,
+        &proxy.url,
+        dir.path(),
+        &projection_toml(PROJECTION, Some(INDEX), &[INDEX], ""),
+        &[("OUTBOX_BATCH_SIZE", "40"), ("OUTBOX_CONCURRENCY", "1")],
+    );
+    let counts = wait_settled(&db.pool, PROJECTION, 40, PATIENCE).await;
+    assert_eq!(counts.done, 40, "{counts:?}");
+    let throttled = proxy.throttled_items();
+    assert_eq!(throttled.len(), 20, "{throttled:?}");
+    for row in events(&db.pool, PROJECTION).await {
+        let expected = if even(&row.aggregate_id) { 2 } else { 1 };
+        assert_eq!(
+            row.attempts, expected,
+            "{}: only the throttled items are retried",
+            row.aggregate_id
+        );
+    }
+    let rows = events(&db.pool, PROJECTION).await;
+    assert_index_holds(&es, INDEX, &fold(&rows));
+    drill_report(&db.pool, "D", &[PROJECTION], 0.0, 0).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -571,7 +669,7 @@ async fn writes_outside_the_grant_and_events_the_plugin_cannot_map_fail_without_
         ],
     )
     .await;
-    let _host = start_host(&db, &es, dir.path(), &toml, &[("ELASTIC_INDEX", "")]);
+    let _host = start_host(&db, &es.url, dir.path(), &toml, &[("ELASTIC_INDEX", "")]);
     for (projection, total) in [("outside", 1), ("unset", 1), (PROJECTION, 4)] {
         wait_settled(&db.pool, projection, total, PATIENCE).await;
     }

@@ -52,3 +52,27 @@ pub fn plugin(name: &str) -> PathBuf {
 pub fn plugin_spec(projection: &str, path: &Path) -> String {
     format!("{projection}={}", path.display())
 }
+
+/// The `stamps` read model in `db` (one row per applied event, keyed by the event id, so the
+/// database refuses a second application), and a config in a temp dir running projection
+/// `stamp` from `plugin_path` (a `stamp-v*` plugin) with the `sql` grant on it.
+pub async fn stamp_projection(
+    db: &super::TestDb,
+    plugin_path: &str,
+) -> (tempfile::TempDir, PathBuf) {
+    sqlx::raw_sql(
+        "CREATE TABLE stamps (event_id uuid PRIMARY KEY, seq bigint NOT NULL, version text NOT NULL)",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = super::write_file(
+        dir.path(),
+        "stamp.toml",
+        format!(
+            "[[projection]]\nname = \"stamp\"\nplugin = \"{plugin_path}\"\n[projection.grants]\nsql_tables = [\"stamps\"]\n"
+        ),
+    );
+    (dir, config)
+}

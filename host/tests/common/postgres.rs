@@ -20,8 +20,20 @@ static CLUSTER: OnceLock<Cluster> = OnceLock::new();
 fn cluster() -> &'static Cluster {
     CLUSTER.get_or_init(|| match std::env::var("PROJECTOR_TEST_PG_ADMIN_URL") {
         Ok(url) if !url.trim().is_empty() => Cluster { admin_url: url },
-        _ => start_private_cluster(),
+        _ => Cluster {
+            admin_url: PgServer::start_private().admin_url,
+        },
     })
+}
+
+/// A Postgres server of the test's own (for scenarios that restart the server, which the shared
+/// one must not be). Stopped and removed by a watchdog once the test process is gone.
+pub struct PgServer {
+    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    pub admin_url: String,
+    bin: PathBuf,
+    data: PathBuf,
+    log: PathBuf,
 }
 
 fn running_as_root() -> bool {
@@ -80,7 +92,28 @@ fn run_checked(what: &str, cmd: &mut Command) {
     );
 }
 
-fn start_private_cluster() -> Cluster {
+impl PgServer {
+    /// Restarts the server (fast shutdown: every connection is cut), waiting until it is back.
+    pub fn restart(&self) {
+        run_checked(
+            "pg_ctl restart",
+            as_postgres(&self.bin.join("pg_ctl"))
+                .arg("-D")
+                .arg(&self.data)
+                .arg("-l")
+                .arg(&self.log)
+                .args(["-w", "-t", "60", "-m", "fast", "restart"])
+                .process_group(0),
+        );
+    }
+
+    /// initdb + start on a free port.
+    pub fn start_private() -> PgServer {
+        start_private_cluster()
+    }
+}
+
+fn start_private_cluster() -> PgServer {
     let bin = pg_bin_dir();
     let dir = tempfile::Builder::new()
         .prefix("projector-pg-")
@@ -161,8 +194,11 @@ fn start_private_cluster() -> Cluster {
             .output()
             .expect("run pg_ctl start");
         if out.status.success() {
-            return Cluster {
+            return PgServer {
                 admin_url: format!("postgres://postgres@127.0.0.1:{port}/postgres"),
+                bin,
+                data,
+                log,
             };
         }
         // Most likely somebody took the port between our probe and the server's bind: retry.
@@ -208,7 +244,12 @@ pub struct TestDb {
 impl TestDb {
     /// Creates `t_<random>` on the test server (starting a private cluster on first use).
     pub async fn new() -> TestDb {
-        let admin_url = cluster().admin_url.clone();
+        TestDb::on(&cluster().admin_url).await
+    }
+
+    /// Creates `t_<random>` on the server `admin_url` names.
+    pub async fn on(admin_url: &str) -> TestDb {
+        let admin_url = admin_url.to_owned();
         let name = format!("t_{}", Uuid::new_v4().simple());
         let mut admin = PgConnection::connect(&admin_url)
             .await

@@ -205,3 +205,31 @@ pub async fn wait_settled(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// Prints one row of the drill table (`cargo test -- --nocapture` shows it) after a drill's
+/// invariants held: events, how many ended done / failed, retries (attempts beyond the first),
+/// events taken over from an expired lease, events still unfinished (lost), and events applied
+/// twice (`duplicated`, as the drill measured it at its sink).
+pub async fn drill_report(
+    pool: &PgPool,
+    drill: &str,
+    projections: &[&str],
+    reclaimed: f64,
+    duplicated: i64,
+) {
+    let (events, done, failed, retries, unfinished): (i64, i64, i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*),
+                count(*) FILTER (WHERE status = 'done'),
+                count(*) FILTER (WHERE status = 'failed'),
+                COALESCE(sum(GREATEST(attempts - 1, 0)), 0)::bigint,
+                count(*) FILTER (WHERE status IN ('pending', 'processing'))
+         FROM outbox_events WHERE projection = ANY($1)",
+    )
+    .bind(projections)
+    .fetch_one(pool)
+    .await
+    .expect("drill counts");
+    println!(
+        "DRILL {drill}: events={events} done={done} failed={failed} retries={retries} reclaimed={reclaimed} lost={unfinished} duplicated={duplicated}"
+    );
+}

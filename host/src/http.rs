@@ -134,6 +134,18 @@ fn authorized_body<T: serde::de::DeserializeOwned>(
     Ok((by, parsed))
 }
 
+/// 404 unless `name` is a projection this host runs (writes never create rows for names that
+/// are not configured, such as `../x`).
+fn known(state: &AppState, name: &str) -> Result<(), Reply> {
+    match &state.settings {
+        Some(s) if s.projections.iter().any(|p| p.name == name) => Ok(()),
+        _ => Err(reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("`{name}` is not a projection of this host")}),
+        )),
+    }
+}
+
 fn internal(e: impl std::fmt::Display) -> Reply {
     reply(
         StatusCode::INTERNAL_SERVER_ERROR,
@@ -339,7 +351,9 @@ async fn replay_or_skip(
     body: &Bytes,
     skip: bool,
 ) -> Reply {
-    let (by, b) = match authorized_body::<ReplayBody>(state, headers, body) {
+    let (by, b) = match authorized_body::<ReplayBody>(state, headers, body)
+        .and_then(|ok| known(state, name).map(|()| ok))
+    {
         Ok(ok) => ok,
         Err(r) => return r,
     };
@@ -403,7 +417,9 @@ async fn pause(
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
-    let (by, b) = match authorized_body::<PauseBody>(&state, &headers, &body) {
+    let (by, b) = match authorized_body::<PauseBody>(&state, &headers, &body)
+        .and_then(|ok| known(&state, &name).map(|()| ok))
+    {
         Ok(ok) => ok,
         Err(r) => return r,
     };
@@ -420,7 +436,9 @@ async fn resume(
     headers: HeaderMap,
     body: Bytes,
 ) -> Reply {
-    if let Err(r) = authorized_body::<PauseBody>(&state, &headers, &body) {
+    if let Err(r) =
+        authorized_body::<PauseBody>(&state, &headers, &body).and_then(|_| known(&state, &name))
+    {
         return r;
     }
     match crate::outbox::operator::resume(&state.pool, &name).await {

@@ -34,6 +34,34 @@ pub enum Ordering {
     None,
 }
 
+/// What the host does with an event whose type the plugin does not declare (`describe()`'s
+/// `event-types`: exact names or prefixes ending in `*`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum UnknownEventTypes {
+    /// Deliver it anyway and let the plugin answer (the contract's default).
+    #[default]
+    Deliver,
+    /// Settle it `done` without calling the plugin.
+    Skip,
+    /// Fail it (deterministic `unknown_event_type`) without calling the plugin.
+    Fail,
+}
+
+impl std::str::FromStr for UnknownEventTypes {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "deliver" => Ok(Self::Deliver),
+            "skip" => Ok(Self::Skip),
+            "fail" => Ok(Self::Fail),
+            other => Err(format!(
+                "expected `deliver`, `skip` or `fail`, got `{other}`"
+            )),
+        }
+    }
+}
+
 fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
     let v: f64 = s
         .trim()
@@ -85,6 +113,23 @@ pub struct Overrides {
     /// How often stuck work is swept [default: 5].
     #[arg(long, env = "OUTBOX_RECLAIM_INTERVAL_SECONDS", value_name = "OUTBOX_RECLAIM_INTERVAL_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub reclaim_interval_seconds: Option<f64>,
+    /// Events with a larger payload fail (`payload_too_large`) without reaching the plugin
+    /// [default: 1048576].
+    #[arg(
+        long,
+        env = "OUTBOX_MAX_PAYLOAD_BYTES",
+        value_name = "OUTBOX_MAX_PAYLOAD_BYTES",
+        allow_negative_numbers = true
+    )]
+    pub max_payload_bytes: Option<i64>,
+    /// Events of a type the plugin does not declare: `deliver`, `skip` (done) or `fail`
+    /// [default: deliver].
+    #[arg(
+        long,
+        env = "OUTBOX_UNKNOWN_EVENT_TYPES",
+        value_name = "OUTBOX_UNKNOWN_EVENT_TYPES"
+    )]
+    pub unknown_event_types: Option<UnknownEventTypes>,
     /// Upper bound for one batch, plugin call included [default: 60].
     #[arg(long, env = "OUTBOX_MAX_PROCESSING_SECONDS", value_name = "OUTBOX_MAX_PROCESSING_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub max_processing_seconds: Option<f64>,
@@ -202,6 +247,8 @@ struct FileConfig {
     max_attempts: Option<i64>,
     base_backoff_seconds: Option<f64>,
     max_backoff_seconds: Option<f64>,
+    max_payload_bytes: Option<i64>,
+    unknown_event_types: Option<UnknownEventTypes>,
     metrics_port: Option<u16>,
     http_port: Option<u16>,
     http_host: Option<IpAddr>,
@@ -237,6 +284,8 @@ struct FileProjection {
     max_attempts: Option<i64>,
     base_backoff_seconds: Option<f64>,
     max_backoff_seconds: Option<f64>,
+    max_payload_bytes: Option<i64>,
+    unknown_event_types: Option<UnknownEventTypes>,
     #[serde(default)]
     config: BTreeMap<String, String>,
     #[serde(default)]
@@ -298,6 +347,10 @@ pub struct Tuning {
     pub base_backoff: Duration,
     /// Longest retry delay.
     pub max_backoff: Duration,
+    /// Larger payloads fail without reaching the plugin.
+    pub max_payload_bytes: usize,
+    /// Events of types the plugin does not declare.
+    pub unknown_event_types: UnknownEventTypes,
 }
 
 /// One projection this host runs.
@@ -463,7 +516,10 @@ fn parse_plugin_flag(flag: &str) -> Result<(String, PathBuf)> {
 }
 
 fn valid_projection_name(key: &str, name: &str) -> Result<()> {
-    let ok = !name.is_empty()
+    let ok = name
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric())
         && name.len() <= 63
         && name
             .chars()
@@ -473,7 +529,7 @@ fn valid_projection_name(key: &str, name: &str) -> Result<()> {
     } else {
         Err(Error::config(
             key,
-            format!("projection name `{name}` must be 1-63 characters of [A-Za-z0-9_.-]"),
+            format!("projection name `{name}` must be 1-63 characters of [A-Za-z0-9_.-], starting with a letter or digit"),
         ))
     }
 }
@@ -564,6 +620,16 @@ impl Settings {
                 pick(over.max_backoff_seconds, file.max_backoff_seconds, 300.0),
                 false,
             )?,
+            max_payload_bytes: positive_int(
+                "OUTBOX_MAX_PAYLOAD_BYTES",
+                pick(over.max_payload_bytes, file.max_payload_bytes, 1 << 20),
+                1 << 30,
+            )? as usize,
+            unknown_event_types: pick(
+                over.unknown_event_types,
+                file.unknown_event_types,
+                UnknownEventTypes::Deliver,
+            ),
         };
         check_backoff("OUTBOX_MAX_BACKOFF_SECONDS", &defaults)?;
 
@@ -607,6 +673,11 @@ impl Settings {
                     p.max_backoff_seconds,
                     t.max_backoff,
                 )?,
+                max_payload_bytes: match p.max_payload_bytes {
+                    Some(v) => positive_int(&key("max_payload_bytes"), v, 1 << 30)? as usize,
+                    None => t.max_payload_bytes,
+                },
+                unknown_event_types: p.unknown_event_types.unwrap_or(t.unknown_event_types),
             };
             check_backoff(&key("max_backoff_seconds"), &tuning)?;
             let plugin = if p.plugin.is_absolute() {

@@ -12,6 +12,7 @@
 
 use crate::metrics::Metrics;
 use crate::outbox::{claim, lease, settle, Claim};
+use crate::plugin::admission::Admitted;
 use crate::plugin::Handler;
 use crate::registry::ActiveSlot;
 use crate::settings::ProjectionSpec;
@@ -150,10 +151,15 @@ impl Worker {
             },
             None => None,
         };
+        // The host answers for events the plugin must not see (too large, undeclared type).
+        let admitted = Admitted::split(&claim, tuning, &handler.plugin().info.event_types);
         let (mut handler, verdicts, report, tx) = {
-            let shared = claim.clone();
+            let shared = admitted.claim.clone();
             let mut handler = handler;
             match tokio::task::spawn_blocking(move || match tx {
+                _ if shared.events.is_empty() => {
+                    (handler, Vec::new(), Default::default(), tx.map(Ok))
+                }
                 Some(tx) => {
                     let (verdicts, report, tx) = handler.handle_in_transaction(&shared, tx, budget);
                     (handler, verdicts, report, Some(tx))
@@ -165,7 +171,7 @@ impl Worker {
             })
             .await
             {
-                Ok((h, v, r, tx)) => (Some(h), v, r, tx),
+                Ok((h, v, r, tx)) => (Some(h), admitted.merge(v), r, tx),
                 Err(e) => {
                     // The handler itself panicked (a host bug, not a plugin trap): charge the
                     // batch as transient and start over with a fresh handler.

@@ -25,6 +25,8 @@ fn spec(projection: &str, ordering: Ordering) -> ProjectionSpec {
             max_attempts: 5,
             base_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(500),
+            max_payload_bytes: 1 << 20,
+            unknown_event_types: Default::default(),
         },
         config: BTreeMap::new(),
         grants: Default::default(),

@@ -18,6 +18,7 @@
 //!   whole life. Since instances are long-lived, the pooling allocator would buy little and is
 //!   not used.
 
+pub mod admission;
 pub mod cache;
 mod config;
 pub mod limits;

@@ -298,6 +298,21 @@ impl Applier {
     /// One call of the plugin over `claim`. A sql projection's batch is one transaction on its
     /// role, committed only when no event was transient (then the whole batch is retried).
     async fn call(&mut self, claim: Claim) -> Result<Vec<Verdict>> {
+        let admitted = crate::plugin::admission::Admitted::split(
+            &claim,
+            &self.spec.tuning,
+            &self.plugin.info.event_types,
+        );
+        if admitted.claim.events.is_empty() {
+            return Ok(admitted.merge(Vec::new()));
+        }
+        let claim = (*admitted.claim).clone();
+        let verdicts = self.call_plugin(claim).await?;
+        Ok(admitted.merge(verdicts))
+    }
+
+    /// The plugin call proper.
+    async fn call_plugin(&mut self, claim: Claim) -> Result<Vec<Verdict>> {
         let budget = self.spec.tuning.max_processing;
         let handler = self
             .handler

@@ -1,0 +1,160 @@
+//! What reaches a plugin: before a batch is handed over, the host answers itself for events the
+//! plugin must not see.
+//!
+//! Invariants:
+//! - An event whose payload is larger than the projection's `max_payload_bytes` fails
+//!   deterministically (`payload_too_large`) without reaching the plugin: no plugin is ever asked
+//!   to parse an arbitrarily large document inside its memory cap.
+//! - An event of a type the plugin does not declare (`describe()`'s `event-types`, exact names or
+//!   prefixes ending in `*`) is delivered (the contract's default), settled `done` (`skip`) or
+//!   failed deterministically (`unknown_event_type`, `fail`), as the projection says.
+//! - The plugin sees the admitted events in their claimed order; the verdicts are merged back in
+//!   that order, so settling sees one verdict per claimed event as always.
+
+use crate::outbox::{Claim, Verdict};
+use crate::settings::{Tuning, UnknownEventTypes};
+
+/// A batch split into what the plugin sees and what the host already answered.
+pub struct Admitted {
+    /// The events for the plugin (the claim's batch id and projection).
+    pub claim: std::sync::Arc<Claim>,
+    /// One entry per claimed event: the host's verdict, or `None` when the plugin answers.
+    answered: Vec<Option<Verdict>>,
+}
+
+/// Whether `event_type` is one of `declared` (exact, or a prefix ending in `*`).
+pub fn declares(declared: &[String], event_type: &str) -> bool {
+    declared.iter().any(|d| match d.strip_suffix('*') {
+        Some(prefix) => event_type.starts_with(prefix),
+        None => d == event_type,
+    })
+}
+
+impl Admitted {
+    /// Splits `claim` under `tuning`'s limits for a plugin declaring `declared`.
+    pub fn split(claim: &Claim, tuning: &Tuning, declared: &[String]) -> Admitted {
+        let mut events = Vec::with_capacity(claim.events.len());
+        let answered = claim
+            .events
+            .iter()
+            .map(|e| {
+                if e.payload.len() > tuning.max_payload_bytes {
+                    return Some(Verdict::Deterministic {
+                        reason: "payload_too_large".into(),
+                        message: format!(
+                            "payload of {} bytes is over the projection's max_payload_bytes ({})",
+                            e.payload.len(),
+                            tuning.max_payload_bytes
+                        ),
+                    });
+                }
+                if !declares(declared, &e.event_type) {
+                    match tuning.unknown_event_types {
+                        UnknownEventTypes::Deliver => {}
+                        UnknownEventTypes::Skip => return Some(Verdict::Success),
+                        UnknownEventTypes::Fail => {
+                            return Some(Verdict::Deterministic {
+                                reason: "unknown_event_type".into(),
+                                message: format!(
+                                    "the plugin does not declare event type `{}` (declares {declared:?})",
+                                    e.event_type
+                                ),
+                            })
+                        }
+                    }
+                }
+                events.push(e.clone());
+                None
+            })
+            .collect();
+        Admitted {
+            claim: std::sync::Arc::new(Claim {
+                batch_id: claim.batch_id,
+                projection: claim.projection.clone(),
+                events,
+            }),
+            answered,
+        }
+    }
+
+    /// One verdict per claimed event: the host's, or the next of the plugin's `verdicts`.
+    pub fn merge(self, verdicts: Vec<Verdict>) -> Vec<Verdict> {
+        let mut from_plugin = verdicts.into_iter();
+        self.answered
+            .into_iter()
+            .map(|v| {
+                v.unwrap_or_else(|| {
+                    from_plugin
+                        .next()
+                        .expect("one plugin verdict per admitted event")
+                })
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::outbox::ClaimedEvent;
+
+    fn event(seq: i64, event_type: &str, payload: &str) -> ClaimedEvent {
+        ClaimedEvent {
+            seq,
+            id: uuid::Uuid::new_v4(),
+            event_type: event_type.into(),
+            aggregate_type: String::new(),
+            aggregate_id: "a".into(),
+            payload: payload.into(),
+            headers: Vec::new(),
+            occurred_at: String::new(),
+            attempt: 1,
+            reclaimed: false,
+        }
+    }
+
+    #[test]
+    fn oversized_and_undeclared_events_are_answered_by_the_host_in_order() {
+        let claim = Claim {
+            batch_id: uuid::Uuid::new_v4(),
+            projection: "p".into(),
+            events: vec![
+                event(1, "book.created", "{}"),
+                event(2, "book.created", &format!("\"{}\"", "x".repeat(100))),
+                event(3, "car.sold", "{}"),
+                event(4, "book.renamed", "{}"),
+            ],
+        };
+        let mut tuning = Tuning {
+            concurrency: 1,
+            batch_size: 10,
+            lease: std::time::Duration::from_secs(1),
+            max_processing: std::time::Duration::from_secs(1),
+            max_attempts: 1,
+            base_backoff: std::time::Duration::from_secs(1),
+            max_backoff: std::time::Duration::from_secs(1),
+            max_payload_bytes: 50,
+            unknown_event_types: UnknownEventTypes::Fail,
+        };
+        let declared = vec!["book.*".to_owned()];
+        let admitted = Admitted::split(&claim, &tuning, &declared);
+        let seqs: Vec<i64> = admitted.claim.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [1, 4]);
+        let merged = admitted.merge(vec![Verdict::Success, Verdict::transient("x", "y")]);
+        assert_eq!(merged[0], Verdict::Success);
+        assert!(
+            matches!(&merged[1], Verdict::Deterministic { reason, .. } if reason == "payload_too_large")
+        );
+        assert!(
+            matches!(&merged[2], Verdict::Deterministic { reason, .. } if reason == "unknown_event_type")
+        );
+        assert_eq!(merged[3], Verdict::transient("x", "y"));
+
+        tuning.unknown_event_types = UnknownEventTypes::Skip;
+        let skipped = Admitted::split(&claim, &tuning, &declared);
+        assert_eq!(skipped.claim.events.len(), 2);
+        tuning.unknown_event_types = UnknownEventTypes::Deliver;
+        let delivered = Admitted::split(&claim, &tuning, &declared);
+        assert_eq!(delivered.claim.events.len(), 3);
+    }
+}

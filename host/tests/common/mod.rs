@@ -15,6 +15,7 @@ mod osmem;
 mod plugins;
 mod postgres;
 mod process;
+mod python;
 mod rows;
 
 use std::ffi::OsStr;
@@ -34,6 +35,8 @@ pub use plugins::*;
 pub use postgres::*;
 #[allow(unused_imports)]
 pub use process::*;
+#[allow(unused_imports)]
+pub use python::*;
 #[allow(unused_imports)]
 pub use rows::*;
 

@@ -123,6 +123,12 @@ pub enum Command {
         #[arg(long, global = true, env = "USER", default_value = "cli")]
         by: String,
     },
+    /// For plugin authors, no host needed: write a new plugin project, or test a plugin.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::authoring::PluginAction,
+    },
 }
 
 /// `projector plugins ...`.
@@ -278,6 +284,7 @@ pub fn main() -> ExitCode {
             token,
             by,
         } => plugins_command(action, &admin_url, token.as_deref(), &by),
+        Command::Plugin { action } => crate::authoring::command(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -16,8 +16,10 @@
 //! - [`worker`]: one claim → call → settle loop.
 //! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`service`]: `projector run`: wiring, wake-ups, signals, shutdown.
+//! - [`authoring`]: `projector plugin new|test`, for plugin authors (scaffold, test kit).
 #![deny(missing_docs)]
 
+pub mod authoring;
 pub mod cli;
 pub mod db;
 pub mod error;

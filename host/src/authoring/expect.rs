@@ -79,8 +79,16 @@ fn expected_outcome(e: &Expectation) -> String {
     }
 }
 
-/// The actual outcome, showing only what `e` pins.
+/// The actual outcome, showing only what `e` pins; everything when the kind itself differs.
 fn actual_outcome(v: &Verdict, e: &Expectation) -> String {
+    let kind = match v {
+        Verdict::Success => OutcomeKind::Success,
+        Verdict::Transient { .. } => OutcomeKind::Transient,
+        Verdict::Deterministic { .. } => OutcomeKind::Deterministic,
+    };
+    if kind != e.outcome {
+        return render_verdict(v, true);
+    }
     let full = render_verdict(v, e.message.is_some());
     match (v, &e.reason, &e.message) {
         (Verdict::Success, _, _) => full,

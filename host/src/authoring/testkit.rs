@@ -357,7 +357,16 @@ pub fn run(
         Runtime::new().map_err(|e| anyhow::anyhow!("starting the WebAssembly runtime: {e:#}"))?;
     let spec = test_spec(projection, plugin, config);
     let stand_in = Arc::new(TestKitStandIn::default());
-    let loaded = runtime.load_with_stand_in(&spec, &bytes, plugin, stand_in.clone())?;
+    let loaded = runtime
+        .load_with_stand_in(&spec, &bytes, plugin, stand_in.clone())
+        .map_err(|e| match e {
+            // wasmtime's messages may span lines (a hex dump); a usage error is one line.
+            Error::Plugin { path, message } => Error::Plugin {
+                path,
+                message: one_line(&message),
+            },
+            other => other,
+        })?;
     stand_in.take(); // anything logged while loading belongs to no event
     let label = loaded.version_label.clone();
     let mut handler = Handler::new(loaded);

@@ -18,10 +18,20 @@ pub fn componentize_py_command() -> Command {
 /// `wit/plugin.wit` into `out`, and returns `out`. Panics with componentize-py's output if the
 /// build fails, or with how to install it if it is missing.
 pub fn componentize_py(world: &str, module_dir: &Path, module: &str, out: &Path) -> PathBuf {
-    let wit = repo_root().join("wit");
+    componentize_py_with(&repo_root().join("wit"), world, module_dir, module, out)
+}
+
+/// [`componentize_py`] against the WIT in `wit` (a scaffolded project's own `wit/`).
+pub fn componentize_py_with(
+    wit: &Path,
+    world: &str,
+    module_dir: &Path,
+    module: &str,
+    out: &Path,
+) -> PathBuf {
     let output = componentize_py_command()
         .arg("-d")
-        .arg(&wit)
+        .arg(wit)
         .args(["-w", world, "componentize", "-p"])
         .arg(module_dir)
         .arg(module)

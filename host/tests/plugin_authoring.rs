@@ -36,7 +36,11 @@ fn cargo_build(project: &Path, name: &str) -> PathBuf {
         .output()
         .expect("run cargo");
     assert!(out.status.success(), "cargo build: {}", output_text(&out));
-    assert!(component.is_file(), "no component at {}", component.display());
+    assert!(
+        component.is_file(),
+        "no component at {}",
+        component.display()
+    );
     component
 }
 
@@ -87,24 +91,47 @@ fn a_rust_scaffold_with_both_capabilities_builds_inside_a_cargo_workspace_and_pa
         .tempdir_in(repo_root().join("target"))
         .unwrap();
     let project = parent.path().join("scaffold-both");
-    plugin_new(&project, &["scaffold-both", "--capability", "sql", "--capability", "search"]);
+    plugin_new(
+        &project,
+        &[
+            "scaffold-both",
+            "--capability",
+            "sql",
+            "--capability",
+            "search",
+        ],
+    );
     assert!(project.join("migrations/0001_scaffold_both.sql").is_file());
     let component = cargo_build(&project, "scaffold-both");
 
     let out = own_test(&project, &component, &["--config", "index=books"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(text.starts_with("projector plugin test: TEST KIT"), "{text}");
+    assert!(
+        text.starts_with("projector plugin test: TEST KIT"),
+        "{text}"
+    );
     assert!(text.contains("expectations met"), "{text}");
-    assert!(text.contains("call sql.execute \"INSERT INTO scaffold_both"), "{text}");
-    assert!(text.contains("call search.bulk [index books/book-1 v2 {\"title\":\"Dune Messiah\"}] -> [200]"), "{text}");
+    assert!(
+        text.contains("call sql.execute \"INSERT INTO scaffold_both"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "call search.bulk [index books/book-1 v2 {\"title\":\"Dune Messiah\"}] -> [200]"
+        ),
+        "{text}"
+    );
 
     // Without the config its search half answers bad_config: the test catches it, and the sql
     // write made before is marked as the host would treat it (the event's savepoint rolled back).
     let out = own_test(&project, &component, &[]);
     assert_eq!(out.status.code(), Some(1), "{}", output_text(&out));
     let text = stdout(&out);
-    assert!(text.contains("+ deterministic bad_config: the projection's config has no `index`"), "{text}");
+    assert!(
+        text.contains("+ deterministic bad_config: the projection's config has no `index`"),
+        "{text}"
+    );
     assert!(text.contains("\"book-1\",\"{\\\"title\\\":\\\"Dune\\\"}\"] -> 1  (rolled back: the outcome is not success)"), "{text}");
 }
 
@@ -128,7 +155,15 @@ fn a_python_scaffold_builds_with_componentize_py_and_passes_its_test() {
     let project = dir.path().join("py-books");
     plugin_new(
         &project,
-        &["py-books", "--lang", "python", "--capability", "sql", "--capability", "search"],
+        &[
+            "py-books",
+            "--lang",
+            "python",
+            "--capability",
+            "sql",
+            "--capability",
+            "search",
+        ],
     );
     let component = componentize_py_with(
         &project.join("wit"),
@@ -141,7 +176,10 @@ fn a_python_scaffold_builds_with_componentize_py_and_passes_its_test() {
     assert!(out.status.success(), "{}", output_text(&out));
     let text = stdout(&out);
     assert!(text.contains("plugin py-books@0.1.0+sha256:"), "{text}");
-    assert!(text.contains("call sql.execute \"INSERT INTO py_books"), "{text}");
+    assert!(
+        text.contains("call sql.execute \"INSERT INTO py_books"),
+        "{text}"
+    );
     assert!(text.contains("expectations met"), "{text}");
 }
 
@@ -188,9 +226,20 @@ fn plugin_test_prints_outcomes_and_reports_a_mismatch_with_exit_1_and_a_diff() {
     assert!(out.status.success(), "{}", output_text(&out));
     // Outcomes as the host would record them: the trap is charged to its event only.
     assert!(text.contains("event 2 00000000-0000-4000-8000-000000000002 book.created: transient es_429: slow down"), "{text}");
-    assert!(text.contains("event 3 00000000-0000-4000-8000-000000000003 book.created: transient plugin_trap:"), "{text}");
-    assert!(text.contains("event 4 00000000-0000-4000-8000-000000000004 book.created: success"), "{text}");
-    assert!(text.contains("4 events: 2 success, 2 transient, 0 deterministic"), "{text}");
+    assert!(
+        text.contains(
+            "event 3 00000000-0000-4000-8000-000000000003 book.created: transient plugin_trap:"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains("event 4 00000000-0000-4000-8000-000000000004 book.created: success"),
+        "{text}"
+    );
+    assert!(
+        text.contains("4 events: 2 success, 2 transient, 0 deterministic"),
+        "{text}"
+    );
 
     // Event 2 expected to succeed, event 4 expected deterministic: two readable differences.
     let bad = write_file(
@@ -226,7 +275,10 @@ fn plugin_test_prints_outcomes_and_reports_a_mismatch_with_exit_1_and_a_diff() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
         stderr.trim(),
-        format!("error: the run does not match the expectations in {}", bad.display())
+        format!(
+            "error: the run does not match the expectations in {}",
+            bad.display()
+        )
     );
 }
 
@@ -242,12 +294,21 @@ fn plugin_test_records_the_sql_calls_a_plugin_makes() {
     );
     let chronicle = plugin("chronicle_entries");
     let out = run_projector(
-        &["plugin", "test", chronicle.to_str().unwrap(), "--events", events.to_str().unwrap()],
+        &[
+            "plugin",
+            "test",
+            chronicle.to_str().unwrap(),
+            "--events",
+            events.to_str().unwrap(),
+        ],
         &[],
     );
     assert!(out.status.success(), "{}", output_text(&out));
     let text = stdout(&out);
-    assert!(text.contains("\"INSERT INTO chronicle_entries (id, actor_user_id,"), "{text}");
+    assert!(
+        text.contains("\"INSERT INTO chronicle_entries (id, actor_user_id,"),
+        "{text}"
+    );
     assert!(text.contains("[\"00000000-0000-4000-8000-00000000000a\",\"u-1\",\"book\",\"b-1\",\"BookRenamed\",\"u-1 BookRenamed book b-1\",null,\"{\\\"title\\\":\\\"Dune\\\"}\",\"2025-11-08T10:00:00Z\",null,null] -> 1"), "{text}");
     assert!(text.contains("event 2 00000000-0000-4000-8000-000000000002 x: deterministic bad_payload: missing chronicleEventId, actorUserId, entityId, eventType, occurredAt"), "{text}");
 }
@@ -256,16 +317,32 @@ fn plugin_test_records_the_sql_calls_a_plugin_makes() {
 fn assert_usage_error(args: &[&str], names: &str) {
     let out = run_projector(args, &[]);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{args:?}: {}", output_text(&out));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{args:?}: {}",
+        output_text(&out)
+    );
     assert_eq!(stderr.trim_end().lines().count(), 1, "{args:?}: {stderr}");
-    assert!(stderr.contains(names), "{args:?}: `{names}` not in {stderr}");
+    assert!(
+        stderr.contains(names),
+        "{args:?}: `{names}` not in {stderr}"
+    );
 }
 
 #[test]
 fn usage_errors_exit_2_with_one_line_naming_the_flag_or_value() {
     let dir = tempfile::tempdir().unwrap();
-    let events = write_file(dir.path(), "e.jsonl", "{\"event_type\": \"a\", \"payload\": {}}\n");
-    let bad_line = write_file(dir.path(), "bad.jsonl", "{\"event_type\": \"a\", \"payload\": {}}\n{\"event_typ\": \"a\"}\n");
+    let events = write_file(
+        dir.path(),
+        "e.jsonl",
+        "{\"event_type\": \"a\", \"payload\": {}}\n",
+    );
+    let bad_line = write_file(
+        dir.path(),
+        "bad.jsonl",
+        "{\"event_type\": \"a\", \"payload\": {}}\n{\"event_typ\": \"a\"}\n",
+    );
     let noop = plugin("noop");
     let (noop, events_s) = (noop.to_str().unwrap(), events.to_str().unwrap());
     let not_wasm = write_file(dir.path(), "x.wasm", "not wasm");
@@ -273,17 +350,77 @@ fn usage_errors_exit_2_with_one_line_naming_the_flag_or_value() {
     std::fs::create_dir(&occupied).unwrap();
     std::fs::write(occupied.join("keep"), "x").unwrap();
     let cases: &[(&[&str], &str)] = &[
-        (&["plugin", "test", noop, "--events", events_s, "--config", "index"], "--config: `index` is not KEY=VALUE"),
-        (&["plugin", "test", noop, "--events", events_s, "--config", "a=1", "--config", "a=2"], "--config: `a` given twice"),
-        (&["plugin", "test", noop, "--events", bad_line.to_str().unwrap()], "bad.jsonl:2: unknown field `event_typ`"),
-        (&["plugin", "test", noop, "--events", "/nonexistent/e.jsonl"], "--events: /nonexistent/e.jsonl: cannot read"),
-        (&["plugin", "test", noop, "--events", events_s, "--expect", bad_line.to_str().unwrap()], "--expect: "),
-        (&["plugin", "test", not_wasm.to_str().unwrap(), "--events", events_s], "x.wasm: not a valid WebAssembly component"),
+        (
+            &[
+                "plugin", "test", noop, "--events", events_s, "--config", "index",
+            ],
+            "--config: `index` is not KEY=VALUE",
+        ),
+        (
+            &[
+                "plugin", "test", noop, "--events", events_s, "--config", "a=1", "--config", "a=2",
+            ],
+            "--config: `a` given twice",
+        ),
+        (
+            &[
+                "plugin",
+                "test",
+                noop,
+                "--events",
+                bad_line.to_str().unwrap(),
+            ],
+            "bad.jsonl:2: unknown field `event_typ`",
+        ),
+        (
+            &["plugin", "test", noop, "--events", "/nonexistent/e.jsonl"],
+            "--events: /nonexistent/e.jsonl: cannot read",
+        ),
+        (
+            &[
+                "plugin",
+                "test",
+                noop,
+                "--events",
+                events_s,
+                "--expect",
+                bad_line.to_str().unwrap(),
+            ],
+            "--expect: ",
+        ),
+        (
+            &[
+                "plugin",
+                "test",
+                not_wasm.to_str().unwrap(),
+                "--events",
+                events_s,
+            ],
+            "x.wasm: not a valid WebAssembly component",
+        ),
         (&["plugin", "test", noop], "--events"),
-        (&["plugin", "new", "Books"], "NAME: `Books` is not a plugin name"),
-        (&["plugin", "new", "books", "--lang", "go"], "'go' for '--lang <LANG>'"),
-        (&["plugin", "new", "books", "--capability", "kafka"], "'kafka' for '--capability <CAPABILITIES>'"),
-        (&["plugin", "new", "books", "--dir", occupied.to_str().unwrap()], "--dir: "),
+        (
+            &["plugin", "new", "Books"],
+            "NAME: `Books` is not a plugin name",
+        ),
+        (
+            &["plugin", "new", "books", "--lang", "go"],
+            "'go' for '--lang <LANG>'",
+        ),
+        (
+            &["plugin", "new", "books", "--capability", "kafka"],
+            "'kafka' for '--capability <CAPABILITIES>'",
+        ),
+        (
+            &[
+                "plugin",
+                "new",
+                "books",
+                "--dir",
+                occupied.to_str().unwrap(),
+            ],
+            "--dir: ",
+        ),
     ];
     for (args, names) in cases {
         assert_usage_error(args, names);
@@ -345,7 +482,11 @@ async fn the_guide_walkthrough_gets_a_projection_running() {
             .stdin(Stdio::null())
             .output()
             .unwrap();
-        assert!(out.status.success(), "`{command}` failed: {}", output_text(&out));
+        assert!(
+            out.status.success(),
+            "`{command}` failed: {}",
+            output_text(&out)
+        );
     }
     let component = component.expect("the walkthrough builds a component");
     let project = cwd;
@@ -367,8 +508,16 @@ async fn the_guide_walkthrough_gets_a_projection_running() {
     let ids = insert_events(
         &db.pool,
         &[
-            NewEvent::new("book-titles", "book-1", serde_json::json!({"title": "Dune"})),
-            NewEvent::new("book-titles", "book-2", serde_json::json!({"title": "Emma"})),
+            NewEvent::new(
+                "book-titles",
+                "book-1",
+                serde_json::json!({"title": "Dune"}),
+            ),
+            NewEvent::new(
+                "book-titles",
+                "book-2",
+                serde_json::json!({"title": "Emma"}),
+            ),
         ],
     )
     .await;
@@ -385,8 +534,16 @@ async fn the_guide_walkthrough_gets_a_projection_running() {
     assert_eq!(
         rows,
         vec![
-            (ids[0], "book-1".to_owned(), serde_json::json!({"title": "Dune"})),
-            (ids[1], "book-2".to_owned(), serde_json::json!({"title": "Emma"})),
+            (
+                ids[0],
+                "book-1".to_owned(),
+                serde_json::json!({"title": "Dune"})
+            ),
+            (
+                ids[1],
+                "book-2".to_owned(),
+                serde_json::json!({"title": "Emma"})
+            ),
         ]
     );
 }

@@ -98,7 +98,13 @@ async fn end_to_end(component: &Path, dir: &Path) -> f64 {
         .collect();
     let started = Instant::now();
     insert_events(&db.pool, &events).await;
-    let counts = wait_settled(&db.pool, "chronicle", EVENTS as i64, Duration::from_secs(600)).await;
+    let counts = wait_settled(
+        &db.pool,
+        "chronicle",
+        EVENTS as i64,
+        Duration::from_secs(600),
+    )
+    .await;
     let elapsed = started.elapsed();
     assert_eq!(counts.done, EVENTS as i64);
     elapsed.as_secs_f64() * 1e6 / EVENTS as f64
@@ -118,7 +124,9 @@ async fn python_vs_rust_cost_per_event() {
     let mut rows = Vec::new();
     let noop = plugin("noop");
     let floor = tokio::task::block_in_place(|| plugin_only(&noop, dir.path()));
-    rows.push(format!("noop    (harness floor)  plugin only {floor:>8.1} µs/event"));
+    rows.push(format!(
+        "noop    (harness floor)  plugin only {floor:>8.1} µs/event"
+    ));
     for (name, component) in [("rust", &rust), ("python", &python)] {
         let size = std::fs::metadata(component).unwrap().len();
         let only = tokio::task::block_in_place(|| plugin_only(component, dir.path()));

@@ -46,9 +46,8 @@ pub fn read(path: &Path) -> Result<Vec<Expectation>, Error> {
         if line.trim().is_empty() {
             continue;
         }
-        let e: Expectation = serde_json::from_str(line).map_err(|e| {
-            Error::config("--expect", format!("{}:{}: {e}", path.display(), i + 1))
-        })?;
+        let e: Expectation = serde_json::from_str(line)
+            .map_err(|e| Error::config("--expect", format!("{}:{}: {e}", path.display(), i + 1)))?;
         if e.outcome == OutcomeKind::Success && (e.reason.is_some() || e.message.is_some()) {
             return Err(Error::config(
                 "--expect",
@@ -93,8 +92,15 @@ fn actual_outcome(v: &Verdict, e: &Expectation) -> String {
     match (v, &e.reason, &e.message) {
         (Verdict::Success, _, _) => full,
         (_, None, None) => full.split(' ').next().unwrap_or_default().to_owned(),
-        (Verdict::Transient { message, .. } | Verdict::Deterministic { message, .. }, None, Some(_)) => {
-            format!("{} _: {message}", full.split(' ').next().unwrap_or_default())
+        (
+            Verdict::Transient { message, .. } | Verdict::Deterministic { message, .. },
+            None,
+            Some(_),
+        ) => {
+            format!(
+                "{} _: {message}",
+                full.split(' ').next().unwrap_or_default()
+            )
         }
         _ => full,
     }
@@ -234,6 +240,9 @@ mod tests {
         )
         .unwrap();
         assert_eq!(expected_outcome(&e), "deterministic bad_payload: missing y");
-        assert_eq!(actual_outcome(&v, &e), "deterministic bad_payload: missing x");
+        assert_eq!(
+            actual_outcome(&v, &e),
+            "deterministic bad_payload: missing x"
+        );
     }
 }

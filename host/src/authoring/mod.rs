@@ -79,7 +79,10 @@ pub fn command(action: PluginAction) -> crate::Result<()> {
         } => {
             let dir = dir.unwrap_or_else(|| PathBuf::from(&name));
             let written = scaffold::write(&name, lang, &capabilities, &dir)?;
-            print!("{}", scaffold::next_steps(&name, lang, &capabilities, &dir, &written));
+            print!(
+                "{}",
+                scaffold::next_steps(&name, lang, &capabilities, &dir, &written)
+            );
             Ok(())
         }
         PluginAction::Test {
@@ -115,8 +118,7 @@ pub fn command(action: PluginAction) -> crate::Result<()> {
 fn parse_config(entries: &[String]) -> crate::Result<BTreeMap<String, String>> {
     let mut map = BTreeMap::new();
     for entry in entries {
-        let Some((key, value)) = entry.split_once('=').filter(|(k, _)| !k.trim().is_empty())
-        else {
+        let Some((key, value)) = entry.split_once('=').filter(|(k, _)| !k.trim().is_empty()) else {
             return Err(Error::config(
                 "--config",
                 format!("`{entry}` is not KEY=VALUE"),

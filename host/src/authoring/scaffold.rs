@@ -144,10 +144,7 @@ fn test_flags(capabilities: &[Capability]) -> &'static str {
 /// Where the built component lands, relative to the project directory.
 pub fn component_path(name: &str, lang: Lang) -> String {
     match lang {
-        Lang::Rust => format!(
-            "target/wasm32-wasip2/release/{}.wasm",
-            artifact_stem(name)
-        ),
+        Lang::Rust => format!("target/wasm32-wasip2/release/{}.wasm", artifact_stem(name)),
         Lang::Python => format!("{name}.wasm"),
     }
 }
@@ -173,7 +170,9 @@ pub fn test_command(name: &str, lang: Lang, capabilities: &[Capability]) -> Stri
 
 fn readme(name: &str, lang: Lang, capabilities: &[Capability]) -> String {
     let install = match lang {
-        Lang::Rust => "rustup (the toolchain and target in rust-toolchain.toml install themselves)".to_owned(),
+        Lang::Rust => {
+            "rustup (the toolchain and target in rust-toolchain.toml install themselves)".to_owned()
+        }
         Lang::Python => format!("`pip install componentize-py=={COMPONENTIZE_PY_VERSION}`"),
     };
     let mut grants = String::new();
@@ -235,7 +234,10 @@ pub fn write(
     let (events, expected) = test_files(name, &capabilities);
     let render = |t: &str| render(t, name, &capabilities);
     let mut files: Vec<(PathBuf, String)> = vec![
-        ("wit/deps/projector-plugin/plugin.wit".into(), CONTRACT.to_owned()),
+        (
+            "wit/deps/projector-plugin/plugin.wit".into(),
+            CONTRACT.to_owned(),
+        ),
         ("wit/world.wit".into(), render(WORLD)),
         ("tests/events.jsonl".into(), events),
         ("tests/expected.jsonl".into(), expected),
@@ -264,9 +266,7 @@ pub fn write(
         let parent = full.parent().expect("a relative file path has a parent");
         std::fs::create_dir_all(parent)
             .and_then(|()| std::fs::write(&full, text))
-            .map_err(|e| {
-                Error::config("--dir", format!("cannot write {}: {e}", full.display()))
-            })?;
+            .map_err(|e| Error::config("--dir", format!("cannot write {}: {e}", full.display())))?;
     }
     Ok(files.into_iter().map(|(p, _)| p).collect())
 }

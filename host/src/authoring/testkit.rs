@@ -136,11 +136,14 @@ pub struct Run {
     pub handle_time: Duration,
 }
 
+/// The search stand-in's documents: (index, id) → (document, external version).
+type Documents = HashMap<(String, String), (Map<String, Value>, Option<i64>)>;
+
 /// The stand-ins' shared state: the calls recorded so far and the search documents.
 #[derive(Default)]
 struct Recorder {
     calls: Vec<(Call, bool)>,
-    documents: HashMap<(String, String), (Map<String, Value>, Option<i64>)>,
+    documents: Documents,
 }
 
 /// The in-memory capabilities. Clearly not the runtime: see the module doc.
@@ -197,7 +200,9 @@ impl StandIn for TestKitStandIn {
             Level::Warn => "warn",
             Level::Error => "error",
         };
-        let about = event_id.map(|id| format!(" [event {id}]")).unwrap_or_default();
+        let about = event_id
+            .map(|id| format!(" [event {id}]"))
+            .unwrap_or_default();
         self.record(format!("log {level}{about} {message}"), false);
     }
 
@@ -228,7 +233,10 @@ impl StandIn for TestKitStandIn {
             Err(e) => format!("error {:?}: {}", e.kind, e.message),
         };
         self.record(
-            format!("sql.execute \"{}\" {shown} -> {outcome}", one_line(statement)),
+            format!(
+                "sql.execute \"{}\" {shown} -> {outcome}",
+                one_line(statement)
+            ),
             true,
         );
         answer
@@ -289,7 +297,7 @@ fn render_operation(op: &Operation) -> String {
 
 /// One operation against the in-memory documents, answered as OpenSearch would.
 fn apply(
-    docs: &mut HashMap<(String, String), (Map<String, Value>, Option<i64>)>,
+    docs: &mut Documents,
     op: &Operation,
 ) -> ItemResult {
     let item = |status: u16, error_type: &str, reason: &str| ItemResult {
@@ -531,9 +539,15 @@ mod tests {
         );
         assert_eq!(events[0].payload, r#"{"x":1}"#);
         assert_eq!((events[1].seq, events[1].payload.as_str()), (9, "raw"));
-        std::fs::write(&path, "{\"event_type\": \"a.b\", \"payload\": 1}\n{\"evnt_type\": 1}\n")
-            .unwrap();
+        std::fs::write(
+            &path,
+            "{\"event_type\": \"a.b\", \"payload\": 1}\n{\"evnt_type\": 1}\n",
+        )
+        .unwrap();
         let err = read_events(&path).unwrap_err().to_string();
-        assert!(err.starts_with("--events: ") && err.contains("e.jsonl:2: unknown field `evnt_type`"), "{err}");
+        assert!(
+            err.starts_with("--events: ") && err.contains("e.jsonl:2: unknown field `evnt_type`"),
+            "{err}"
+        );
     }
 }

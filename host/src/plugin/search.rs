@@ -33,8 +33,8 @@ mod generated {
     });
 }
 
-use generated::projector::plugin::search::{Host, HttpFailure};
 pub(crate) use generated::projector::plugin::search::{Action, BulkError, ItemResult, Operation};
+use generated::projector::plugin::search::{Host, HttpFailure};
 
 /// The longest a bulk request may take, even when the batch has more time left.
 pub const MAX_REQUEST_TIME: Duration = Duration::from_secs(30);

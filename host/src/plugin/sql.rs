@@ -31,8 +31,8 @@ mod generated {
     });
 }
 
-pub(crate) use generated::projector::plugin::sql::{ErrorKind, SqlError};
 use generated::projector::plugin::sql::Host;
+pub(crate) use generated::projector::plugin::sql::{ErrorKind, SqlError};
 
 /// Adds the `sql` interface to the linker.
 pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {

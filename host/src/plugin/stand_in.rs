@@ -8,7 +8,9 @@
 //! log; `config` still answers from the projection's configuration map.
 
 pub(crate) use super::bindings::projector::plugin::log::Level;
-pub(crate) use super::search::{validate as validate_search, Action, BulkError, ItemResult, Operation};
+pub(crate) use super::search::{
+    validate as validate_search, Action, BulkError, ItemResult, Operation,
+};
 pub(crate) use super::sql::{ErrorKind as SqlErrorKind, SqlError};
 
 /// The in-memory side of the capabilities a test kit provides.

@@ -20,21 +20,29 @@ fn plugin_new(dir: &Path, args: &[&str]) {
     assert!(out.status.success(), "{}", output_text(&out));
 }
 
-/// Builds a scaffolded Rust project the way its README says (`cargo build --release --target
-/// wasm32-wasip2`), with two test-only economies: the dependency versions are pinned to
-/// plugins/Cargo.lock and the target dir is plugins/target, so wit-bindgen and serde_json are not
-/// rebuilt. Returns the component.
-fn cargo_build(project: &Path, name: &str) -> PathBuf {
+/// Two test-only economies before a scaffolded Rust project is built: its dependency versions
+/// are pinned to plugins/Cargo.lock and its `target` is a link to plugins/target, so wit-bindgen
+/// and serde_json are not rebuilt for every project. The build itself is the README's command.
+fn share_plugins_target(project: &Path) {
     let root = repo_root();
     std::fs::copy(root.join("plugins/Cargo.lock"), project.join("Cargo.lock")).unwrap();
-    let component = root
-        .join("plugins/target/wasm32-wasip2/release")
+    std::os::unix::fs::symlink(root.join("plugins/target"), project.join("target")).unwrap();
+}
+
+/// The component cargo makes for project `name`, removed first so a stale build never passes.
+fn fresh_component_path(project: &Path, name: &str) -> PathBuf {
+    let component = project
+        .join("target/wasm32-wasip2/release")
         .join(format!("{}.wasm", name.replace('-', "_")));
-    let _ = std::fs::remove_file(&component); // never pass on a stale build
-    let out = cargo_command(project)
-        .args(["build", "--release", "--target", "wasm32-wasip2"])
-        .output()
-        .expect("run cargo");
+    let _ = std::fs::remove_file(&component);
+    component
+}
+
+/// Builds a scaffolded Rust project with its README's command; returns the component.
+fn cargo_build(project: &Path, name: &str) -> PathBuf {
+    share_plugins_target(project);
+    let component = fresh_component_path(project, name);
+    let out = shell("cargo build --release --target wasm32-wasip2", project);
     assert!(out.status.success(), "cargo build: {}", output_text(&out));
     assert!(
         component.is_file(),
@@ -44,13 +52,22 @@ fn cargo_build(project: &Path, name: &str) -> PathBuf {
     component
 }
 
-/// `cargo` in `dir`, sharing plugins/target, without the outer `cargo test`'s host settings.
-fn cargo_command(dir: &Path) -> Command {
-    let mut cmd = Command::new("cargo");
-    cmd.current_dir(dir)
-        .stdin(Stdio::null())
-        .env("CARGO_TARGET_DIR", repo_root().join("plugins/target"));
+/// Runs `command` with bash in `dir`, `projector` (the binary under test) first on PATH and
+/// without the outer `cargo test`'s settings meant for the host build.
+fn shell(command: &str, dir: &Path) -> Output {
+    let bin_dir = Path::new(env!("CARGO_BIN_EXE_projector")).parent().unwrap();
+    let path = format!(
+        "{}:{}",
+        bin_dir.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let mut cmd = Command::new("bash");
+    cmd.args(["-c", command])
+        .current_dir(dir)
+        .env("PATH", path)
+        .stdin(Stdio::null());
     for var in [
+        "CARGO_TARGET_DIR",
         "CARGO_BUILD_TARGET",
         "RUSTFLAGS",
         "CARGO_ENCODED_RUSTFLAGS",
@@ -58,7 +75,7 @@ fn cargo_command(dir: &Path) -> Command {
     ] {
         cmd.env_remove(var);
     }
-    cmd
+    cmd.output().expect("run bash")
 }
 
 /// `projector plugin test` on a scaffolded project's own test files.
@@ -86,9 +103,11 @@ fn stdout(out: &Output) -> String {
 fn a_rust_scaffold_with_both_capabilities_builds_inside_a_cargo_workspace_and_passes_its_test() {
     // Inside this repository's root workspace (target/ is under it), which the project is not a
     // member of: its own `[workspace]` table keeps cargo from refusing it.
+    let target = repo_root().join("target");
+    std::fs::create_dir_all(&target).unwrap();
     let parent = tempfile::Builder::new()
         .prefix("plugin-authoring-")
-        .tempdir_in(repo_root().join("target"))
+        .tempdir_in(target)
         .unwrap();
     let project = parent.path().join("scaffold-both");
     plugin_new(
@@ -449,39 +468,18 @@ async fn the_guide_walkthrough_gets_a_projection_running() {
     assert!(commands.len() >= 4, "{commands:?}");
     let work = tempfile::tempdir().unwrap();
     let mut cwd = work.path().to_path_buf();
-    let bin_dir = Path::new(env!("CARGO_BIN_EXE_projector")).parent().unwrap();
-    let path = format!(
-        "{}:{}",
-        bin_dir.display(),
-        std::env::var("PATH").unwrap_or_default()
-    );
     let mut component = None;
+    // Every command verbatim; `cd` moves the working directory for the next ones.
     for command in &commands {
         if let Some(dir) = command.strip_prefix("cd ") {
             cwd = cwd.join(dir);
             continue;
         }
         if command.starts_with("cargo build") {
-            // As `cargo_build` does: pinned versions, shared target dir (see there).
-            let name = cwd.file_name().unwrap().to_str().unwrap().to_owned();
-            component = Some(cargo_build(&cwd, &name));
-            continue;
+            share_plugins_target(&cwd);
+            component = Some(fresh_component_path(&cwd, "book-titles"));
         }
-        let command = match &component {
-            // The component is where the shared target dir put it.
-            Some(c) => command.replace(
-                "target/wasm32-wasip2/release/book_titles.wasm",
-                c.to_str().unwrap(),
-            ),
-            None => command.clone(),
-        };
-        let out = Command::new("bash")
-            .args(["-c", &command])
-            .current_dir(&cwd)
-            .env("PATH", &path)
-            .stdin(Stdio::null())
-            .output()
-            .unwrap();
+        let out = shell(command, &cwd);
         assert!(
             out.status.success(),
             "`{command}` failed: {}",
@@ -489,6 +487,11 @@ async fn the_guide_walkthrough_gets_a_projection_running() {
         );
     }
     let component = component.expect("the walkthrough builds a component");
+    assert!(
+        component.is_file(),
+        "no component at {}",
+        component.display()
+    );
     let project = cwd;
 
     // Now what the guide says next: the migration, a config with the grant, a real host.

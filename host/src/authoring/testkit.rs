@@ -296,10 +296,7 @@ fn render_operation(op: &Operation) -> String {
 }
 
 /// One operation against the in-memory documents, answered as OpenSearch would.
-fn apply(
-    docs: &mut Documents,
-    op: &Operation,
-) -> ItemResult {
+fn apply(docs: &mut Documents, op: &Operation) -> ItemResult {
     let item = |status: u16, error_type: &str, reason: &str| ItemResult {
         status,
         error_type: error_type.into(),

@@ -299,6 +299,27 @@ fn plugin_test_prints_outcomes_and_reports_a_mismatch_with_exit_1_and_a_diff() {
             bad.display()
         )
     );
+
+    // --write-expect records the run; the recording is then met exactly.
+    let recorded = dir.path().join("recorded.jsonl");
+    let mut a = args(&recorded);
+    a[7] = "--write-expect".into();
+    let out = run_projector(&a.iter().map(String::as_str).collect::<Vec<_>>(), &[]);
+    assert!(out.status.success(), "{}", output_text(&out));
+    let text = std::fs::read_to_string(&recorded).unwrap();
+    assert_eq!(text.lines().count(), 4, "{text}");
+    let second: serde_json::Value = serde_json::from_str(text.lines().nth(1).unwrap()).unwrap();
+    assert_eq!(
+        (&second["outcome"], &second["reason"], &second["message"]),
+        (&"transient".into(), &"es_429".into(), &"slow down".into()),
+        "{text}"
+    );
+    let out = run(&recorded);
+    assert!(
+        stdout(&out).contains("expectations met"),
+        "{}",
+        output_text(&out)
+    );
 }
 
 #[test]

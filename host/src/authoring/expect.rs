@@ -63,6 +63,34 @@ pub fn read(path: &Path) -> Result<Vec<Expectation>, Error> {
     Ok(out)
 }
 
+/// `run` as an expectation file: every event's id, outcome, reason, message and calls. For an
+/// author to review and keep (`--write-expect`), then trim to what matters.
+pub fn render(run: &Run) -> String {
+    let mut out = String::new();
+    for r in &run.results {
+        let mut line = serde_json::Map::new();
+        line.insert("id".into(), r.event.id.to_string().into());
+        let (outcome, failure) = match &r.verdict {
+            Verdict::Success => ("success", None),
+            Verdict::Transient { reason, message } => ("transient", Some((reason, message))),
+            Verdict::Deterministic { reason, message } => {
+                ("deterministic", Some((reason, message)))
+            }
+        };
+        line.insert("outcome".into(), outcome.into());
+        if let Some((reason, message)) = failure {
+            line.insert("reason".into(), reason.as_str().into());
+            line.insert("message".into(), message.as_str().into());
+        }
+        let calls: Vec<serde_json::Value> =
+            r.calls.iter().map(|c| c.text.as_str().into()).collect();
+        line.insert("calls".into(), calls.into());
+        out.push_str(&serde_json::Value::Object(line).to_string());
+        out.push('\n');
+    }
+    out
+}
+
 /// The expected side of one event, rendered like the actual side it is compared with.
 fn expected_outcome(e: &Expectation) -> String {
     let kind = match e.outcome {

@@ -44,6 +44,9 @@ pub enum PluginAction {
         /// The expected outcomes (and optionally calls), JSON Lines, one per event.
         #[arg(long, value_name = "FILE.jsonl")]
         expect: Option<PathBuf>,
+        /// Write the run as an expectation file (every outcome and call) to review and keep.
+        #[arg(long, value_name = "FILE.jsonl", conflicts_with = "expect")]
+        write_expect: Option<PathBuf>,
         /// The projection name the events carry.
         #[arg(long, default_value = "test")]
         projection: String,
@@ -90,6 +93,7 @@ pub fn command(action: PluginAction) -> crate::Result<()> {
             events,
             config,
             expect,
+            write_expect,
             projection,
         } => {
             let config = parse_config(&config)?;
@@ -97,6 +101,16 @@ pub fn command(action: PluginAction) -> crate::Result<()> {
             let input = testkit::read_events(&events)?;
             let run = testkit::run(&plugin, input, config, &projection)?;
             print!("{}", run.transcript());
+            if let Some(path) = write_expect {
+                std::fs::write(&path, expect::render(&run)).map_err(|e| {
+                    Error::config(
+                        "--write-expect",
+                        format!("cannot write {}: {e}", path.display()),
+                    )
+                })?;
+                println!("wrote the expectations to {}", path.display());
+                return Ok(());
+            }
             let (Some(expected), Some(path)) = (expected, expect) else {
                 return Ok(());
             };

@@ -114,7 +114,8 @@ fn test_files(name: &str, capabilities: &[Capability]) -> (String, String) {
             ));
         }
         calls.push(format!(
-            "log debug [event 00000000-0000-4000-8000-00000000000{seq}] projected book.{}",
+            "log debug [event 00000000-0000-4000-8000-00000000000{seq}] projected book.{} \
+             (payload keys: title)",
             if seq == 1 { "created" } else { "renamed" }
         ));
         serde_json::to_string(&calls).expect("strings")

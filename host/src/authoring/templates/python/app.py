@@ -119,7 +119,8 @@ def project(event: Event) -> Outcome:
     if failed is not None:
         return failed
 #endif
-    log.log(log.Level.DEBUG, event.id, f"projected {event.event_type}")
+    keys = ", ".join(sorted(payload))
+    log.log(log.Level.DEBUG, event.id, f"projected {event.event_type} (payload keys: {keys})")
     return Outcome_Success()
 
 

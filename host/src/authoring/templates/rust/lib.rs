@@ -51,7 +51,9 @@ fn failure(reason: &str, message: impl Into<String>) -> Failure {
 fn from_sql(e: SqlError) -> Outcome {
     let message = format!("{} ({})", e.message, e.code);
     match e.kind {
-        ErrorKind::SerializationFailure => Outcome::Transient(failure("sql_serialization", message)),
+        ErrorKind::SerializationFailure => {
+            Outcome::Transient(failure("sql_serialization", message))
+        }
         ErrorKind::Timeout => Outcome::Transient(failure("sql_timeout", message)),
         ErrorKind::Connection => Outcome::Transient(failure("sql_connection", message)),
         ErrorKind::PermissionDenied => Outcome::Deterministic(failure("sql_permission", message)),
@@ -100,7 +102,10 @@ fn index_document(event: &Event, payload: &Value) -> Option<Outcome> {
         Err(BulkError::Status(f)) if f.status == 429 || f.status >= 500 => Some(
             Outcome::Transient(failure("es_status", format!("{}: {}", f.status, f.message))),
         ),
-        Err(e) => Some(Outcome::Deterministic(failure("es_request", format!("{e:?}")))),
+        Err(e) => Some(Outcome::Deterministic(failure(
+            "es_request",
+            format!("{e:?}"),
+        ))),
     }
 }
 
@@ -108,12 +113,7 @@ fn index_document(event: &Event, payload: &Value) -> Option<Outcome> {
 fn project(event: &Event) -> Outcome {
     let payload: Value = match serde_json::from_str(&event.payload) {
         Ok(v @ Value::Object(_)) => v,
-        _ => {
-            return Outcome::Deterministic(failure(
-                "bad_payload",
-                "payload is not a JSON object",
-            ))
-        }
+        _ => return Outcome::Deterministic(failure("bad_payload", "payload is not a JSON object")),
     };
 #if sql
     let params = serde_json::json!([
@@ -131,10 +131,18 @@ fn project(event: &Event) -> Outcome {
         return outcome;
     }
 #endif
+    let keys: Vec<&str> = payload
+        .as_object()
+        .map(|o| o.keys().map(String::as_str).collect())
+        .unwrap_or_default();
     log(
         Level::Debug,
         Some(&event.id),
-        &format!("projected {}", event.event_type),
+        &format!(
+            "projected {} (payload keys: {})",
+            event.event_type,
+            keys.join(", ")
+        ),
     );
     Outcome::Success
 }

@@ -24,6 +24,7 @@ fn plugin_new(dir: &Path, args: &[&str]) {
 /// are pinned to plugins/Cargo.lock and its `target` is a link to plugins/target, so wit-bindgen
 /// and serde_json are not rebuilt for every project. The build itself is the README's command.
 fn share_plugins_target(project: &Path) {
+    plugin("noop"); // plugins/target exists and holds the dependencies built
     let root = repo_root();
     std::fs::copy(root.join("plugins/Cargo.lock"), project.join("Cargo.lock")).unwrap();
     std::os::unix::fs::symlink(root.join("plugins/target"), project.join("target")).unwrap();

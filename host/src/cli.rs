@@ -161,6 +161,12 @@ pub enum Command {
         #[arg(long, global = true, env = "USER", default_value = "cli")]
         by: String,
     },
+    /// For plugin authors, no host needed: write a new plugin project, or test a plugin.
+    Plugin {
+        /// What to do.
+        #[command(subcommand)]
+        action: crate::authoring::PluginAction,
+    },
 }
 
 /// `projector plugins ...`.
@@ -286,9 +292,19 @@ pub fn main() -> ExitCode {
                 let _ = err.print();
                 return ExitCode::SUCCESS;
             }
-            // clap's rendering spans several lines (tips, usage); the first one says it all.
+            // clap's rendering spans several lines (tips, usage); the first one says it all,
+            // except when it ends in `:` and the indented lines after it name what is missing.
             let text = err.render().to_string();
-            eprintln!("{}", text.lines().next().unwrap_or("error: invalid usage"));
+            let mut lines = text.lines();
+            let mut line = lines.next().unwrap_or("error: invalid usage").to_owned();
+            if line.ends_with(':') {
+                let named: Vec<&str> = lines
+                    .take_while(|l| l.starts_with("  "))
+                    .map(str::trim)
+                    .collect();
+                line = format!("{line} {}", named.join(", "));
+            }
+            eprintln!("{line}");
             return ExitCode::from(2);
         }
     };
@@ -386,6 +402,7 @@ pub fn main() -> ExitCode {
             token,
             by,
         } => plugins_command(action, &admin_url, token.as_deref(), &by),
+        Command::Plugin { action } => crate::authoring::command(action),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

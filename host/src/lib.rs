@@ -19,8 +19,10 @@
 //! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics` and
 //!   the admin API.
 //! - [`service`]: `projector run`: wiring, wake-ups, signals, shutdown.
+//! - [`authoring`]: `projector plugin new|test`, for plugin authors (scaffold, test kit).
 #![deny(missing_docs)]
 
+pub mod authoring;
 pub mod cli;
 pub mod db;
 pub mod error;

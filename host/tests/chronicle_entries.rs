@@ -1,6 +1,8 @@
 //! The chronicle projection (seed 004): `chronicle_events`, the application's source of truth,
 //! projected into `chronicle_entries` through the `sql` capability. The read model equals the
-//! source rows, a broken action context fails alone, and replays change nothing.
+//! source rows, a broken action context fails alone, and replays change nothing. The same check
+//! runs on the Rust plugin (`plugins/chronicle-entries`) and on its Python port
+//! (`examples/python/chronicle_entries`, built here with componentize-py).
 
 mod common;
 
@@ -55,6 +57,24 @@ type Entry = (
 
 #[tokio::test(flavor = "multi_thread")]
 async fn entries_equal_the_source_of_truth_and_replays_change_nothing() {
+    check_chronicle_projection(&plugin("chronicle_entries")).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_python_port_passes_the_same_check() {
+    let out = tempfile::tempdir().unwrap();
+    let component = componentize_py(
+        "sql-plugin",
+        &repo_root().join("examples/python/chronicle_entries"),
+        "app",
+        &out.path().join("chronicle_entries_py.wasm"),
+    );
+    check_chronicle_projection(&component).await;
+}
+
+/// Runs `component` as the `chronicle` projection over 200 application changes and two broken
+/// ones, then replays everything; the read model must equal `chronicle_events` throughout.
+async fn check_chronicle_projection(component: &std::path::Path) {
     let db = TestDb::new().await;
     db.migrate();
     sqlx::raw_sql(CHRONICLE_SCHEMA)
@@ -85,7 +105,7 @@ async fn entries_equal_the_source_of_truth_and_replays_change_nothing() {
         "chronicle.toml",
         format!(
             "[[projection]]\nname = \"chronicle\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"chronicle_entries\"]\n",
-            plugin("chronicle_entries").display()
+            component.display()
         ),
     );
     let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &[]);

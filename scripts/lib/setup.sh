@@ -1,8 +1,8 @@
 # Shared by scripts/demo and scripts/test: install what is missing, build the plugins, and run a
 # throwaway Postgres cluster. Source it; it defines functions only.
 
-# Installs the Postgres server (Debian's `postgresql`), curl, the wasm32-wasip2 target and
-# osmem-server if absent.
+# Installs the Postgres server (Debian's `postgresql`), curl, the wasm32-wasip2 target,
+# osmem-server and componentize-py if absent.
 ensure_prerequisites() {
     local missing=()
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
@@ -18,6 +18,36 @@ ensure_prerequisites() {
         rustup target add wasm32-wasip2
     fi
     ensure_osmem
+    ensure_componentize_py
+}
+
+# pip install, also on a Debian system Python that refuses plain installs (PEP 668).
+pip_install() {
+    if ! python3 -m pip --version >/dev/null 2>&1; then
+        apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pip >/dev/null
+    fi
+    python3 -m pip install --quiet "$@" 2>/dev/null \
+        || python3 -m pip install --quiet --break-system-packages "$@"
+}
+
+# Python plugins are built with componentize-py (PyPI), pinned to the version the tests and
+# docs/plugins.md were checked with. The tests run `componentize-py` from PATH (or
+# $COMPONENTIZE_PY) and fail, not skip, without it.
+COMPONENTIZE_PY_VERSION=0.25.1
+ensure_componentize_py() {
+    if [ -z "${COMPONENTIZE_PY:-}" ] \
+        && ! componentize-py --version 2>/dev/null | grep -qx "componentize-py $COMPONENTIZE_PY_VERSION"; then
+        echo "==> installing componentize-py $COMPONENTIZE_PY_VERSION (pip)" >&2
+        pip_install "componentize-py==$COMPONENTIZE_PY_VERSION"
+    fi
+    if [ -z "${COMPONENTIZE_PY:-}" ] && ! command -v componentize-py >/dev/null; then
+        # pip put the script where PATH does not look (a --user install, say): name it.
+        local bin
+        bin=$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')/componentize-py
+        [ -x "$bin" ] || bin=$(python3 -m site --user-base)/bin/componentize-py
+        export COMPONENTIZE_PY=$bin
+    fi
 }
 
 # The search tests' server: osmem-server (PyPI), an in-memory OpenSearch-compatible Go binary.

@@ -21,6 +21,9 @@ macro_rules! emit {
 
 impl Host for PluginState {
     fn log(&mut self, level: Level, event_id: Option<String>, message: String) {
+        if let Some(stand_in) = &self.stand_in {
+            return stand_in.log(level, event_id.as_deref(), &message);
+        }
         match level {
             Level::Trace => emit!(tracing::Level::TRACE, self, event_id, message),
             Level::Debug => emit!(tracing::Level::DEBUG, self, event_id, message),

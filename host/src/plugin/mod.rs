@@ -25,6 +25,7 @@ pub mod limits;
 mod log;
 mod search;
 pub(crate) mod sql;
+pub(crate) mod stand_in;
 
 use crate::outbox::{sanitize_reason, Claim, ClaimedEvent, Verdict};
 use crate::settings::ProjectionSpec;
@@ -62,6 +63,8 @@ pub struct PluginState {
     claim_batch_id: Option<Uuid>,
     config: Arc<BTreeMap<String, String>>,
     sql: Option<sql::SqlSession>,
+    /// The test kit's in-memory capabilities; `None` in `projector run`.
+    stand_in: Option<Arc<dyn stand_in::StandIn>>,
 }
 
 impl WasiView for PluginState {
@@ -137,6 +140,30 @@ impl Runtime {
         bytes: &[u8],
         origin: &std::path::Path,
     ) -> Result<Arc<LoadedPlugin>, Error> {
+        self.load(spec, worker_id, bytes, origin, None)
+    }
+
+    /// Like [`Runtime::load_bytes`], but the plugin's `log`, `sql` and `search` calls go to
+    /// `stand_in` (the authoring test kit's in-memory capabilities) instead of the host's log,
+    /// Postgres and the search cluster.
+    pub(crate) fn load_with_stand_in(
+        &self,
+        spec: &ProjectionSpec,
+        bytes: &[u8],
+        origin: &std::path::Path,
+        stand_in: Arc<dyn stand_in::StandIn>,
+    ) -> Result<Arc<LoadedPlugin>, Error> {
+        self.load(spec, "test-kit", bytes, origin, Some(stand_in))
+    }
+
+    fn load(
+        &self,
+        spec: &ProjectionSpec,
+        worker_id: &str,
+        bytes: &[u8],
+        origin: &std::path::Path,
+        stand_in: Option<Arc<dyn stand_in::StandIn>>,
+    ) -> Result<Arc<LoadedPlugin>, Error> {
         let fail = |message: String| Error::Plugin {
             path: origin.to_path_buf(),
             message,
@@ -167,7 +194,8 @@ impl Runtime {
             projection: spec.name.as_str().into(),
             worker_id: worker_id.into(),
             memory_limit: spec.memory_limit,
-            sql: spec.grants.sql().then(|| SqlGrant {
+            // A stand-in answers `sql` itself: no transaction, no tokio runtime needed.
+            sql: (spec.grants.sql() && stand_in.is_none()).then(|| SqlGrant {
                 runtime: tokio::runtime::Handle::current(),
                 statement_timeout: spec.tuning.max_processing,
             }),
@@ -179,6 +207,7 @@ impl Runtime {
                 .filter(|_| spec.grants.search())
                 .map(|client| search::SearchAccess::new(client, spec.grants.clone())),
             pre,
+            stand_in,
             digest,
             info: PluginInfo::default(),
             version_label: String::new(),
@@ -272,6 +301,7 @@ pub struct LoadedPlugin {
     engine: Engine,
     search: Option<search::SearchAccess>,
     pre: PluginPre<PluginState>,
+    stand_in: Option<Arc<dyn stand_in::StandIn>>,
     /// sha256 of the component's bytes, hex.
     pub digest: String,
     /// `describe()`'s answer.
@@ -307,6 +337,7 @@ impl LoadedPlugin {
                     runtime: g.runtime.clone(),
                     statement_timeout: g.statement_timeout,
                 }),
+            stand_in: self.stand_in.clone(),
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);

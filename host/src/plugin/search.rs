@@ -33,9 +33,8 @@ mod generated {
     });
 }
 
-use generated::projector::plugin::search::{
-    Action, BulkError, Host, HttpFailure, ItemResult, Operation,
-};
+pub(crate) use generated::projector::plugin::search::{Action, BulkError, ItemResult, Operation};
+use generated::projector::plugin::search::{Host, HttpFailure};
 
 /// The longest a bulk request may take, even when the batch has more time left.
 pub const MAX_REQUEST_TIME: Duration = Duration::from_secs(30);
@@ -103,6 +102,9 @@ impl SearchAccess {
 
 impl Host for PluginState {
     fn bulk(&mut self, operations: Vec<Operation>) -> Result<Vec<ItemResult>, BulkError> {
+        if let Some(stand_in) = &self.stand_in {
+            return stand_in.search_bulk(&operations);
+        }
         let Some(access) = &self.search else {
             return Err(BulkError::Forbidden(format!(
                 "projection `{}` is not granted the `search` capability",
@@ -145,6 +147,16 @@ impl Host for PluginState {
         );
         result
     }
+}
+
+/// Checks `operations` as [`Host::bulk`] does before sending (grants, index names, documents),
+/// for the test kit's stand-in.
+pub(crate) fn validate(
+    operations: &[Operation],
+    grants: &Grants,
+    projection: &str,
+) -> Result<(), BulkError> {
+    request_body(operations, grants, projection).map(|_| ())
 }
 
 /// The NDJSON lines of a `_bulk` request for `operations`, or why it must not be sent.

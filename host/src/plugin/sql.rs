@@ -31,7 +31,8 @@ mod generated {
     });
 }
 
-use generated::projector::plugin::sql::{ErrorKind, Host, SqlError};
+use generated::projector::plugin::sql::Host;
+pub(crate) use generated::projector::plugin::sql::{ErrorKind, SqlError};
 
 /// Adds the `sql` interface to the linker.
 pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
@@ -202,6 +203,9 @@ impl PluginState {
 
 impl Host for PluginState {
     fn query(&mut self, statement: String, params: String) -> Result<String, SqlError> {
+        if let Some(stand_in) = &self.stand_in {
+            return stand_in.sql_query(&statement, &params);
+        }
         self.sql_session()?.run(move |conn| {
             Box::pin(async move {
                 let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
@@ -220,6 +224,9 @@ impl Host for PluginState {
     }
 
     fn execute(&mut self, statement: String, params: String) -> Result<u64, SqlError> {
+        if let Some(stand_in) = &self.stand_in {
+            return stand_in.sql_execute(&statement, &params);
+        }
         self.sql_session()?.run(move |conn| {
             Box::pin(async move {
                 let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;

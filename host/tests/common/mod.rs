@@ -16,6 +16,7 @@ mod plugins;
 mod postgres;
 mod process;
 mod proxy;
+mod python;
 mod rows;
 
 use std::ffi::OsStr;
@@ -37,6 +38,8 @@ pub use postgres::*;
 pub use process::*;
 #[allow(unused_imports)]
 pub use proxy::*;
+#[allow(unused_imports)]
+pub use python::*;
 #[allow(unused_imports)]
 pub use rows::*;
 

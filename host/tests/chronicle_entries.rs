@@ -7,53 +7,6 @@
 mod common;
 
 use common::*;
-use serde_json::Value;
-
-const CHRONICLE_SCHEMA: &str = include_str!("../../examples/migrations/0001_chronicle.sql");
-
-/// What the application does in one transaction per change: the chronicle event and its outbox
-/// row. Here 200 changes over 20 entities, plus two with a broken action context.
-const APPLICATION_WRITES: &str = "
-WITH changes AS (
-    INSERT INTO chronicle_events (actor_user_id, entity_type, entity_id, event_type, before, after,
-                                  occurred_at, request_id, reason)
-    SELECT 'user-' || (i % 7), 'book', 'book-' || (i % 20), 'BookRenamed',
-           jsonb_build_object('title', 'v' || (i - 1)), jsonb_build_object('title', 'v' || i),
-           timestamptz '2025-11-08 10:00:00+00' + make_interval(secs => i), 'req-' || i,
-           CASE WHEN i % 3 = 0 THEN 'typo' END
-    FROM generate_series(1, 200) AS i
-    RETURNING *
-)
-INSERT INTO outbox_events (projection, event_type, aggregate_type, aggregate_id, payload)
-SELECT 'chronicle', 'book.renamed', entity_type, entity_type || ':' || entity_id,
-       jsonb_build_object('chronicleEventId', id, 'actorUserId', actor_user_id,
-                          'entityType', entity_type, 'entityId', entity_id, 'eventType', event_type,
-                          'before', before, 'after', after, 'occurredAt', occurred_at,
-                          'requestId', request_id, 'reason', reason,
-                          'tenantId', 't-1', 'correlationId', request_id, 'source', 'test')
-FROM changes ORDER BY occurred_at";
-
-const ENTRIES: &str =
-    "SELECT id::text, actor_user_id, entity_type, entity_id, event_type, before, after,
-                              occurred_at, request_id, reason
-                       FROM chronicle_entries ORDER BY occurred_at, id";
-const SOURCE: &str =
-    "SELECT id::text, actor_user_id, entity_type, entity_id, event_type, before, after,
-                             occurred_at, request_id, reason
-                      FROM chronicle_events ORDER BY occurred_at, id";
-
-type Entry = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<Value>,
-    Option<Value>,
-    chrono::DateTime<chrono::Utc>,
-    Option<String>,
-    Option<String>,
-);
 
 #[tokio::test(flavor = "multi_thread")]
 async fn entries_equal_the_source_of_truth_and_replays_change_nothing() {
@@ -81,7 +34,7 @@ async fn check_chronicle_projection(component: &std::path::Path) {
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::raw_sql(APPLICATION_WRITES)
+    sqlx::raw_sql(&chronicle_writes(1, 200, 20))
         .execute(&db.pool)
         .await
         .unwrap();
@@ -109,7 +62,9 @@ async fn check_chronicle_projection(component: &std::path::Path) {
         ),
     );
     let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &[]);
-    host.wait_ready(PATIENCE);
+    // A Python component (18 MB) takes the host seconds of CPU to compile, minutes on a busy
+    // 2-core machine; readiness waits for it (a host that exits fails at once).
+    host.wait_ready(secs(300));
     let counts = wait_settled(&db.pool, "chronicle", 202, PATIENCE).await;
     assert_eq!((counts.done, counts.failed), (200, 2));
     for row in common::events(&db.pool, "chronicle").await {
@@ -119,8 +74,8 @@ async fn check_chronicle_projection(component: &std::path::Path) {
         }
     }
 
-    let source: Vec<Entry> = sqlx::query_as(SOURCE).fetch_all(&db.pool).await.unwrap();
-    let entries: Vec<Entry> = sqlx::query_as(ENTRIES).fetch_all(&db.pool).await.unwrap();
+    let source = chronicle_rows(&db.pool, CHRONICLE_FOLD).await;
+    let entries = chronicle_rows(&db.pool, CHRONICLE_ENTRIES).await;
     assert_eq!(entries.len(), 200);
     assert_eq!(
         entries, source,
@@ -136,7 +91,7 @@ async fn check_chronicle_projection(component: &std::path::Path) {
         status_counts(&db.pool, "chronicle").await.done == 200
     })
     .await;
-    let again: Vec<Entry> = sqlx::query_as(ENTRIES).fetch_all(&db.pool).await.unwrap();
+    let again = chronicle_rows(&db.pool, CHRONICLE_ENTRIES).await;
     assert_eq!(again, source);
     assert!(
         host.metric(

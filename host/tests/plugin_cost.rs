@@ -33,8 +33,6 @@ use std::time::{Duration, Instant};
 
 const EVENTS: usize = 2000;
 
-const CHRONICLE_SCHEMA: &str = include_str!("../../examples/migrations/0001_chronicle.sql");
-
 fn payload(i: usize) -> serde_json::Value {
     serde_json::json!({
         "chronicleEventId": uuid::Uuid::new_v4().to_string(),

@@ -9,61 +9,9 @@ use serde_json::Value;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-const CHRONICLE_SCHEMA: &str = include_str!("../../examples/migrations/0001_chronicle.sql");
-
-/// `n` changes by the application, each in one statement: the chronicle event and its outbox row.
-fn application_writes(from: i64, n: i64) -> String {
-    format!(
-        "WITH changes AS (
-            INSERT INTO chronicle_events (actor_user_id, entity_type, entity_id, event_type, before, after,
-                                          occurred_at, request_id, reason)
-            SELECT 'user-' || (i % 7), 'book', 'book-' || (i % 50), 'BookRenamed',
-                   jsonb_build_object('title', 'v' || (i - 1)), jsonb_build_object('title', 'v' || i),
-                   timestamptz '2025-11-08 10:00:00+00' + make_interval(secs => i), 'req-' || i,
-                   CASE WHEN i % 3 = 0 THEN 'typo' END
-            FROM generate_series({from}, {to}) AS i
-            RETURNING *
-        )
-        INSERT INTO outbox_events (projection, event_type, aggregate_type, aggregate_id, payload)
-        SELECT 'chronicle', 'book.renamed', entity_type, entity_type || ':' || entity_id,
-               jsonb_build_object('chronicleEventId', id, 'actorUserId', actor_user_id,
-                                  'entityType', entity_type, 'entityId', entity_id, 'eventType', event_type,
-                                  'before', before, 'after', after, 'occurredAt', occurred_at,
-                                  'requestId', request_id, 'reason', reason)
-        FROM changes ORDER BY occurred_at",
-        to = from + n - 1
-    )
-}
-
 /// The source query, as an operator puts it in `[projection.sources]`: the same payload the
 /// application writes into the outbox.
 const SOURCE_QUERY: &str = "SELECT id, event_type, entity_type AS aggregate_type, entity_type || ':' || entity_id AS aggregate_id, occurred_at, jsonb_build_object('chronicleEventId', id, 'actorUserId', actor_user_id, 'entityType', entity_type, 'entityId', entity_id, 'eventType', event_type, 'before', before, 'after', after, 'occurredAt', occurred_at, 'requestId', request_id, 'reason', reason) AS payload FROM chronicle_events ORDER BY occurred_at, id";
-
-const ENTRIES: &str = "SELECT id::text, actor_user_id, entity_type, entity_id, event_type, summary,
-                              before, after, occurred_at, request_id, reason
-                       FROM chronicle_entries ORDER BY occurred_at, id";
-const FOLD: &str = "SELECT id::text, actor_user_id, entity_type, entity_id, event_type,
-                           actor_user_id || ' ' || event_type || ' ' || entity_type || ' ' || entity_id,
-                           before, after, occurred_at, request_id, reason
-                    FROM chronicle_events ORDER BY occurred_at, id";
-
-type Entry = (
-    String,
-    String,
-    String,
-    String,
-    String,
-    String,
-    Option<Value>,
-    Option<Value>,
-    chrono::DateTime<chrono::Utc>,
-    Option<String>,
-    Option<String>,
-);
-
-async fn entries(pool: &sqlx::PgPool, query: &str) -> Vec<Entry> {
-    sqlx::query_as(query).fetch_all(pool).await.unwrap()
-}
 
 async fn setup(n: i64) -> (TestDb, tempfile::TempDir, std::path::PathBuf) {
     let db = TestDb::new().await;
@@ -72,7 +20,7 @@ async fn setup(n: i64) -> (TestDb, tempfile::TempDir, std::path::PathBuf) {
         .execute(&db.pool)
         .await
         .unwrap();
-    sqlx::raw_sql(&application_writes(1, n))
+    sqlx::raw_sql(&chronicle_writes(1, n, 50))
         .execute(&db.pool)
         .await
         .unwrap();
@@ -135,22 +83,22 @@ async fn direct_and_outbox_rebuilds_of_10k_source_rows_equal_the_incremental_res
         host.sigterm();
         host.wait_exit(secs(30));
     }
-    let incremental = entries(&db.pool, ENTRIES).await;
+    let incremental = chronicle_rows(&db.pool, CHRONICLE_ENTRIES).await;
     assert_eq!(incremental.len(), 10_000);
     assert_eq!(
         incremental,
-        entries(&db.pool, FOLD).await,
+        chronicle_rows(&db.pool, CHRONICLE_FOLD).await,
         "the incremental result is the fold"
     );
 
     // A source without the columns a rebuild needs changes nothing and names what is missing.
     damage(&db.pool).await;
-    let damaged = entries(&db.pool, ENTRIES).await;
+    let damaged = chronicle_rows(&db.pool, CHRONICLE_ENTRIES).await;
     let (out, _) = rebuild(&db, &config, &["--truncate", "--source", "SELECT 1 AS x"]);
     assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
     assert!(output_text(&out).contains("`id`"), "{}", output_text(&out));
     assert_eq!(
-        entries(&db.pool, ENTRIES).await,
+        chronicle_rows(&db.pool, CHRONICLE_ENTRIES).await,
         damaged,
         "nothing was truncated"
     );
@@ -178,7 +126,7 @@ async fn direct_and_outbox_rebuilds_of_10k_source_rows_equal_the_incremental_res
         "progress is printed"
     );
     assert_eq!(
-        entries(&db.pool, ENTRIES).await,
+        chronicle_rows(&db.pool, CHRONICLE_ENTRIES).await,
         incremental,
         "direct rebuild = incremental"
     );
@@ -193,7 +141,7 @@ async fn direct_and_outbox_rebuilds_of_10k_source_rows_equal_the_incremental_res
         "{report}"
     );
     assert_eq!(
-        entries(&db.pool, ENTRIES).await.len(),
+        chronicle_rows(&db.pool, CHRONICLE_ENTRIES).await.len(),
         0,
         "truncated; the hosts rebuild it"
     );
@@ -206,7 +154,7 @@ async fn direct_and_outbox_rebuilds_of_10k_source_rows_equal_the_incremental_res
         20_000
     );
     assert_eq!(
-        entries(&db.pool, ENTRIES).await,
+        chronicle_rows(&db.pool, CHRONICLE_ENTRIES).await,
         incremental,
         "outbox rebuild = incremental"
     );
@@ -277,7 +225,7 @@ async fn zero_downtime_rebuild_switches_atomically_while_the_application_writes_
         tokio::spawn(async move {
             let mut next = 10_001;
             while !stop.load(Ordering::Relaxed) {
-                sqlx::raw_sql(&application_writes(next, 20))
+                sqlx::raw_sql(&chronicle_writes(next, 20, 50))
                     .execute(&pool)
                     .await
                     .unwrap();
@@ -346,8 +294,8 @@ async fn zero_downtime_rebuild_switches_atomically_while_the_application_writes_
         total
     );
     assert_eq!(
-        entries(&db.pool, ENTRIES).await,
-        entries(&db.pool, FOLD).await
+        chronicle_rows(&db.pool, CHRONICLE_ENTRIES).await,
+        chronicle_rows(&db.pool, CHRONICLE_FOLD).await
     );
     let leftovers: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM information_schema.schemata WHERE schema_name LIKE 'projector_rebuild%'",

@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+mod chronicle;
 mod logs;
 mod metrics;
 mod osmem;
@@ -24,6 +25,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 // Each test file uses only some of the helpers.
+#[allow(unused_imports)]
+pub use chronicle::*;
 #[allow(unused_imports)]
 pub use logs::*;
 #[allow(unused_imports)]

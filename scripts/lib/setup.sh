@@ -1,13 +1,15 @@
 # Shared by scripts/demo and scripts/test: install what is missing, build the plugins, and run a
 # throwaway Postgres cluster. Source it; it defines functions only.
 
-# Installs the Postgres server (Debian's `postgresql`), curl, the wasm32-wasip2 target,
-# osmem-server and componentize-py if absent.
+# Installs the Postgres server (Debian's `postgresql`), curl, promtool (Debian's `prometheus`, for
+# the monitoring rules' checks), the wasm32-wasip2 target, osmem-server and componentize-py if
+# absent.
 ensure_prerequisites() {
     local missing=()
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
     command -v curl >/dev/null || missing+=(curl)
     command -v python3 >/dev/null || missing+=(python3)
+    command -v promtool >/dev/null || missing+=(prometheus)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "==> installing ${missing[*]} (apt)" >&2
         apt-get update -qq

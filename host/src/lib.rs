@@ -19,6 +19,7 @@
 //! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics` and
 //!   the admin API.
 //! - [`service`]: `projector run`: wiring, wake-ups, signals, shutdown.
+//! - [`telemetry`]: the log subscriber, OpenTelemetry trace export, span and attribute names.
 #![deny(missing_docs)]
 
 pub mod cli;
@@ -33,6 +34,7 @@ pub mod registry;
 pub mod service;
 pub mod settings;
 pub mod sql_roles;
+pub mod telemetry;
 pub mod worker;
 
 pub use error::{Error, Result};

@@ -12,6 +12,7 @@
 mod logs;
 mod metrics;
 mod osmem;
+mod otlp;
 mod plugins;
 mod postgres;
 mod process;
@@ -28,6 +29,8 @@ pub use logs::*;
 pub use metrics::*;
 #[allow(unused_imports)]
 pub use osmem::*;
+#[allow(unused_imports)]
+pub use otlp::*;
 #[allow(unused_imports)]
 pub use plugins::*;
 #[allow(unused_imports)]

@@ -6,9 +6,13 @@
 //!   or `OTEL_EXPORTER_OTLP_ENDPOINT` is set (and neither `OTEL_SDK_DISABLED=true` nor
 //!   `OTEL_TRACES_EXPORTER=none` says otherwise). Without one no OpenTelemetry layer is installed,
 //!   no span ids are generated and no per-event spans are built.
-//! - **OTLP/HTTP with protobuf only.** Any other `OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL` is a
-//!   configuration error at start-up, not a silent fallback. Plain `http://` endpoints only (the
-//!   exporter is built without TLS; run a collector next to the host).
+//! - **Bad settings stop the start, naming the variable**: a protocol other than OTLP/HTTP with
+//!   protobuf (`OTEL_EXPORTER_OTLP_(TRACES_)PROTOCOL`), an endpoint that is not `http://` (the
+//!   exporter is built without TLS; run a collector next to the host), an unknown
+//!   `OTEL_TRACES_SAMPLER`, a ratio sampler without a ratio in [0, 1]. (The SDK itself would fall
+//!   back silently: to its default protocol, or to sampling everything.)
+//! - **Export problems never stop the host.** A collector that is down or slow costs spans, not
+//!   events; the SDK's warnings about it (export failed, spans dropped) are logged.
 //! - **The SDK reads the standard variables itself**: `OTEL_TRACES_SAMPLER` /
 //!   `OTEL_TRACES_SAMPLER_ARG`, `OTEL_BSP_*`, `OTEL_EXPORTER_OTLP_*_HEADERS` / `_TIMEOUT`,
 //!   `OTEL_RESOURCE_ATTRIBUTES`. The service name is `OTEL_SERVICE_NAME`, default `projector`.
@@ -137,6 +141,9 @@ impl TraceExport {
                 format!("expected an http:// URL of an OTLP/HTTP receiver, e.g. http://localhost:4318 (got '{endpoint}'); projector does not speak TLS to the collector"),
             ));
         }
+        if let Some(sampler) = set("OTEL_TRACES_SAMPLER") {
+            check_sampler(&sampler, set("OTEL_TRACES_SAMPLER_ARG").as_deref())?;
+        }
         let service_name =
             set("OTEL_SERVICE_NAME").unwrap_or_else(|| DEFAULT_SERVICE_NAME.to_owned());
         Ok(Some(TraceExport {
@@ -146,6 +153,40 @@ impl TraceExport {
     }
 }
 
+/// The SDK falls back to sampling everything on a sampler it does not know or a ratio it cannot
+/// read, and says so before any log is set up: refuse those here instead.
+fn check_sampler(sampler: &str, arg: Option<&str>) -> Result<()> {
+    const KNOWN: &[&str] = &[
+        "always_on",
+        "always_off",
+        "traceidratio",
+        "parentbased_always_on",
+        "parentbased_always_off",
+        "parentbased_traceidratio",
+    ];
+    if !KNOWN.contains(&sampler) {
+        return Err(Error::config(
+            "OTEL_TRACES_SAMPLER",
+            format!(
+                "unknown sampler '{sampler}'; expected one of {}",
+                KNOWN.join(", ")
+            ),
+        ));
+    }
+    if sampler.ends_with("traceidratio") {
+        let ratio = arg.and_then(|a| a.parse::<f64>().ok());
+        if !ratio.is_some_and(|r| (0.0..=1.0).contains(&r)) {
+            return Err(Error::config(
+                "OTEL_TRACES_SAMPLER_ARG",
+                format!(
+                    "{sampler} needs the fraction of traces to keep, between 0 and 1 (got {arg:?})"
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Flushes exported spans when the host stops. Hold it until the runtime is gone.
 #[must_use = "dropping Telemetry without shutdown() loses the spans not yet exported"]
 pub struct Telemetry {
@@ -153,11 +194,12 @@ pub struct Telemetry {
 }
 
 impl Telemetry {
-    /// Sends the spans still buffered and stops the exporter (waits at most 5 s).
+    /// Sends the spans still buffered and stops the exporter (waits at most 5 s). A failed last
+    /// export is reported by the SDK's own warning, not by the result here.
     pub fn shutdown(mut self) {
         if let Some(provider) = self.provider.take() {
             match provider.shutdown() {
-                Ok(()) => tracing::info!("traces flushed"),
+                Ok(()) => tracing::info!("trace export stopped"),
                 Err(e) => {
                     tracing::warn!(error = %e, "flushing traces failed; the last spans may be lost")
                 }
@@ -434,6 +476,24 @@ mod tests {
             ("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf"),
         ])
         .is_ok());
+        let sampler = |name: &str, arg: Option<&str>| {
+            let mut vars = vec![
+                ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://c:4318"),
+                ("OTEL_TRACES_SAMPLER", name),
+            ];
+            vars.extend(arg.map(|a| ("OTEL_TRACES_SAMPLER_ARG", a)));
+            export(&vars).map(|_| ()).map_err(|e| e.to_string())
+        };
+        assert_eq!(sampler("always_on", None), Ok(()));
+        assert_eq!(sampler("parentbased_traceidratio", Some("0.25")), Ok(()));
+        assert!(sampler("sometimes", None)
+            .unwrap_err()
+            .starts_with("OTEL_TRACES_SAMPLER:"));
+        for bad in [None, Some("1.5"), Some("half")] {
+            assert!(sampler("traceidratio", bad)
+                .unwrap_err()
+                .starts_with("OTEL_TRACES_SAMPLER_ARG:"));
+        }
         let err =
             export(&[("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "https://c/v1/traces")]).unwrap_err();
         assert!(

@@ -307,8 +307,44 @@ async fn without_an_endpoint_nothing_is_traced_and_logs_carry_no_trace_ids() {
         assert_eq!(field_str(record, "span_id"), None, "{record}");
     }
     assert!(
-        records_with_message(&records, "traces flushed").is_empty(),
+        records_with_message(&records, "trace export stopped").is_empty(),
         "no exporter, nothing to flush"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_collector_that_is_down_costs_spans_not_events_and_is_reported() {
+    let db = TestDb::new().await;
+    // A port nothing listens on.
+    let nowhere = format!("http://127.0.0.1:{}", free_port());
+    let mut host = scripted_host(
+        &db,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", &nowhere),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+            ("OTEL_EXPORTER_OTLP_TIMEOUT", "1000"),
+        ],
+    );
+    one_of_each_outcome(&db).await;
+    let counts = wait_settled(&db.pool, "p", 3, PATIENCE).await;
+    assert_eq!((counts.done, counts.failed), (1, 2), "{counts:?}");
+    wait_until(
+        "the host reports that exporting failed",
+        PATIENCE,
+        async || {
+            host.log_lines().iter().any(|r| {
+                matches!(field_str(r, "level").as_deref(), Some("WARN" | "ERROR"))
+                    && field_str(r, "target").is_some_and(|t| t.starts_with("opentelemetry"))
+            })
+        },
+    )
+    .await;
+    let stopping = std::time::Instant::now();
+    stop(&mut host);
+    assert!(
+        stopping.elapsed() < secs(20),
+        "an unreachable collector held shutdown for {:?}",
+        stopping.elapsed()
     );
 }
 

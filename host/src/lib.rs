@@ -20,6 +20,7 @@
 //!   the admin API.
 //! - [`service`]: `projector run`: wiring, wake-ups, signals, shutdown.
 //! - [`authoring`]: `projector plugin new|test`, for plugin authors (scaffold, test kit).
+//! - [`telemetry`]: the log subscriber, OpenTelemetry trace export, span and attribute names.
 #![deny(missing_docs)]
 
 pub mod authoring;
@@ -35,6 +36,7 @@ pub mod registry;
 pub mod service;
 pub mod settings;
 pub mod sql_roles;
+pub mod telemetry;
 pub mod worker;
 
 pub use error::{Error, Result};

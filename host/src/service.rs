@@ -31,32 +31,22 @@ use tracing::{error, info, warn};
 /// The channel the outbox trigger notifies, with the projection name as payload.
 pub const NOTIFY_CHANNEL: &str = "projector_outbox";
 
-/// Installs the global log subscriber on stderr (`RUST_LOG` filters, default `info`).
+/// Installs the global log subscriber on stderr (`RUST_LOG` filters, default `info`), without
+/// trace export (for the one-shot commands; `projector run` sets up tracing too).
 pub fn init_logging(format: LogFormat) {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    let _ = match format {
-        LogFormat::Text => builder.try_init(),
-        LogFormat::Json => builder
-            .json()
-            .flatten_event(true)
-            .with_current_span(true)
-            .with_span_list(false)
-            .try_init(),
-    };
+    let _ = crate::telemetry::init(format, None);
 }
 
 /// `projector run`.
 pub fn run_command(args: RunArgs) -> Result<()> {
     let settings = Settings::resolve(args.overrides, args.config.as_deref(), &args.plugins)?;
-    init_logging(settings.log_format);
+    let export = crate::telemetry::TraceExport::from_env()?;
+    let telemetry = crate::telemetry::init(settings.log_format, export.as_ref())?;
     let rt = crate::cli::runtime();
     let result = rt.block_on(run(settings, !args.no_migrate));
     // A plugin call still running past the grace period must not hold the process open.
     rt.shutdown_background();
+    telemetry.shutdown();
     result
 }
 
@@ -211,7 +201,9 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
             compiled = plugin.compiled.as_str(), load_ms = plugin.load_time.as_secs_f64() * 1000.0, "projection started");
     }
     state.ready.store(true, Ordering::Relaxed);
-    info!(worker_id = %settings.worker_id, http_port = settings.http_port, projections = ?names, "projector started");
+    info!(worker_id = %settings.worker_id, http_port = settings.http_port, projections = ?names,
+        observability_schema = crate::telemetry::OBSERVABILITY_SCHEMA, tracing = crate::telemetry::describe(),
+        "projector started");
 
     wait_for_stop(settings.run_for).await;
     info!("shutting down: no new claims");

@@ -61,15 +61,13 @@ impl Worker {
             let idle = match claimed {
                 Ok(claim) if !claim.events.is_empty() => {
                     failures = 0;
-                    let span = tracing::info_span!(
-                        "projection.process_batch",
-                        projection = %projection,
-                        claim_batch_id = %claim.batch_id,
-                        worker_id = %self.worker_id,
-                        batch_size = claim.events.len(),
-                    );
                     // The version is read once per batch: a swap takes effect at the next batch.
                     let current = self.plugin.current();
+                    let span = crate::telemetry::batch_span(
+                        &claim,
+                        &self.worker_id,
+                        &current.version_label,
+                    );
                     let handler_in = match handler.take() {
                         Some(h) if Arc::ptr_eq(h.plugin(), &current) => h,
                         _ => Handler::new(current),
@@ -228,6 +226,7 @@ impl Worker {
             }
             None => self.settle_with_retry(&claim, &verdicts, &version).await,
         };
+        crate::telemetry::record_events(&claim, &verdicts, settled.as_deref());
         let mut retry_in = None;
         match settled {
             Some(settled) => {

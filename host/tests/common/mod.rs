@@ -13,6 +13,7 @@ mod chronicle;
 mod logs;
 mod metrics;
 mod osmem;
+mod otlp;
 mod plugins;
 mod postgres;
 mod process;
@@ -33,6 +34,8 @@ pub use logs::*;
 pub use metrics::*;
 #[allow(unused_imports)]
 pub use osmem::*;
+#[allow(unused_imports)]
+pub use otlp::*;
 #[allow(unused_imports)]
 pub use plugins::*;
 #[allow(unused_imports)]

@@ -35,7 +35,7 @@ pub fn free_port() -> u16 {
 }
 
 /// A `projector` command whose environment holds nothing of ours: no inherited `OUTBOX_*`,
-/// `DATABASE_URL` or `RUST_LOG`.
+/// `OTEL_*`, `DATABASE_URL` or `RUST_LOG`.
 ///
 /// The child gets SIGKILL if the thread that spawned it dies, so a test process killed outright
 /// (a CI timeout, SIGKILL) leaves no host behind. Linux ties this to the spawning *thread*: spawn
@@ -45,7 +45,11 @@ fn projector_command() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_projector"));
     for (key, _) in std::env::vars_os() {
         let key_str = key.to_string_lossy();
-        if key_str.starts_with("OUTBOX_") || key_str == "DATABASE_URL" || key_str == "RUST_LOG" {
+        if key_str.starts_with("OUTBOX_")
+            || key_str.starts_with("OTEL_")
+            || key_str == "DATABASE_URL"
+            || key_str == "RUST_LOG"
+        {
             cmd.env_remove(&key);
         }
     }

@@ -16,8 +16,10 @@
 //! - [`worker`]: one claim → call → settle loop.
 //! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics`.
 //! - [`service`]: `projector run`: wiring, wake-ups, signals, shutdown.
+//! - [`bench`]: `projector bench`: throughput and latency against the raw ceilings.
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod cli;
 pub mod db;
 pub mod error;

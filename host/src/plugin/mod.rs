@@ -284,6 +284,12 @@ pub struct LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// Makes one instance and drops it: what a claim loop pays after a trap, a timeout or a
+    /// version change (`projector bench` times it).
+    pub fn instantiate_probe(&self) -> wasmtime::Result<()> {
+        self.instantiate(None).map(drop)
+    }
+
     /// A fresh instance in a fresh store; `sql_slot` is where its handler lends transactions.
     fn instantiate(&self, sql_slot: Option<&sql::ConnSlot>) -> wasmtime::Result<Instance> {
         let state = PluginState {

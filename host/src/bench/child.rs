@@ -178,6 +178,17 @@ impl HostConfig {
                 std::fs::File::create(&log)
                     .map_err(|e| anyhow::anyhow!("creating {}: {e}", log.display()))?,
             );
+        // If the benchmark dies, so does the host it started (it would otherwise keep draining).
+        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
+        unsafe {
+            use std::os::unix::process::CommandExt;
+            cmd.pre_exec(|| {
+                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
         let child = cmd
             .spawn()
             .map_err(|e| anyhow::anyhow!("starting {}: {e}", self.exe.display()))?;

@@ -41,6 +41,11 @@ pub struct BenchArgs {
     /// Events per drain measurement (raw ceiling, noop, chronicle-entries, search-index).
     #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub events: u32,
+    /// Events for the search runs (the `_bulk` ceiling and search-index). Smaller than --events
+    /// by default: the search server, not projector, bounds them (osmem-server takes a few
+    /// thousand documents per second at best), and 200k would not fit the 10-minute budget.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub search_events: u32,
     /// Events per batch, for the raw loop and the host alike.
     #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
@@ -73,6 +78,7 @@ pub struct BenchArgs {
 /// Everything a run needs, validated.
 struct Plan {
     events: i64,
+    search_events: i64,
     batch_size: i64,
     concurrency: usize,
     rate: u32,
@@ -126,6 +132,7 @@ fn validate(args: BenchArgs) -> Result<Plan> {
     };
     Ok(Plan {
         events: args.events.into(),
+        search_events: args.search_events.into(),
         batch_size: args.batch_size.into(),
         concurrency: args.concurrency as usize,
         rate: args.rate,
@@ -283,22 +290,28 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
             .ratio_of("raw_sql_ceiling", raw.rate(), 0.50),
     );
 
-    info!(events = n, "search server _bulk ceiling");
+    let ns = plan.search_events;
+    info!(events = ns, "search server _bulk ceiling");
     workload::reset(pool).await?;
-    workload::seed(pool, Kind::Book, "bench_search", n).await?;
+    workload::seed(pool, Kind::Book, "bench_search", ns).await?;
+    // Fresh indices of this run's own (the server may keep older runs' documents and versions).
+    let suffix = db.name.trim_start_matches("projector_bench_");
+    let (ceiling_index, host_index) = (format!("bench-ceiling-{suffix}"), format!("bench-index-{suffix}"));
     let docs = workload::search_documents(pool, "bench_search").await?;
-    let bulk = probes::bulk_ceiling(&plan.elastic_url, "bench-ceiling", docs, plan).await?;
+    let bulk = probes::bulk_ceiling(&plan.elastic_url, &ceiling_index, docs, plan).await?;
     report.push(Row::rate("search_bulk_ceiling", "search server _bulk ceiling (direct)", bulk));
 
-    info!(events = n, "projector, search-index (three projections loaded)");
+    info!(events = ns, "projector, search-index (three projections loaded)");
     let projections = [
         child::Projection::noop("bench_noop", &plan.plugins),
         child::Projection::chronicle("bench_chronicle", &plan.plugins),
-        child::Projection::search("bench_search", "bench-index", &plan.plugins),
+        child::Projection::search("bench_search", &host_index, &plan.plugins),
     ];
     let (search, rss3) = host
-        .drain(&projections, pool, "bench_search", n, drain_timeout)
+        .drain(&projections, pool, "bench_search", ns, drain_timeout)
         .await?;
+    probes::delete_index(&plan.elastic_url, &ceiling_index).await;
+    probes::delete_index(&plan.elastic_url, &host_index).await;
     report.push(
         Row::rate("search_drain", "projector drain, search-index", search.rate())
             .ratio_of("search_bulk_ceiling", bulk, 0.70),

@@ -83,6 +83,23 @@ pub async fn bulk_ceiling(url: &str, index: &str, docs: Vec<Document>, plan: &Pl
     Ok(total as f64 / started.elapsed().as_secs_f64())
 }
 
+/// Deletes `index` (the server keeps everything in memory); a failure only wastes its memory.
+pub async fn delete_index(url: &str, index: &str) {
+    let endpoint = format!("{url}/{index}");
+    let _ = tokio::task::spawn_blocking(move || {
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .proxy(None)
+            .http_status_as_error(false)
+            .timeout_global(Some(Duration::from_secs(30)))
+            .build()
+            .into();
+        if let Err(e) = agent.delete(&endpoint).call() {
+            tracing::warn!(index = %endpoint, error = %e, "could not delete the benchmark's index");
+        }
+    })
+    .await;
+}
+
 /// What the in-process plugin probes measured.
 pub struct PluginProbes {
     pub compile_ms: f64,

@@ -115,6 +115,7 @@ impl Report {
         Report {
             settings: json!({
                 "events": plan.events,
+                "search_events": plan.search_events,
                 "batch_size": plan.batch_size,
                 "concurrency": plan.concurrency,
                 "rate": plan.rate,
@@ -144,8 +145,9 @@ impl Report {
         let mut out = String::new();
         let label_w = self.rows.iter().map(|r| r.label.chars().count()).max().unwrap_or(0);
         out.push_str(&format!(
-            "projector bench: {} events, batch {}, concurrency {}, {} build, {} CPUs, PostgreSQL {}\n",
+            "projector bench: {} events ({} for search), batch {}, concurrency {}, {} build, {} CPUs, PostgreSQL {}\n",
             self.settings["events"],
+            self.settings["search_events"],
             self.settings["batch_size"],
             self.settings["concurrency"],
             self.machine["build_profile"].as_str().unwrap_or(""),

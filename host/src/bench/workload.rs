@@ -290,6 +290,9 @@ pub async fn search_documents(pool: &PgPool, projection: &str) -> Result<Vec<Doc
         .collect())
 }
 
+/// Concurrent writers of the pickup-latency run.
+const WRITERS: u32 = 16;
+
 /// How the pickup-latency run went.
 #[derive(Debug, Clone, Copy)]
 pub struct Latency {
@@ -300,7 +303,7 @@ pub struct Latency {
 }
 
 /// Offers `rate` events per second for `seconds` (each its own autocommit insert, as an
-/// application writes them; several writers so a slow commit does not lower the rate), waits
+/// application writes them, from [`WRITERS`] connections), waits
 /// until they are done and reads insert→done from the rows (`created_at` is the inserting
 /// transaction's start, `done_at` the settling statement's clock).
 pub async fn offer_and_measure(
@@ -315,9 +318,15 @@ pub async fn offer_and_measure(
     let next = std::sync::Arc::new(AtomicI64::new(0));
     let start = tokio::time::Instant::now() + Duration::from_millis(50);
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    // Enough writers that a commit waiting for its WAL flush (fsync on) never lowers the rate.
+    let writers_pool = sqlx::postgres::PgPoolOptions::new()
+        .max_connections(WRITERS)
+        .min_connections(WRITERS)
+        .connect_with(pool.connect_options().as_ref().clone())
+        .await?;
     let mut writers = tokio::task::JoinSet::new();
-    for _ in 0..4 {
-        let (pool, next, projection) = (pool.clone(), next.clone(), projection.to_owned());
+    for _ in 0..WRITERS {
+        let (pool, next, projection) = (writers_pool.clone(), next.clone(), projection.to_owned());
         writers.spawn(async move {
             loop {
                 let k = next.fetch_add(1, AtomicOrdering::Relaxed);
@@ -341,6 +350,7 @@ pub async fn offer_and_measure(
     while let Some(joined) = writers.join_next().await {
         joined.map_err(|e| anyhow::anyhow!("writer panicked: {e}"))??;
     }
+    writers_pool.close().await;
     wait_drained(pool, projection, total, Duration::from_secs(120), alive).await?;
     let (p50, p99, max, span): (f64, f64, f64, f64) = sqlx::query_as(
         "SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY l),

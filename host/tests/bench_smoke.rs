@@ -69,7 +69,11 @@ async fn a_tiny_run_measures_everything_and_writes_a_consistent_report() {
         ],
         &[],
     );
-    assert!(out.status.success(), "projector bench failed:\n{}", output_text(&out));
+    assert!(
+        out.status.success(),
+        "projector bench failed:\n{}",
+        output_text(&out)
+    );
 
     let report: Value = serde_json::from_str(
         &std::fs::read_to_string(&json_path).expect("the JSON report is written"),
@@ -80,8 +84,13 @@ async fn a_tiny_run_measures_everything_and_writes_a_consistent_report() {
     assert_eq!(report["settings"]["search_events"], 200);
     assert_eq!(report["settings"]["batch_size"], 50);
     assert_eq!(report["settings"]["done_rows"], 3000);
-    assert!(report["machine"]["cpus"].as_u64().unwrap_or(0) >= 1, "{report}");
-    assert!(report["machine"]["postgres"].as_str().is_some_and(|v| !v.is_empty()));
+    assert!(
+        report["machine"]["cpus"].as_u64().unwrap_or(0) >= 1,
+        "{report}"
+    );
+    assert!(report["machine"]["postgres"]
+        .as_str()
+        .is_some_and(|v| !v.is_empty()));
 
     let results = report["results"].as_array().expect("results is a list");
     let keys: Vec<&str> = results.iter().filter_map(|r| r["key"].as_str()).collect();
@@ -95,24 +104,39 @@ async fn a_tiny_run_measures_everything_and_writes_a_consistent_report() {
     for r in results {
         let key = r["key"].as_str().unwrap_or_default();
         let value = r["value"].as_f64().unwrap_or(f64::NAN);
-        assert!(value.is_finite() && value > 0.0, "{key}: not a positive measurement: {r}");
+        assert!(
+            value.is_finite() && value > 0.0,
+            "{key}: not a positive measurement: {r}"
+        );
         let label = r["label"].as_str().expect("label");
-        assert!(table.contains(label), "the table has no `{label}` row:\n{table}");
+        assert!(
+            table.contains(label),
+            "the table has no `{label}` row:\n{table}"
+        );
         if let Some(of) = r["compared_to"].as_str() {
             let ratio = r["ratio"].as_f64().expect("a compared row has a ratio");
             let expected = value / value_of(of);
-            assert!((ratio - expected).abs() <= 1e-9 * expected, "{key}: ratio {ratio} != {expected}");
+            assert!(
+                (ratio - expected).abs() <= 1e-9 * expected,
+                "{key}: ratio {ratio} != {expected}"
+            );
             let min = r["target_min_ratio"].as_f64().expect("its target");
             assert_eq!(r["met"].as_bool(), Some(ratio >= min), "{key}: {r}");
         } else if let Some(max) = r["target_max"].as_f64() {
             assert_eq!(r["met"].as_bool(), Some(value <= max), "{key}: {r}");
         } else {
-            assert!(r["met"].is_null(), "{key}: a row without target has no verdict: {r}");
+            assert!(
+                r["met"].is_null(),
+                "{key}: a row without target has no verdict: {r}"
+            );
         }
     }
     // The pickup run offers its events at the requested rate (within what a loaded machine keeps).
     let offered = value_of("offered_rate");
-    assert!((50.0..=150.0).contains(&offered), "offered {offered} ev/s for 100 asked");
+    assert!(
+        (50.0..=150.0).contains(&offered),
+        "offered {offered} ev/s for 100 asked"
+    );
     assert!(value_of("pickup_p50_ms") <= value_of("pickup_p99_ms"));
     assert!(value_of("pickup_p99_ms") <= value_of("pickup_max_ms"));
 
@@ -125,7 +149,10 @@ async fn a_tiny_run_measures_everything_and_writes_a_consistent_report() {
     .await
     .expect("list databases and roles");
     assert!(left.is_empty(), "left behind: {left:?}");
-    assert!(db.public_tables().await.is_empty(), "the DATABASE_URL database was touched");
+    assert!(
+        db.public_tables().await.is_empty(),
+        "the DATABASE_URL database was touched"
+    );
 }
 
 #[test]
@@ -133,18 +160,51 @@ fn usage_errors_name_what_to_fix_and_exit_2() {
     let dir = plugins_dir();
     let cases: &[(&[&str], &str)] = &[
         (&["bench", "--events", "0"], "--events"),
-        (&["bench", "--plugins-dir", &dir, "--elastic-url", "http://127.0.0.1:9"], "DATABASE_URL"),
-        (&["bench", "--plugins-dir", &dir, "--database-url", "postgres://x@127.0.0.1/x"], "ELASTIC_URL"),
         (
-            &["bench", "--plugins-dir", "/nonexistent", "--database-url", "postgres://x@127.0.0.1/x",
-              "--elastic-url", "http://127.0.0.1:9"],
+            &[
+                "bench",
+                "--plugins-dir",
+                &dir,
+                "--elastic-url",
+                "http://127.0.0.1:9",
+            ],
+            "DATABASE_URL",
+        ),
+        (
+            &[
+                "bench",
+                "--plugins-dir",
+                &dir,
+                "--database-url",
+                "postgres://x@127.0.0.1/x",
+            ],
+            "ELASTIC_URL",
+        ),
+        (
+            &[
+                "bench",
+                "--plugins-dir",
+                "/nonexistent",
+                "--database-url",
+                "postgres://x@127.0.0.1/x",
+                "--elastic-url",
+                "http://127.0.0.1:9",
+            ],
             "--plugins-dir",
         ),
     ];
     for (args, names) in cases {
         let out = run_projector(args, &[("DATABASE_URL", ""), ("ELASTIC_URL", "")]);
-        assert_eq!(out.status.code(), Some(2), "{args:?}:\n{}", output_text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}:\n{}",
+            output_text(&out)
+        );
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(stderr.contains(names), "{args:?}: stderr does not name {names}:\n{stderr}");
+        assert!(
+            stderr.contains(names),
+            "{args:?}: stderr does not name {names}:\n{stderr}"
+        );
     }
 }

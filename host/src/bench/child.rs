@@ -148,8 +148,13 @@ impl HostConfig {
     /// Starts `projector run` with `projections` and waits until it is ready (plugins loaded).
     async fn start(&self, projections: &[Projection], label: &str) -> Result<Running> {
         let config = self.work.join(format!("{label}.toml"));
-        let text: String = projections.iter().map(|p| p.0.as_str()).collect::<Vec<_>>().join("\n");
-        std::fs::write(&config, text).map_err(|e| anyhow::anyhow!("writing {}: {e}", config.display()))?;
+        let text: String = projections
+            .iter()
+            .map(|p| p.0.as_str())
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&config, text)
+            .map_err(|e| anyhow::anyhow!("writing {}: {e}", config.display()))?;
         let log = self.work.join(format!("{label}.log"));
         let port = free_port()?;
         let mut cmd = Command::new(&self.exe);
@@ -206,7 +211,11 @@ impl HostConfig {
             let agent = agent.clone();
             let url = url.clone();
             let ready = tokio::task::spawn_blocking(move || {
-                agent.get(&url).call().map(|r| r.status().as_u16() == 200).unwrap_or(false)
+                agent
+                    .get(&url)
+                    .call()
+                    .map(|r| r.status().as_u16() == 200)
+                    .unwrap_or(false)
             })
             .await
             .unwrap_or(false);
@@ -250,14 +259,11 @@ impl HostConfig {
         let mut host = self.start(projections, projection).await?;
         // Let the loops settle into their idle wait before offering.
         tokio::time::sleep(Duration::from_millis(500)).await;
-        let latency = workload::offer_and_measure(
-            pool,
-            projection,
-            plan.rate,
-            plan.latency_seconds,
-            || host.alive(),
-        )
-        .await?;
+        let latency =
+            workload::offer_and_measure(pool, projection, plan.rate, plan.latency_seconds, || {
+                host.alive()
+            })
+            .await?;
         host.stop()?;
         Ok(latency)
     }

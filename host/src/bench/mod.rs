@@ -175,7 +175,10 @@ struct BenchDb {
 
 impl BenchDb {
     async fn create(admin_url: &str) -> Result<BenchDb> {
-        let name = format!("projector_bench_{}", &uuid::Uuid::new_v4().simple().to_string()[..12]);
+        let name = format!(
+            "projector_bench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
         let mut admin = PgConnection::connect(admin_url)
             .await
             .map_err(|e| Error::Connect(format!("cannot connect: {e}")))?;
@@ -236,8 +239,12 @@ async fn run(plan: Plan) -> Result<()> {
     let report = result?;
     print!("{}", report.table());
     let json = serde_json::to_string_pretty(&report.json()).expect("serialisable");
-    std::fs::write(&plan.json, json + "\n")
-        .map_err(|e| Error::config("--json", format!("cannot write {}: {e}", plan.json.display())))?;
+    std::fs::write(&plan.json, json + "\n").map_err(|e| {
+        Error::config(
+            "--json",
+            format!("cannot write {}: {e}", plan.json.display()),
+        )
+    })?;
     println!("JSON report: {}", plan.json.display());
     Ok(())
 }
@@ -246,9 +253,11 @@ async fn run(plan: Plan) -> Result<()> {
 /// a truncated table, the large-table run last.
 async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Result<Report> {
     crate::db::migrate(pool).await?;
-    sqlx::raw_sql(include_str!("../../../examples/migrations/0001_chronicle.sql"))
-        .execute(pool)
-        .await?;
+    sqlx::raw_sql(include_str!(
+        "../../../examples/migrations/0001_chronicle.sql"
+    ))
+    .execute(pool)
+    .await?;
     let mut report = Report::new(plan, workload::server_version(pool).await?);
     let host = child::HostConfig {
         exe: std::env::current_exe().map_err(|e| anyhow::anyhow!("locating projector: {e}"))?,
@@ -265,29 +274,45 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
     workload::reset(pool).await?;
     workload::seed(pool, Kind::Book, "bench_raw", n).await?;
     let raw = workload::raw_drain(pool, "bench_raw", plan, drain_timeout).await?;
-    report.push(Row::rate("raw_sql_ceiling", "raw SQL ceiling (claim + settle loop)", raw.rate()));
+    report.push(Row::rate(
+        "raw_sql_ceiling",
+        "raw SQL ceiling (claim + settle loop)",
+        raw.rate(),
+    ));
 
     info!(events = n, "projector, noop");
     workload::reset(pool).await?;
     workload::seed(pool, Kind::Book, "bench_noop", n).await?;
     let projections = [child::Projection::noop("bench_noop", &plan.plugins)];
-    let (noop, noop_rss) = host.drain(&projections, pool, "bench_noop", n, drain_timeout).await?;
+    let (noop, noop_rss) = host
+        .drain(&projections, pool, "bench_noop", n, drain_timeout)
+        .await?;
     report.push(
-        Row::rate("noop_drain", "projector drain, noop", noop.rate())
-            .ratio_of("raw_sql_ceiling", raw.rate(), 0.80),
+        Row::rate("noop_drain", "projector drain, noop", noop.rate()).ratio_of(
+            "raw_sql_ceiling",
+            raw.rate(),
+            0.80,
+        ),
     );
 
     info!(events = n, "projector, chronicle-entries");
     workload::reset(pool).await?;
     workload::seed(pool, Kind::Chronicle, "bench_chronicle", n).await?;
-    let projections = [child::Projection::chronicle("bench_chronicle", &plan.plugins)];
+    let projections = [child::Projection::chronicle(
+        "bench_chronicle",
+        &plan.plugins,
+    )];
     let (chronicle, _) = host
         .drain(&projections, pool, "bench_chronicle", n, drain_timeout)
         .await?;
     workload::check_chronicle(pool, n).await?;
     report.push(
-        Row::rate("chronicle_drain", "projector drain, chronicle-entries (sql)", chronicle.rate())
-            .ratio_of("raw_sql_ceiling", raw.rate(), 0.50),
+        Row::rate(
+            "chronicle_drain",
+            "projector drain, chronicle-entries (sql)",
+            chronicle.rate(),
+        )
+        .ratio_of("raw_sql_ceiling", raw.rate(), 0.50),
     );
 
     let ns = plan.search_events;
@@ -296,12 +321,22 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
     workload::seed(pool, Kind::Book, "bench_search", ns).await?;
     // Fresh indices of this run's own (the server may keep older runs' documents and versions).
     let suffix = db.name.trim_start_matches("projector_bench_");
-    let (ceiling_index, host_index) = (format!("bench-ceiling-{suffix}"), format!("bench-index-{suffix}"));
+    let (ceiling_index, host_index) = (
+        format!("bench-ceiling-{suffix}"),
+        format!("bench-index-{suffix}"),
+    );
     let docs = workload::search_documents(pool, "bench_search").await?;
     let bulk = probes::bulk_ceiling(&plan.elastic_url, &ceiling_index, docs, plan).await?;
-    report.push(Row::rate("search_bulk_ceiling", "search server _bulk ceiling (direct)", bulk));
+    report.push(Row::rate(
+        "search_bulk_ceiling",
+        "search server _bulk ceiling (direct)",
+        bulk,
+    ));
 
-    info!(events = ns, "projector, search-index (three projections loaded)");
+    info!(
+        events = ns,
+        "projector, search-index (three projections loaded)"
+    );
     let projections = [
         child::Projection::noop("bench_noop", &plan.plugins),
         child::Projection::chronicle("bench_chronicle", &plan.plugins),
@@ -313,14 +348,24 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
     probes::delete_index(&plan.elastic_url, &ceiling_index).await;
     probes::delete_index(&plan.elastic_url, &host_index).await;
     report.push(
-        Row::rate("search_drain", "projector drain, search-index", search.rate())
-            .ratio_of("search_bulk_ceiling", bulk, 0.70),
+        Row::rate(
+            "search_drain",
+            "projector drain, search-index",
+            search.rate(),
+        )
+        .ratio_of("search_bulk_ceiling", bulk, 0.70),
     );
 
-    info!(rate = plan.rate, seconds = plan.latency_seconds, "pickup latency");
+    info!(
+        rate = plan.rate,
+        seconds = plan.latency_seconds,
+        "pickup latency"
+    );
     workload::reset(pool).await?;
     let projections = [child::Projection::noop("bench_latency", &plan.plugins)];
-    let latency = host.latency(&projections, pool, "bench_latency", plan).await?;
+    let latency = host
+        .latency(&projections, pool, "bench_latency", plan)
+        .await?;
     report.push(Row::value(
         "offered_rate",
         "pickup run: offered rate achieved",
@@ -328,46 +373,105 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
         "ev/s",
     ));
     report.push(
-        Row::value("pickup_p50_ms", "pickup latency insert→done p50", latency.p50_ms, "ms")
-            .at_most(50.0),
+        Row::value(
+            "pickup_p50_ms",
+            "pickup latency insert→done p50",
+            latency.p50_ms,
+            "ms",
+        )
+        .at_most(50.0),
     );
     report.push(
-        Row::value("pickup_p99_ms", "pickup latency insert→done p99", latency.p99_ms, "ms")
-            .at_most(50.0),
+        Row::value(
+            "pickup_p99_ms",
+            "pickup latency insert→done p99",
+            latency.p99_ms,
+            "ms",
+        )
+        .at_most(50.0),
     );
-    report.push(Row::value("pickup_max_ms", "pickup latency insert→done max", latency.max_ms, "ms"));
+    report.push(Row::value(
+        "pickup_max_ms",
+        "pickup latency insert→done max",
+        latency.max_ms,
+        "ms",
+    ));
 
     report.push(
-        Row::value("rss_noop_mib", "host peak RSS, noop run", noop_rss.peak_mib, "MiB")
-            .at_most(100.0),
+        Row::value(
+            "rss_noop_mib",
+            "host peak RSS, noop run",
+            noop_rss.peak_mib,
+            "MiB",
+        )
+        .at_most(100.0),
     );
     report.push(
-        Row::value("rss_three_mib", "host peak RSS, three projections (search run)", rss3.peak_mib, "MiB")
-            .at_most(100.0),
+        Row::value(
+            "rss_three_mib",
+            "host peak RSS, three projections (search run)",
+            rss3.peak_mib,
+            "MiB",
+        )
+        .at_most(100.0),
     );
 
     info!("plugin runtime probes (in-process)");
     let p = probes::plugin_probes(&plan.plugins, work, plan.batch_size as usize).await?;
-    report.push(Row::value("plugin_compile_ms", "plugin load, compiling (noop)", p.compile_ms, "ms"));
+    report.push(Row::value(
+        "plugin_compile_ms",
+        "plugin load, compiling (noop)",
+        p.compile_ms,
+        "ms",
+    ));
+    report.push(Row::value(
+        "plugin_cached_load_ms",
+        "plugin load, compiled-cache hit (noop)",
+        p.cached_load_ms,
+        "ms",
+    ));
     report.push(
-        Row::value("plugin_cached_load_ms", "plugin load, compiled-cache hit (noop)", p.cached_load_ms, "ms"),
+        Row::value(
+            "instantiate_ms",
+            "plugin instantiate (from the cached InstancePre)",
+            p.instantiate_ms,
+            "ms",
+        )
+        .at_most(1.0),
     );
-    report.push(
-        Row::value("instantiate_ms", "plugin instantiate (from the cached InstancePre)", p.instantiate_ms, "ms")
-            .at_most(1.0),
-    );
-    report.push(Row::value("call_us_per_event", "plugin call per event (noop, one batch)", p.per_event_us, "µs"));
-    report.push(Row::value("call_us_single", "plugin call, batch of one event (noop)", p.single_call_us, "µs"));
+    report.push(Row::value(
+        "call_us_per_event",
+        "plugin call per event (noop, one batch)",
+        p.per_event_us,
+        "µs",
+    ));
+    report.push(Row::value(
+        "call_us_single",
+        "plugin call, batch of one event (noop)",
+        p.single_call_us,
+        "µs",
+    ));
 
-    info!(done_rows = plan.done_rows, events = n, "raw claim loop with done rows present");
+    info!(
+        done_rows = plan.done_rows,
+        events = n,
+        "raw claim loop with done rows present"
+    );
     workload::reset(pool).await?;
     let seeded = workload::seed_done(pool, "bench_raw", plan.done_rows).await?;
     workload::seed(pool, Kind::Book, "bench_raw", n).await?;
     let large = workload::raw_drain(pool, "bench_raw", plan, drain_timeout).await?;
     report.push(
-        Row::rate("raw_with_done_rows", &format!("raw claim loop, {} done rows present", plan.done_rows), large.rate())
-            .ratio_of("raw_sql_ceiling", raw.rate(), 0.90)
-            .note(&format!("done rows seeded in {:.1} s", seeded.as_secs_f64())),
+        Row::rate(
+            "raw_with_done_rows",
+            &format!("raw claim loop, {} done rows present", plan.done_rows),
+            large.rate(),
+        )
+        .ratio_of("raw_sql_ceiling", raw.rate(), 0.90)
+        .note(&format!(
+            "done rows seeded in {:.1} s",
+            seeded.as_secs_f64()
+        )),
     );
     Ok(report)
 }

@@ -44,35 +44,41 @@ pub async fn bulk_ceiling(url: &str, index: &str, docs: Vec<Document>, plan: &Pl
     let started = Instant::now();
     let mut clients = Vec::new();
     for _ in 0..plan.concurrency {
-        let (bodies, next, agent, endpoint) =
-            (bodies.clone(), next.clone(), agent.clone(), endpoint.clone());
-        clients.push(tokio::task::spawn_blocking(move || -> Result<(), String> {
-            loop {
-                let i = next.fetch_add(1, AtomicOrdering::Relaxed);
-                let Some(body) = bodies.get(i) else {
-                    return Ok(());
-                };
-                let mut response = agent
-                    .post(&endpoint)
-                    .header("Content-Type", "application/x-ndjson")
-                    .send(body.as_bytes())
-                    .map_err(|e| format!("{endpoint}: {e}"))?;
-                let status = response.status().as_u16();
-                let text = response.body_mut().read_to_string().unwrap_or_default();
-                if status != 200 {
-                    return Err(format!("{endpoint} answered {status}: {text}"));
-                }
-                let answer: serde_json::Value =
-                    serde_json::from_str(&text).map_err(|e| format!("{endpoint}: {e}"))?;
-                let items = answer["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
-                for item in items {
-                    let status = item["index"]["status"].as_u64().unwrap_or(0);
-                    if !(200..300).contains(&status) && status != 409 {
-                        return Err(format!("{endpoint}: an item answered {item}"));
+        let (bodies, next, agent, endpoint) = (
+            bodies.clone(),
+            next.clone(),
+            agent.clone(),
+            endpoint.clone(),
+        );
+        clients.push(tokio::task::spawn_blocking(
+            move || -> Result<(), String> {
+                loop {
+                    let i = next.fetch_add(1, AtomicOrdering::Relaxed);
+                    let Some(body) = bodies.get(i) else {
+                        return Ok(());
+                    };
+                    let mut response = agent
+                        .post(&endpoint)
+                        .header("Content-Type", "application/x-ndjson")
+                        .send(body.as_bytes())
+                        .map_err(|e| format!("{endpoint}: {e}"))?;
+                    let status = response.status().as_u16();
+                    let text = response.body_mut().read_to_string().unwrap_or_default();
+                    if status != 200 {
+                        return Err(format!("{endpoint} answered {status}: {text}"));
+                    }
+                    let answer: serde_json::Value =
+                        serde_json::from_str(&text).map_err(|e| format!("{endpoint}: {e}"))?;
+                    let items = answer["items"].as_array().map(Vec::as_slice).unwrap_or(&[]);
+                    for item in items {
+                        let status = item["index"]["status"].as_u64().unwrap_or(0);
+                        if !(200..300).contains(&status) && status != 409 {
+                            return Err(format!("{endpoint}: an item answered {item}"));
+                        }
                     }
                 }
-            }
-        }));
+            },
+        ));
     }
     for client in clients {
         client
@@ -140,7 +146,11 @@ fn event(seq: i64) -> ClaimedEvent {
 
 /// Loads `noop` twice through a fresh compiled-component cache (compile, then cache hit), times
 /// instantiating from its `InstancePre`, and times `handle` calls on a warm instance.
-pub async fn plugin_probes(plugins: &Plugins, work: &Path, batch_size: usize) -> Result<PluginProbes> {
+pub async fn plugin_probes(
+    plugins: &Plugins,
+    work: &Path,
+    batch_size: usize,
+) -> Result<PluginProbes> {
     let bytes = std::fs::read(&plugins.noop).map_err(|e| Error::Plugin {
         path: plugins.noop.clone(),
         message: format!("cannot read: {e}"),

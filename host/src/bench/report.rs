@@ -8,7 +8,11 @@ use serde_json::{json, Value};
 #[derive(Debug, Clone)]
 enum Target {
     /// `value / compared_to` must be at least this.
-    RatioAtLeast { of: &'static str, of_value: f64, min: f64 },
+    RatioAtLeast {
+        of: &'static str,
+        of_value: f64,
+        min: f64,
+    },
     /// `value` must be at most this.
     AtMost(f64),
 }
@@ -110,7 +114,10 @@ impl Report {
         let cpu_model = std::fs::read_to_string("/proc/cpuinfo")
             .unwrap_or_default()
             .lines()
-            .find_map(|l| l.strip_prefix("model name").map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned()))
+            .find_map(|l| {
+                l.strip_prefix("model name")
+                    .map(|r| r.trim_start_matches([' ', '\t', ':']).to_owned())
+            })
             .unwrap_or_default();
         Report {
             settings: json!({
@@ -143,7 +150,12 @@ impl Report {
     /// The table, as printed.
     pub fn table(&self) -> String {
         let mut out = String::new();
-        let label_w = self.rows.iter().map(|r| r.label.chars().count()).max().unwrap_or(0);
+        let label_w = self
+            .rows
+            .iter()
+            .map(|r| r.label.chars().count())
+            .max()
+            .unwrap_or(0);
         out.push_str(&format!(
             "projector bench: {} events ({} for search), batch {}, concurrency {}, {} build, {} CPUs, PostgreSQL {}\n",
             self.settings["events"],
@@ -167,7 +179,10 @@ impl Report {
             } else {
                 format!("{:.4} {}", r.value, r.unit)
             };
-            let ratio = r.ratio().map(|x| format!("{:.0} %", x * 100.0)).unwrap_or_default();
+            let ratio = r
+                .ratio()
+                .map(|x| format!("{:.0} %", x * 100.0))
+                .unwrap_or_default();
             let met = match r.met() {
                 Some(true) => "yes",
                 Some(false) => "NO",
@@ -185,7 +200,11 @@ impl Report {
             ));
         }
         for r in self.rows.iter().filter(|r| r.note.is_some()) {
-            out.push_str(&format!("note ({}): {}\n", r.key, r.note.as_deref().unwrap_or("")));
+            out.push_str(&format!(
+                "note ({}): {}\n",
+                r.key,
+                r.note.as_deref().unwrap_or("")
+            ));
         }
         out
     }

@@ -24,9 +24,11 @@ pub enum Kind {
 
 /// `SELECT version()`, for the report.
 pub async fn server_version(pool: &PgPool) -> Result<String> {
-    Ok(sqlx::query_scalar("SELECT current_setting('server_version')")
-        .fetch_one(pool)
-        .await?)
+    Ok(
+        sqlx::query_scalar("SELECT current_setting('server_version')")
+            .fetch_one(pool)
+            .await?,
+    )
 }
 
 /// Empties the outbox and the read model (no host runs at that point).
@@ -79,7 +81,9 @@ pub async fn seed(pool: &PgPool, kind: Kind, projection: &str, n: i64) -> Result
         .bind(aggregates)
         .execute(pool)
         .await?;
-    sqlx::raw_sql("VACUUM ANALYZE outbox_events").execute(pool).await?;
+    sqlx::raw_sql("VACUUM ANALYZE outbox_events")
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -93,7 +97,9 @@ pub async fn seed_done(pool: &PgPool, projection: &str, n: i64) -> Result<Durati
         .execute(&mut *tx)
         .await;
     if quiet.is_err() {
-        sqlx::raw_sql("ROLLBACK TO SAVEPOINT s").execute(&mut *tx).await?;
+        sqlx::raw_sql("ROLLBACK TO SAVEPOINT s")
+            .execute(&mut *tx)
+            .await?;
     }
     sqlx::query(
         "INSERT INTO outbox_events (id, projection, event_type, aggregate_id, payload, status,
@@ -107,7 +113,9 @@ pub async fn seed_done(pool: &PgPool, projection: &str, n: i64) -> Result<Durati
     .execute(&mut *tx)
     .await?;
     tx.commit().await?;
-    sqlx::raw_sql("VACUUM ANALYZE outbox_events").execute(pool).await?;
+    sqlx::raw_sql("VACUUM ANALYZE outbox_events")
+        .execute(pool)
+        .await?;
     Ok(started.elapsed())
 }
 
@@ -214,7 +222,12 @@ fn raw_spec(projection: &str, plan: &Plan) -> ProjectionSpec {
 
 /// The raw SQL ceiling: `concurrency` loops of the host's own claim and settle (every event a
 /// success), nothing else.
-pub async fn raw_drain(pool: &PgPool, projection: &str, plan: &Plan, timeout: Duration) -> Result<Drain> {
+pub async fn raw_drain(
+    pool: &PgPool,
+    projection: &str,
+    plan: &Plan,
+    timeout: Duration,
+) -> Result<Drain> {
     let spec = std::sync::Arc::new(raw_spec(projection, plan));
     let mut loops = tokio::task::JoinSet::new();
     for i in 0..plan.concurrency {
@@ -381,7 +394,11 @@ pub async fn offer_and_measure(
     .fetch_one(pool)
     .await?;
     Ok(Latency {
-        achieved_rate: if span > 0.0 { (total - 1) as f64 / span } else { 0.0 },
+        achieved_rate: if span > 0.0 {
+            (total - 1) as f64 / span
+        } else {
+            0.0
+        },
         p50_ms: p50,
         p99_ms: p99,
         max_ms: max,

@@ -84,7 +84,12 @@ fn text<'a>(p: &'a Value, key: &str) -> Option<&'a str> {
 fn entry(event: &Event) -> Result<Value, Outcome> {
     let p: Value = match serde_json::from_str(&event.payload) {
         Ok(v @ Value::Object(_)) => v,
-        _ => return Err(deterministic("bad_payload", "payload is not a JSON object".into())),
+        _ => {
+            return Err(deterministic(
+                "bad_payload",
+                "payload is not a JSON object".into(),
+            ))
+        }
     };
     let mut missing = Vec::new();
     let mut need = |key: &'static str| {
@@ -101,7 +106,10 @@ fn entry(event: &Event) -> Result<Value, Outcome> {
     let event_type = need("eventType");
     let occurred_at = need("occurredAt");
     if !missing.is_empty() {
-        return Err(deterministic("bad_payload", format!("missing {}", missing.join(", "))));
+        return Err(deterministic(
+            "bad_payload",
+            format!("missing {}", missing.join(", ")),
+        ));
     }
     let summary = format!("{actor} {event_type} {entity_type} {entity_id}");
     Ok(json!([
@@ -147,7 +155,10 @@ impl Guest for ChronicleEntries {
         let written = match rows.len() {
             0 => Ok(0),
             1 => execute(UPSERT, &rows[0].to_string()),
-            _ => execute(UPSERT_MANY, &Value::Array(vec![Value::Array(rows)]).to_string()),
+            _ => execute(
+                UPSERT_MANY,
+                &Value::Array(vec![Value::Array(rows)]).to_string(),
+            ),
         };
         let result = match written {
             Ok(_) => Outcome::Success,

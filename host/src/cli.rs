@@ -136,6 +136,8 @@ pub enum Command {
         #[command(flatten)]
         db: Database,
     },
+    /// Measure projector against the raw SQL and search-server ceilings (see BENCHMARKS.md).
+    Bench(crate::bench::BenchArgs),
     /// Manage plugin versions of a running host (through its admin API).
     Plugins {
         /// What to do.
@@ -396,6 +398,7 @@ pub fn main() -> ExitCode {
             );
             Ok(())
         }),
+        Command::Bench(args) => crate::bench::command(args),
         Command::Plugins {
             action,
             admin_url,

@@ -21,9 +21,11 @@
 //! - [`service`]: `projector run`: wiring, wake-ups, signals, shutdown.
 //! - [`authoring`]: `projector plugin new|test`, for plugin authors (scaffold, test kit).
 //! - [`telemetry`]: the log subscriber, OpenTelemetry trace export, span and attribute names.
+//! - [`bench`]: `projector bench`: throughput and latency against the raw ceilings.
 #![deny(missing_docs)]
 
 pub mod authoring;
+pub mod bench;
 pub mod cli;
 pub mod db;
 pub mod error;

@@ -353,6 +353,23 @@ pub struct Tuning {
     pub unknown_event_types: UnknownEventTypes,
 }
 
+impl Default for Tuning {
+    /// The documented defaults (README "Settings"), as used when nothing is configured.
+    fn default() -> Self {
+        Tuning {
+            concurrency: 2,
+            batch_size: 100,
+            lease: Duration::from_secs(30),
+            max_processing: Duration::from_secs(60),
+            max_attempts: 5,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(300),
+            max_payload_bytes: 1 << 20,
+            unknown_event_types: UnknownEventTypes::Deliver,
+        }
+    }
+}
+
 /// One projection this host runs.
 #[derive(Debug, Clone)]
 pub struct ProjectionSpec {

@@ -86,7 +86,8 @@ as_postgres() {
 }
 
 # pg_start DIR: a throwaway cluster in DIR (created, must not hold anything else) on a free port.
-# Sets PG_DIR, PG_PORT and PG_ADMIN_URL. fsync is off: the data is thrown away.
+# Sets PG_DIR, PG_PORT and PG_ADMIN_URL. fsync is off (the data is thrown away) unless PG_FSYNC=on
+# (scripts/bench: Postgres defaults, as in production).
 pg_start() {
     PG_DIR=$1
     local bin
@@ -100,7 +101,7 @@ pg_start() {
     for _ in 1 2 3 4 5; do
         PG_PORT=$(free_port)
         if as_postgres "$bin/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/server.log" -w -t 60 start \
-            -o "-p $PG_PORT -k $PG_DIR/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=off" \
+            -o "-p $PG_PORT -k $PG_DIR/sock -c listen_addresses=127.0.0.1 -c max_connections=300 -c fsync=${PG_FSYNC:-off}" \
             >/dev/null; then
             PG_ADMIN_URL="postgres://postgres@127.0.0.1:$PG_PORT/postgres"
             return 0

@@ -20,7 +20,8 @@ WITH candidates AS (
                 AND p.aggregate_id = o.aggregate_id
                 AND p.seq < o.seq
                 AND p.status NOT IN ('done', 'skipped')))
-    ORDER BY o.seq
+    -- seq + 0: only outbox_events_claimable provides this order (see migration 0005).
+    ORDER BY o.seq + 0
     LIMIT $2
     FOR UPDATE OF o SKIP LOCKED
 )

@@ -315,6 +315,12 @@ pub struct LoadedPlugin {
 }
 
 impl LoadedPlugin {
+    /// Makes one instance and drops it: what a claim loop pays after a trap, a timeout or a
+    /// version change (`projector bench` times it).
+    pub fn instantiate_probe(&self) -> wasmtime::Result<()> {
+        self.instantiate(None).map(drop)
+    }
+
     /// A fresh instance in a fresh store; `sql_slot` is where its handler lends transactions.
     fn instantiate(&self, sql_slot: Option<&sql::ConnSlot>) -> wasmtime::Result<Instance> {
         let state = PluginState {
@@ -493,11 +499,18 @@ impl Handler {
         self.plugin.sql.is_some()
     }
 
-    /// Runs `claim` inside `tx` (a transaction on the projection role's connection), one event
-    /// per plugin call, each under a savepoint that is rolled back unless the event's outcome is
-    /// `success`. Returns the transaction still open so the caller records the outcomes on it
-    /// and commits both together; `Err` means the transaction is unusable (nothing of it may be
-    /// committed). Blocking: call it from a blocking thread.
+    /// Runs `claim` inside `tx` (a transaction on the projection role's connection) so that only
+    /// the writes of events whose outcome is `success` remain. Returns the transaction still open
+    /// so the caller records the outcomes on it and commits both together; `Err` means the
+    /// transaction is unusable (nothing of it may be committed). Blocking: call it from a
+    /// blocking thread.
+    ///
+    /// The whole batch is tried first in one call under one savepoint: when every outcome is
+    /// `success` and no statement failed, that is all (two round trips per batch besides the
+    /// plugin's own statements, instead of two per event). Otherwise the savepoint is rolled back
+    /// and the batch re-run one event per call, each under its own savepoint that is rolled back
+    /// unless the event's outcome is `success`: a redelivery within the batch, which the contract
+    /// allows. What the first pass counted (traps, wrong counts) is then superseded by the second.
     pub fn handle_in_transaction(
         &mut self,
         claim: &Claim,
@@ -540,10 +553,31 @@ impl Handler {
         let timeout_ms = grant.statement_timeout.as_millis().max(1);
         if let Err(e) = exec(
             &mut tx,
-            &format!("SET LOCAL statement_timeout = {timeout_ms}"),
+            &format!("SET LOCAL statement_timeout = {timeout_ms}; SAVEPOINT projector_batch"),
         ) {
             let msg = e.to_string();
             return (finish(out, &msg), report, Err(e));
+        }
+        if events.len() > 1 {
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+            let mut whole = CallReport::default();
+            self.run(claim.batch_id, &events, 0, &mut out, deadline, &mut whole);
+            tx = slot
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .take()
+                .expect("the plugin hands the transaction back");
+            let clean = whole.traps == 0 && whole.contract_violations == 0 && !whole.timed_out;
+            let all_success = out.iter().all(|v| matches!(v, Some(Verdict::Success)));
+            if clean && all_success && exec(&mut tx, "RELEASE SAVEPOINT projector_batch").is_ok() {
+                return (finish(out, "unreachable"), whole, Ok(tx));
+            }
+            if let Err(e) = exec(&mut tx, "ROLLBACK TO SAVEPOINT projector_batch") {
+                let msg = e.to_string();
+                return (finish(vec![None; events.len()], &msg), whole, Err(e));
+            }
+            report.calls = whole.calls;
+            out = vec![None; events.len()];
         }
         for i in 0..events.len() {
             if report.timed_out {

@@ -10,6 +10,10 @@
 //!   `bad_payload`: the chronicle would lose its accountability.
 //! - Database errors map to outcomes: serialization failures, timeouts and connection errors are
 //!   transient; permission and other errors are deterministic.
+//! - One statement per batch: the valid events of a batch are upserted together (one round trip,
+//!   not one per event). If that statement fails, every event in it is charged with the error;
+//!   the host then rolls the batch back and re-runs it one event per call (see
+//!   `Handler::handle_in_transaction`), so only the culprit keeps its failure.
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -25,6 +29,20 @@ const UPSERT: &str = "\
 INSERT INTO chronicle_entries (id, actor_user_id, entity_type, entity_id, event_type, summary,
                                before, after, occurred_at, request_id, reason)
 VALUES ($1::uuid, $2, $3, $4, $5, $6, $7::jsonb, $8::jsonb, $9::timestamptz, $10, $11)
+ON CONFLICT (id) DO UPDATE SET
+    actor_user_id = EXCLUDED.actor_user_id, entity_type = EXCLUDED.entity_type,
+    entity_id = EXCLUDED.entity_id, event_type = EXCLUDED.event_type, summary = EXCLUDED.summary,
+    before = EXCLUDED.before, after = EXCLUDED.after, occurred_at = EXCLUDED.occurred_at,
+    request_id = EXCLUDED.request_id, reason = EXCLUDED.reason";
+
+/// [`UPSERT`] for many entries: `$1` is a JSON array of rows, each the array of [`UPSERT`]'s
+/// eleven parameters.
+const UPSERT_MANY: &str = "\
+INSERT INTO chronicle_entries (id, actor_user_id, entity_type, entity_id, event_type, summary,
+                               before, after, occurred_at, request_id, reason)
+SELECT (r->>0)::uuid, r->>1, r->>2, r->>3, r->>4, r->>5, (r->>6)::jsonb, (r->>7)::jsonb,
+       (r->>8)::timestamptz, r->>9, r->>10
+FROM jsonb_array_elements($1::jsonb) AS r
 ON CONFLICT (id) DO UPDATE SET
     actor_user_id = EXCLUDED.actor_user_id, entity_type = EXCLUDED.entity_type,
     entity_id = EXCLUDED.entity_id, event_type = EXCLUDED.event_type, summary = EXCLUDED.summary,
@@ -62,10 +80,16 @@ fn text<'a>(p: &'a Value, key: &str) -> Option<&'a str> {
         .filter(|s| !s.trim().is_empty())
 }
 
-fn project(event: &Event) -> Outcome {
+/// The entry's [`UPSERT`] parameters, or why the event has none.
+fn entry(event: &Event) -> Result<Value, Outcome> {
     let p: Value = match serde_json::from_str(&event.payload) {
         Ok(v @ Value::Object(_)) => v,
-        _ => return deterministic("bad_payload", "payload is not a JSON object".into()),
+        _ => {
+            return Err(deterministic(
+                "bad_payload",
+                "payload is not a JSON object".into(),
+            ))
+        }
     };
     let mut missing = Vec::new();
     let mut need = |key: &'static str| {
@@ -82,10 +106,13 @@ fn project(event: &Event) -> Outcome {
     let event_type = need("eventType");
     let occurred_at = need("occurredAt");
     if !missing.is_empty() {
-        return deterministic("bad_payload", format!("missing {}", missing.join(", ")));
+        return Err(deterministic(
+            "bad_payload",
+            format!("missing {}", missing.join(", ")),
+        ));
     }
     let summary = format!("{actor} {event_type} {entity_type} {entity_id}");
-    let params = json!([
+    Ok(json!([
         id,
         actor,
         entity_type,
@@ -101,11 +128,7 @@ fn project(event: &Event) -> Outcome {
         occurred_at,
         text(&p, "requestId"),
         text(&p, "reason"),
-    ]);
-    match execute(UPSERT, &params.to_string()) {
-        Ok(_) => Outcome::Success,
-        Err(e) => from_sql(e),
-    }
+    ]))
 }
 
 impl Guest for ChronicleEntries {
@@ -118,7 +141,33 @@ impl Guest for ChronicleEntries {
     }
 
     fn handle(events: Vec<Event>) -> Vec<Outcome> {
-        events.iter().map(project).collect()
+        let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(events.len());
+        let mut rows = Vec::new();
+        for event in &events {
+            match entry(event) {
+                Ok(row) => {
+                    rows.push(row);
+                    outcomes.push(None);
+                }
+                Err(outcome) => outcomes.push(Some(outcome)),
+            }
+        }
+        let written = match rows.len() {
+            0 => Ok(0),
+            1 => execute(UPSERT, &rows[0].to_string()),
+            _ => execute(
+                UPSERT_MANY,
+                &Value::Array(vec![Value::Array(rows)]).to_string(),
+            ),
+        };
+        let result = match written {
+            Ok(_) => Outcome::Success,
+            Err(e) => from_sql(e),
+        };
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| result.clone()))
+            .collect()
     }
 }
 

@@ -317,3 +317,205 @@ async fn zero_downtime_rebuild_switches_atomically_while_the_application_writes_
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn zero_downtime_rebuild_of_a_search_index_swaps_it_in_behind_its_name_while_readers_read() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let es = Osmem::start();
+    // 200 books, each created and renamed twice.
+    let book = |n: i64, round: usize| {
+        let action = if round == 0 { "created" } else { "renamed" };
+        NewEvent::new(
+            "search",
+            format!("book-{n:04}"),
+            serde_json::json!({"title": format!("Book {n} v{round}")}),
+        )
+        .event_type(&format!("book.{action}"))
+        .aggregate_type("book")
+    };
+    let history: Vec<NewEvent> = (0..3)
+        .flat_map(|round| (0..200).map(move |n| book(n, round)))
+        .collect();
+    insert_events(&db.pool, &history).await;
+    // The source: the latest event of each book, with its outbox seq (the documents' version).
+    let source = "SELECT DISTINCT ON (aggregate_id) id, event_type, aggregate_type, aggregate_id, payload, seq FROM outbox_events WHERE projection = 'search' ORDER BY aggregate_id, seq DESC";
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "search.toml",
+        format!(
+            "[[projection]]\nname = \"search\"\nplugin = \"{}\"\n[projection.config]\nindex = \"books\"\n[projection.grants]\nsearch_indices = [\"books\"]\n[projection.sources]\nlatest = \"{source}\"\n",
+            plugin("search_index").display()
+        ),
+    );
+    let env = [("ELASTIC_URL", es.url.as_str())];
+    let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &env);
+    host.wait_ready(PATIENCE);
+    assert_eq!(
+        wait_settled(&db.pool, "search", 600, PATIENCE).await.done,
+        600
+    );
+    es.refresh("books");
+
+    // Readers count the documents behind `books`: never fewer than before, never a part.
+    let stop = Arc::new(AtomicBool::new(false));
+    let reader = {
+        let (url, stop) = (es.url.clone(), stop.clone());
+        tokio::task::spawn_blocking(move || {
+            let agent: ureq::Agent = ureq::Agent::config_builder()
+                .proxy(None)
+                .http_status_as_error(false)
+                .build()
+                .into();
+            let (mut last, mut reads) = (0i64, 0u64);
+            while !stop.load(Ordering::Relaxed) {
+                let mut r = agent.get(&format!("{url}/books/_count")).call().unwrap();
+                let body: Value =
+                    serde_json::from_str(&r.body_mut().read_to_string().unwrap()).unwrap();
+                let count = body["count"].as_i64().unwrap_or_else(|| panic!("{body}"));
+                assert!(
+                    count >= 200 && count >= last,
+                    "books went from {last} to {count} documents"
+                );
+                last = count;
+                reads += 1;
+            }
+            reads
+        })
+    };
+    // The application keeps creating books.
+    let writer = {
+        let (pool, stop) = (db.new_pool().await, stop.clone());
+        tokio::spawn(async move {
+            let mut n = 1000;
+            while !stop.load(Ordering::Relaxed) {
+                insert_events(&pool, &[book(n, 0)]).await;
+                n += 1;
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+            n - 1000
+        })
+    };
+    let (out, report) = {
+        let (db_url, config, es_url) = (db.url.clone(), config.clone(), es.url.clone());
+        tokio::task::spawn_blocking(move || {
+            let out = run_projector(
+                &[
+                    "rebuild",
+                    "--config",
+                    config.to_str().unwrap(),
+                    "--projection",
+                    "search",
+                    "--zero-downtime",
+                    "--json",
+                ],
+                &[
+                    ("DATABASE_URL", db_url.as_str()),
+                    ("ELASTIC_URL", es_url.as_str()),
+                    ("OUTBOX_LOG_FORMAT", "text"),
+                ],
+            );
+            let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+            (out, report)
+        })
+        .await
+        .unwrap()
+    };
+    tokio::time::sleep(secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let written = writer.await.unwrap();
+    let reads = reader.await.unwrap();
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert_eq!(
+        (report["switched"].as_bool(), report["rows_failed"].as_u64()),
+        (Some(true), Some(0)),
+        "{report}"
+    );
+    assert!(report["rows_read"].as_u64().unwrap() >= 200, "{report}");
+    assert!(reads > 10, "the readers read throughout ({reads} reads)");
+    assert!(
+        report["caught_up"].as_u64().unwrap() > 0,
+        "books the host indexed during the build were caught up: {report}"
+    );
+
+    // `books` is now an alias of the new index, which holds the fold of every event.
+    let (_, aliases) = es.request("GET", "/_alias/books", None);
+    let physical: Vec<&String> = aliases.as_object().unwrap().keys().collect();
+    assert_eq!(physical.len(), 1, "{aliases}");
+    assert!(physical[0].starts_with("books-rebuild-"), "{aliases}");
+    let total = 600 + written as i64;
+    assert_eq!(
+        wait_settled(&db.pool, "search", total, PATIENCE).await.done,
+        total
+    );
+    let rows = common::events(&db.pool, "search").await;
+    let mut latest: std::collections::BTreeMap<String, &EventRow> = Default::default();
+    for r in &rows {
+        latest.insert(r.aggregate_id.clone(), r);
+    }
+    let docs = es.documents("books");
+    assert_eq!(
+        docs.keys().collect::<Vec<_>>(),
+        latest.keys().collect::<Vec<_>>()
+    );
+    for (id, row) in &latest {
+        assert_eq!(docs[id].source["title"], row.payload["title"], "{id}");
+        assert_eq!(
+            docs[id].version, row.seq,
+            "{id}: the version of its latest event"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_zero_downtime_search_rebuild_without_a_seq_column_is_refused_before_anything_is_built() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let es = Osmem::start();
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(
+        dir.path(),
+        "search.toml",
+        format!(
+            "[[projection]]\nname = \"search\"\nplugin = \"{}\"\n[projection.config]\nindex = \"books\"\n[projection.grants]\nsearch_indices = [\"books\"]\n",
+            plugin("search_index").display()
+        ),
+    );
+    insert_events(
+        &db.pool,
+        &[
+            NewEvent::new("search", "book-1", serde_json::json!({"title": "Dune"}))
+                .event_type("book.created"),
+        ],
+    )
+    .await;
+    let out = run_projector(
+        &[
+            "rebuild",
+            "--config",
+            config.to_str().unwrap(),
+            "--projection",
+            "search",
+            "--zero-downtime",
+            "--source",
+            "SELECT id, event_type, aggregate_id, payload FROM outbox_events",
+        ],
+        &[
+            ("DATABASE_URL", db.url.as_str()),
+            ("ELASTIC_URL", es.url.as_str()),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("`seq` column"),
+        "{}",
+        output_text(&out)
+    );
+    let (_, indices) = es.request("GET", "/_cat/indices?format=json", None);
+    assert_eq!(
+        indices.as_array().map(Vec::len),
+        Some(0),
+        "nothing was built: {indices}"
+    );
+}

@@ -23,7 +23,7 @@ pub mod cache;
 mod config;
 pub mod limits;
 mod log;
-mod search;
+pub mod search;
 pub(crate) mod sql;
 pub(crate) mod stand_in;
 
@@ -85,6 +85,7 @@ pub struct Runtime {
     _ticker: limits::EpochTicker,
     search: Option<search::SearchClient>,
     cache: Option<cache::CompiledCache>,
+    index_redirect: BTreeMap<String, String>,
 }
 
 impl Runtime {
@@ -106,7 +107,20 @@ impl Runtime {
             _ticker,
             search: None,
             cache: None,
+            index_redirect: BTreeMap::new(),
         })
+    }
+
+    /// Sends plugins' writes to a granted index named in `redirect` to the index it maps to
+    /// (a zero-downtime rebuild writing its new index). Applies to plugins loaded afterwards.
+    pub fn with_index_redirect(mut self, redirect: BTreeMap<String, String>) -> Self {
+        self.index_redirect = redirect;
+        self
+    }
+
+    /// The search cluster client, when one is configured.
+    pub fn search_client(&self) -> Option<&search::SearchClient> {
+        self.search.as_ref()
     }
 
     /// Keeps compiled components in `dir` (see [`cache`]); without it every start compiles.
@@ -205,7 +219,13 @@ impl Runtime {
                 .search
                 .clone()
                 .filter(|_| spec.grants.search())
-                .map(|client| search::SearchAccess::new(client, spec.grants.clone())),
+                .map(|client| {
+                    search::SearchAccess::new(
+                        client,
+                        spec.grants.clone(),
+                        self.index_redirect.clone(),
+                    )
+                }),
             pre,
             stand_in,
             digest,

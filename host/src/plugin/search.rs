@@ -22,6 +22,7 @@ use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder}
 use elasticsearch::http::Url;
 use elasticsearch::{BulkParts, Elasticsearch};
 use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
@@ -83,19 +84,59 @@ impl SearchClient {
     }
 }
 
-/// One projection's access to the cluster: the shared client and the indices it was granted.
+impl SearchClient {
+    /// One administrative request (index creation, mappings, aliases) with a JSON body: the
+    /// status and the decoded answer. For the host itself (rebuilds), never for plugins.
+    pub async fn admin(
+        &self,
+        method: elasticsearch::http::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<(u16, Value), Error> {
+        let response = self
+            .es
+            .send(
+                method,
+                path,
+                elasticsearch::http::headers::HeaderMap::new(),
+                Option::<&()>::None,
+                body.map(elasticsearch::http::request::JsonBody::new),
+                Some(MAX_REQUEST_TIME),
+            )
+            .await
+            .map_err(|e| {
+                Error::config(
+                    "ELASTIC_URL",
+                    format!("{path}: {}", shorten(&error_chain(&e))),
+                )
+            })?;
+        let status = response.status_code().as_u16();
+        let text = response.text().await.unwrap_or_default();
+        Ok((status, serde_json::from_str(&text).unwrap_or(Value::Null)))
+    }
+}
+
+/// One projection's access to the cluster: the shared client, the indices it was granted, and
+/// (for a zero-downtime rebuild) where writes to a granted index really go.
 #[derive(Clone)]
 pub(crate) struct SearchAccess {
     client: SearchClient,
     grants: Arc<Grants>,
+    redirect: Arc<BTreeMap<String, String>>,
 }
 
 impl SearchAccess {
-    /// Access for a projection granted `grants`.
-    pub(crate) fn new(client: SearchClient, grants: Grants) -> Self {
+    /// Access for a projection granted `grants`; writes to an index named in `redirect` go to
+    /// the index it maps to (the grant is checked on the name the plugin used).
+    pub(crate) fn new(
+        client: SearchClient,
+        grants: Grants,
+        redirect: BTreeMap<String, String>,
+    ) -> Self {
         SearchAccess {
             client,
             grants: Arc::new(grants),
+            redirect: Arc::new(redirect),
         }
     }
 }
@@ -114,7 +155,12 @@ impl Host for PluginState {
         if operations.is_empty() {
             return Ok(Vec::new());
         }
-        let body = request_body(&operations, &access.grants, &self.projection)?;
+        let body = request_body(
+            &operations,
+            &access.grants,
+            &access.redirect,
+            &self.projection,
+        )?;
         // Only inside `handle`: that runs on a blocking thread, where waiting for the request is
         // allowed (in `describe` or an initialiser we may be on the runtime's own threads).
         let Some(deadline) = self.deadline else {
@@ -156,13 +202,14 @@ pub(crate) fn validate(
     grants: &Grants,
     projection: &str,
 ) -> Result<(), BulkError> {
-    request_body(operations, grants, projection).map(|_| ())
+    request_body(operations, grants, &BTreeMap::new(), projection).map(|_| ())
 }
 
 /// The NDJSON lines of a `_bulk` request for `operations`, or why it must not be sent.
 fn request_body(
     operations: &[Operation],
     grants: &Grants,
+    redirect: &BTreeMap<String, String>,
     projection: &str,
 ) -> Result<Vec<Value>, BulkError> {
     let mut lines = Vec::with_capacity(operations.len() * 2);
@@ -189,7 +236,10 @@ fn request_body(
             Action::Delete => ("delete", true),
         };
         let mut meta = Map::new();
-        meta.insert("_index".into(), json!(op.index));
+        meta.insert(
+            "_index".into(),
+            json!(redirect.get(&op.index).unwrap_or(&op.index)),
+        );
         meta.insert("_id".into(), json!(op.id));
         if let Some(version) = op.version {
             if !external {
@@ -396,7 +446,8 @@ mod tests {
             op(Action::Update, "books-2", Some(r#"{"n": 1}"#), None),
             op(Action::Delete, "books", None, Some(9)),
         ];
-        let lines = request_body(&ops, &grants(&["books", "books-*"]), "p").unwrap();
+        let lines =
+            request_body(&ops, &grants(&["books", "books-*"]), &BTreeMap::new(), "p").unwrap();
         assert_eq!(
             lines,
             vec![
@@ -415,14 +466,14 @@ mod tests {
             op(Action::Index, "books", Some("{}"), None),
             op(Action::Index, "secrets", Some("{}"), None),
         ];
-        match request_body(&ops, &grants(&["books"]), "p") {
+        match request_body(&ops, &grants(&["books"]), &BTreeMap::new(), "p") {
             Err(BulkError::Forbidden(m)) => assert!(m.contains("`secrets`"), "{m}"),
             other => panic!("{other:?}"),
         }
         // A prefix grant does not let a comma or a wildcard name more than one index.
         let ops = [op(Action::Index, "books-a,secrets", Some("{}"), None)];
         assert!(matches!(
-            request_body(&ops, &grants(&["books-*"]), "p"),
+            request_body(&ops, &grants(&["books-*"]), &BTreeMap::new(), "p"),
             Err(BulkError::Invalid(_))
         ));
     }
@@ -439,7 +490,10 @@ mod tests {
             [op(Action::Index, "books", Some("{}"), Some(-1))],
         ] {
             assert!(
-                matches!(request_body(&ops, &g, "p"), Err(BulkError::Invalid(_))),
+                matches!(
+                    request_body(&ops, &g, &BTreeMap::new(), "p"),
+                    Err(BulkError::Invalid(_))
+                ),
                 "{ops:?}"
             );
         }

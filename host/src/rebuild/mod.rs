@@ -14,10 +14,13 @@
 //!   model being rebuilt, as in the seed.
 //! - **outbox** (`--emit-outbox`): the rows become outbox events for the running hosts, all in
 //!   one transaction (all or none).
-//! - **zero-downtime** (sql projections): the rows go into shadow copies of the granted tables
-//!   (see [`shadow`]); then the events written after the snapshot that the hosts already applied
-//!   to the old model are applied to the new one too (catch-up), and once caught up the tables
-//!   are switched in one transaction. Readers see the old model or the new one, never a part.
+//! - **zero-downtime**: the rows go into a new model: shadow copies of the granted tables (sql
+//!   projections, see `shadow`) or new indices behind the granted index names (search
+//!   projections, see `index_swap`; the source must give each row the outbox `seq` it reflects).
+//!   Then the events written after the snapshot that the hosts already applied to the old model
+//!   are applied to the new one too (catch-up), and once caught up, with the projection paused
+//!   for a moment, the new model is switched in atomically. Readers see the old model or the new
+//!   one, never a part.
 //!
 //! Invariants:
 //! - One rebuild per projection at a time (a session advisory lock); each is recorded in
@@ -29,6 +32,7 @@
 //!   row that still fails counts in `rows_failed` and makes the rebuild fail. A failed
 //!   zero-downtime rebuild never switches: the old model stays.
 
+mod index_swap;
 mod shadow;
 
 use crate::outbox::{Claim, ClaimedEvent, Verdict};
@@ -384,11 +388,13 @@ async fn load_plugin(
     settings: &Settings,
     pool: &PgPool,
     spec: &ProjectionSpec,
+    redirect: std::collections::BTreeMap<String, String>,
 ) -> Result<Arc<LoadedPlugin>> {
     let runtime = crate::plugin::Runtime::new()
         .map_err(|e| anyhow::anyhow!("starting the WebAssembly runtime: {e:#}"))?
         .with_search(settings.elastic.as_ref())?
-        .with_cache(settings.plugin_cache_dir.as_deref());
+        .with_cache(settings.plugin_cache_dir.as_deref())
+        .with_index_redirect(redirect);
     let (bytes, origin) = match crate::registry::active_component(pool, &spec.name).await? {
         Some(bytes) => (
             bytes,
@@ -457,12 +463,13 @@ pub async fn run(
         })?;
     let spec = Arc::new(spec.clone());
     let (source_name, source_sql) = resolve_source(&spec, request.source.as_deref())?;
-    if request.mode == Mode::ZeroDowntime && !spec.grants.sql() {
+    if request.mode == Mode::ZeroDowntime && spec.grants.sql() == spec.grants.search() {
         return Err(Error::config(
             "--zero-downtime",
             format!(
-                "projection `{}` is not a sql projection: zero-downtime rebuilds switch granted tables (a search projection can rebuild directly, or through the outbox)",
-                spec.name
+                "projection `{}` must be granted either sql tables or search indices (not {}): zero-downtime rebuilds switch the granted tables, or the granted indices",
+                spec.name,
+                if spec.grants.sql() { "both" } else { "neither" }
             ),
         ));
     }
@@ -587,13 +594,24 @@ async fn execute(
         .await?;
     let mut rows = sqlx::query(source_sql).fetch(&mut *source);
     let mut first = Vec::with_capacity(batch_size);
+    let search_swap = request.mode == Mode::ZeroDowntime && spec.grants.search();
     while first.len() < batch_size {
         match rows.try_next().await {
-            Ok(Some(row)) => first.push(source_event(
-                &row,
-                first.len() as i64 + 1,
-                report.rebuild_id,
-            )?),
+            Ok(Some(row)) => {
+                if search_swap && first.is_empty() && column::<i64>(&row, "seq")?.is_none() {
+                    return Err(Error::config(
+                        "--source",
+                        "a zero-downtime rebuild of a search projection needs a `seq` column: \
+                         the seq of the latest outbox event each row reflects (documents carry \
+                         it as their external version)",
+                    ));
+                }
+                first.push(source_event(
+                    &row,
+                    first.len() as i64 + 1,
+                    report.rebuild_id,
+                )?)
+            }
             Ok(None) => break,
             Err(e) => {
                 return Err(Error::config(
@@ -629,7 +647,19 @@ async fn execute(
         return Ok(());
     }
 
-    let plugin = load_plugin(settings, pool, spec).await?;
+    // A search projection's new indices exist before its plugin is loaded: the plugin's writes
+    // are redirected to them.
+    let indices = if search_swap {
+        let elastic = settings.elastic.as_ref().ok_or_else(|| {
+            Error::config("ELASTIC_URL", "not set: the projection is granted `search`")
+        })?;
+        let client = crate::plugin::search::SearchClient::new(elastic)?;
+        Some(index_swap::IndexSwap::prepare(client, spec, report.rebuild_id).await?)
+    } else {
+        None
+    };
+    let redirect = indices.as_ref().map(|i| i.redirect()).unwrap_or_default();
+    let plugin = load_plugin(settings, pool, spec, redirect).await?;
     let sql_pool = if spec.grants.sql() {
         let pools = crate::sql_roles::provision(
             pool,
@@ -642,8 +672,10 @@ async fn execute(
     } else {
         None
     };
-    let shadow = if request.mode == Mode::ZeroDowntime {
-        Some(shadow::Shadow::prepare(pool, spec).await?)
+    let model = if let Some(indices) = indices {
+        Some(NewModel::Indices(indices))
+    } else if request.mode == Mode::ZeroDowntime {
+        Some(NewModel::Tables(shadow::Shadow::prepare(pool, spec).await?))
     } else {
         if request.truncate {
             let mut tx = pool.begin().await?;
@@ -657,7 +689,10 @@ async fn execute(
         plugin,
         handler: None,
         sql_pool,
-        shadow_schema: shadow.as_ref().map(|s| s.schema.clone()),
+        shadow_schema: match &model {
+            Some(NewModel::Tables(s)) => Some(s.schema.clone()),
+            _ => None,
+        },
     };
     let result: Result<()> = async {
         let mut batch = first;
@@ -685,18 +720,18 @@ async fn execute(
     .await;
     drop(rows);
     source.rollback().await?;
-    let Some(shadow) = shadow else {
+    let Some(model) = model else {
         return result;
     };
     if result.is_err() || report.rows_failed > 0 {
-        shadow.discard(pool).await?;
+        model.discard(pool).await?;
         return result;
     }
-    let switched = shadow
-        .catch_up_and_switch(pool, &mut applier, &snapshot, report, progress)
+    let switched = model
+        .catch_up_and_switch(pool, &spec.name, &mut applier, &snapshot, report, progress)
         .await;
-    if switched.is_err() {
-        shadow.discard(pool).await.ok();
+    if switched.is_err() && !report.switched {
+        model.discard(pool).await.ok();
     }
     switched
 }
@@ -769,4 +804,140 @@ async fn emit(
     .await?
     .rows_affected();
     Ok(n)
+}
+
+/// Applies to the new model every event of `projection` done after `snapshot` and not applied
+/// yet (`applied`, by seq); returns how many. A catch-up event that fails in the new model
+/// fails the rebuild (the old model stays).
+async fn catch_up(
+    pool: &PgPool,
+    projection: &str,
+    applier: &mut Applier,
+    snapshot: &str,
+    applied: &mut Vec<i64>,
+    report: &mut Report,
+) -> Result<u64> {
+    let mut total = 0;
+    loop {
+        let events = crate::outbox::operator::done_after_snapshot(
+            &mut *pool.acquire().await?,
+            projection,
+            snapshot,
+            applied,
+        )
+        .await?;
+        if events.is_empty() {
+            return Ok(total);
+        }
+        for chunk in events.chunks(applier.spec.tuning.batch_size as usize) {
+            let verdicts = applier.apply(chunk.to_vec()).await?;
+            let before = report.rows_failed;
+            tally(report, chunk, &verdicts, true);
+            total += chunk.len() as u64;
+            applied.extend(chunk.iter().map(|e| e.seq));
+            if report.rows_failed > before {
+                return Err(Error::Other(anyhow::anyhow!(
+                    "catch-up event failed in the new model: {:?}",
+                    report.failures.last()
+                )));
+            }
+        }
+    }
+}
+
+/// Waits until no event of `projection` is processing under a live lease (batches claimed
+/// before the pause finish, or their lease runs out).
+async fn wait_until_nothing_in_flight(
+    pool: &PgPool,
+    projection: &str,
+    patience: Duration,
+) -> Result<()> {
+    let deadline = Instant::now() + patience;
+    while crate::outbox::operator::in_flight(&mut *pool.acquire().await?, projection).await? > 0 {
+        if Instant::now() > deadline {
+            return Err(Error::Other(anyhow::anyhow!(
+                "events of `{projection}` stayed in flight for {patience:?} after the pause"
+            )));
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
+/// Removes the switch's pause (only its own: an operator's pause stays) and wakes the hosts.
+async fn lift_pause(conn: &mut sqlx::PgConnection, projection: &str, pauser: &str) -> Result<()> {
+    sqlx::query("DELETE FROM projection_pauses WHERE projection = $1 AND paused_by = $2")
+        .bind(projection)
+        .bind(pauser)
+        .execute(&mut *conn)
+        .await?;
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(crate::service::NOTIFY_CHANNEL)
+        .bind(projection)
+        .execute(&mut *conn)
+        .await?;
+    Ok(())
+}
+
+/// The new model of a zero-downtime rebuild.
+enum NewModel {
+    /// Shadow tables (sql projections).
+    Tables(shadow::Shadow),
+    /// New indices behind the granted names (search projections).
+    Indices(index_swap::IndexSwap),
+}
+
+impl NewModel {
+    async fn discard(&self, pool: &PgPool) -> Result<()> {
+        match self {
+            NewModel::Tables(s) => s.discard(pool).await,
+            NewModel::Indices(i) => i.discard().await,
+        }
+    }
+
+    /// Catches up while the hosts keep applying, pauses the projection, and switches the new
+    /// model in (each kind catches up the rest under the pause first).
+    async fn catch_up_and_switch(
+        &self,
+        pool: &PgPool,
+        projection: &str,
+        applier: &mut Applier,
+        snapshot: &str,
+        report: &mut Report,
+        progress: &(dyn Fn(&Report) + Send + Sync),
+    ) -> Result<()> {
+        let mut applied: Vec<i64> = Vec::new();
+        // Rounds while the hosts keep applying: each round is shorter than the last.
+        for _ in 0..10 {
+            let n = catch_up(pool, projection, applier, snapshot, &mut applied, report).await?;
+            progress(report);
+            if n < 100 {
+                break;
+            }
+        }
+        let pauser = format!("rebuild#{}", report.rebuild_id);
+        crate::outbox::operator::pause(
+            pool,
+            projection,
+            &pauser,
+            Some("zero-downtime rebuild: switching the model"),
+        )
+        .await?;
+        let result = match self {
+            NewModel::Tables(s) => {
+                s.switch(pool, applier, snapshot, &mut applied, report, &pauser)
+                    .await
+            }
+            NewModel::Indices(i) => {
+                i.switch(pool, applier, snapshot, &mut applied, report, &pauser)
+                    .await
+            }
+        };
+        // The switch lifts the pause in its transaction; after a failure lift it here.
+        if result.is_err() {
+            lift_pause(&mut *pool.acquire().await?, projection, &pauser).await?;
+        }
+        progress(report);
+        result
+    }
 }

@@ -24,7 +24,6 @@ use crate::settings::ProjectionSpec;
 use crate::sql_roles::{quote_ident, quote_table};
 use crate::{Error, Result};
 use sqlx::{PgConnection, PgPool};
-use std::time::{Duration, Instant};
 
 /// One live table being rebuilt.
 #[derive(Debug, Clone)]
@@ -210,92 +209,8 @@ impl Shadow {
         .await
     }
 
-    /// Applies to the copies every event done after `snapshot` not applied yet; returns how many.
-    async fn catch_up(
-        &self,
-        pool: &PgPool,
-        applier: &mut Applier,
-        snapshot: &str,
-        applied: &mut Vec<i64>,
-        report: &mut Report,
-    ) -> Result<u64> {
-        let mut total = 0;
-        loop {
-            let events = crate::outbox::operator::done_after_snapshot(
-                &mut *pool.acquire().await?,
-                &self.projection,
-                snapshot,
-                applied,
-            )
-            .await?;
-            if events.is_empty() {
-                return Ok(total);
-            }
-            for chunk in events.chunks(applier.spec.tuning.batch_size as usize) {
-                let verdicts = applier.apply(chunk.to_vec()).await?;
-                let before = report.rows_failed;
-                super::tally(report, chunk, &verdicts, true);
-                total += chunk.len() as u64;
-                applied.extend(chunk.iter().map(|e| e.seq));
-                if report.rows_failed > before {
-                    return Err(Error::Other(anyhow::anyhow!(
-                        "catch-up event failed in the new model: {:?}",
-                        report.failures.last()
-                    )));
-                }
-            }
-        }
-    }
-
-    /// Catches up, pauses the projection, catches up the rest and switches the copies in.
-    pub(super) async fn catch_up_and_switch(
-        &self,
-        pool: &PgPool,
-        applier: &mut Applier,
-        snapshot: &str,
-        report: &mut Report,
-        progress: &(dyn Fn(&Report) + Send + Sync),
-    ) -> Result<()> {
-        let mut applied: Vec<i64> = Vec::new();
-        // Rounds while the hosts keep applying: each round is shorter than the last.
-        for _ in 0..10 {
-            let n = self
-                .catch_up(pool, applier, snapshot, &mut applied, report)
-                .await?;
-            progress(report);
-            if n < 100 {
-                break;
-            }
-        }
-        let pauser = format!("rebuild#{}", report.rebuild_id);
-        crate::outbox::operator::pause(
-            pool,
-            &self.projection,
-            &pauser,
-            Some("zero-downtime rebuild: switching the model"),
-        )
-        .await?;
-        let result = self
-            .switch(pool, applier, snapshot, &mut applied, report, &pauser)
-            .await;
-        // The switch removes the pause in its transaction; after a failure remove it here.
-        if result.is_err() {
-            sqlx::query("DELETE FROM projection_pauses WHERE projection = $1 AND paused_by = $2")
-                .bind(&self.projection)
-                .bind(&pauser)
-                .execute(pool)
-                .await?;
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(crate::service::NOTIFY_CHANNEL)
-                .bind(&self.projection)
-                .execute(pool)
-                .await?;
-        }
-        progress(report);
-        result
-    }
-
-    async fn switch(
+    /// Makes the copies live (see the module doc); the projection is paused by `pauser`.
+    pub(super) async fn switch(
         &self,
         pool: &PgPool,
         applier: &mut Applier,
@@ -307,21 +222,8 @@ impl Shadow {
         let patience = applier.spec.tuning.max_processing + applier.spec.tuning.lease;
         for _attempt in 0..5 {
             // Batches claimed before the pause finish (or their lease runs out).
-            let deadline = Instant::now() + patience;
-            while crate::outbox::operator::in_flight(&mut *pool.acquire().await?, &self.projection)
-                .await?
-                > 0
-            {
-                if Instant::now() > deadline {
-                    return Err(Error::Other(anyhow::anyhow!(
-                        "events of `{}` stayed in flight for {patience:?} after the pause",
-                        self.projection
-                    )));
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            self.catch_up(pool, applier, snapshot, applied, report)
-                .await?;
+            super::wait_until_nothing_in_flight(pool, &self.projection, patience).await?;
+            super::catch_up(pool, &self.projection, applier, snapshot, applied, report).await?;
 
             let mut tx = pool.begin().await?;
             exec(&mut tx, "SET LOCAL lock_timeout = '10s'").await?;
@@ -394,16 +296,7 @@ impl Shadow {
                 pauser,
             )
             .await?;
-            sqlx::query("DELETE FROM projection_pauses WHERE projection = $1 AND paused_by = $2")
-                .bind(&self.projection)
-                .bind(pauser)
-                .execute(&mut *tx)
-                .await?;
-            sqlx::query("SELECT pg_notify($1, $2)")
-                .bind(crate::service::NOTIFY_CHANNEL)
-                .bind(&self.projection)
-                .execute(&mut *tx)
-                .await?;
+            super::lift_pause(&mut tx, &self.projection, pauser).await?;
             tx.commit().await?;
             report.switched = true;
             return Ok(());

@@ -548,11 +548,12 @@ fn rebuild_command(args: RebuildArgs) -> crate::Result<()> {
         if migrate {
             crate::db::migrate(&pool).await?;
         }
-        let last = std::sync::Mutex::new(std::time::Instant::now());
+        // The first batch, then at most one line a second.
+        let last = std::sync::Mutex::new(None::<std::time::Instant>);
         let progress = |r: &crate::rebuild::Report| {
             let mut last = last.lock().expect("not poisoned");
-            if last.elapsed() >= std::time::Duration::from_secs(1) {
-                *last = std::time::Instant::now();
+            if last.is_none_or(|at| at.elapsed() >= std::time::Duration::from_secs(1)) {
+                *last = Some(std::time::Instant::now());
                 eprintln!(
                     "rebuild {}: {} rows read, {} applied, {} failed, {} caught up ({:.1}s)",
                     r.projection, r.rows_read, r.rows_applied, r.rows_failed, r.caught_up,

@@ -30,10 +30,7 @@ async fn the_python_port_passes_the_same_check() {
 async fn check_chronicle_projection(component: &std::path::Path) {
     let db = TestDb::new().await;
     db.migrate();
-    sqlx::raw_sql(CHRONICLE_SCHEMA)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    create_chronicle_tables(&db.pool).await;
     sqlx::raw_sql(&chronicle_writes(1, 200, 20))
         .execute(&db.pool)
         .await

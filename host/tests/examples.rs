@@ -47,23 +47,14 @@ async fn the_example_config_runs_the_three_seed_projections_into_their_sinks() {
     assert_eq!(entries, 40);
     // The example's source query rebuilds the chronicle (here with zero downtime, beside the
     // running host) to the same 40 entries.
-    let out = run_projector(
-        &[
-            "rebuild",
-            "--config",
-            config.to_str().unwrap(),
-            "--projection",
-            "chronicle",
-            "--zero-downtime",
-            "--json",
-        ],
-        &[
-            ("DATABASE_URL", db.url.as_str()),
-            ("ELASTIC_URL", osmem.url.as_str()),
-        ],
+    let (out, report) = run_rebuild(
+        &db.url,
+        &config,
+        "chronicle",
+        &["--zero-downtime"],
+        &[("ELASTIC_URL", osmem.url.as_str())],
     );
     assert!(out.status.success(), "{}", output_text(&out));
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(
         (
             report["rows_applied"].as_u64(),

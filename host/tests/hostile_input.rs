@@ -147,10 +147,7 @@ async fn undeclared_event_types_are_delivered_skipped_or_failed_as_configured() 
 async fn sql_metacharacters_in_every_text_field_are_data_not_code() {
     let db = TestDb::new().await;
     db.migrate();
-    sqlx::raw_sql(CHRONICLE_SCHEMA)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    create_chronicle_tables(&db.pool).await;
     let nasty = [
         "'; DROP TABLE chronicle_entries; --",
         "x' OR '1'='1",

@@ -77,10 +77,7 @@ fn plugin_only(component: &Path, dir: &Path) -> f64 {
 async fn end_to_end(component: &Path, dir: &Path) -> f64 {
     let db = TestDb::new().await;
     db.migrate();
-    sqlx::raw_sql(CHRONICLE_SCHEMA)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    create_chronicle_tables(&db.pool).await;
     let config = write_file(
         dir,
         "chronicle.toml",

@@ -16,10 +16,7 @@ const SOURCE_QUERY: &str = "SELECT id, event_type, entity_type AS aggregate_type
 async fn setup(n: i64) -> (TestDb, tempfile::TempDir, std::path::PathBuf) {
     let db = TestDb::new().await;
     db.migrate();
-    sqlx::raw_sql(CHRONICLE_SCHEMA)
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    create_chronicle_tables(&db.pool).await;
     sqlx::raw_sql(&chronicle_writes(1, n, 50))
         .execute(&db.pool)
         .await
@@ -37,24 +34,7 @@ async fn setup(n: i64) -> (TestDb, tempfile::TempDir, std::path::PathBuf) {
 }
 
 fn rebuild(db: &TestDb, config: &std::path::Path, extra: &[&str]) -> (std::process::Output, Value) {
-    let mut args = vec![
-        "rebuild",
-        "--config",
-        config.to_str().unwrap(),
-        "--projection",
-        "chronicle",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    let out = run_projector(
-        &args,
-        &[
-            ("DATABASE_URL", db.url.as_str()),
-            ("OUTBOX_LOG_FORMAT", "text"),
-        ],
-    );
-    let report = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-    (out, report)
+    run_rebuild(&db.url, config, "chronicle", extra, &[])
 }
 
 /// Damages the read model: drops a tenth of the entries and garbles another tenth.
@@ -239,23 +219,7 @@ async fn zero_downtime_rebuild_switches_atomically_while_the_application_writes_
     let (out, report) = {
         let (db_url, config) = (db.url.clone(), config.clone());
         tokio::task::spawn_blocking(move || {
-            let out = run_projector(
-                &[
-                    "rebuild",
-                    "--config",
-                    config.to_str().unwrap(),
-                    "--projection",
-                    "chronicle",
-                    "--zero-downtime",
-                    "--json",
-                ],
-                &[
-                    ("DATABASE_URL", db_url.as_str()),
-                    ("OUTBOX_LOG_FORMAT", "text"),
-                ],
-            );
-            let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            (out, report)
+            run_rebuild(&db_url, &config, "chronicle", &["--zero-downtime"], &[])
         })
         .await
         .unwrap()
@@ -400,24 +364,8 @@ async fn zero_downtime_rebuild_of_a_search_index_swaps_it_in_behind_its_name_whi
     let (out, report) = {
         let (db_url, config, es_url) = (db.url.clone(), config.clone(), es.url.clone());
         tokio::task::spawn_blocking(move || {
-            let out = run_projector(
-                &[
-                    "rebuild",
-                    "--config",
-                    config.to_str().unwrap(),
-                    "--projection",
-                    "search",
-                    "--zero-downtime",
-                    "--json",
-                ],
-                &[
-                    ("DATABASE_URL", db_url.as_str()),
-                    ("ELASTIC_URL", es_url.as_str()),
-                    ("OUTBOX_LOG_FORMAT", "text"),
-                ],
-            );
-            let report: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
-            (out, report)
+            let env = [("ELASTIC_URL", es_url.as_str())];
+            run_rebuild(&db_url, &config, "search", &["--zero-downtime"], &env)
         })
         .await
         .unwrap()

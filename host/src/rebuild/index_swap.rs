@@ -191,14 +191,7 @@ impl IndexSwap {
         // Events a host settled into the old index in the instant before the switch.
         super::catch_up(pool, &self.projection, applier, snapshot, applied, report).await?;
         let mut tx = pool.begin().await?;
-        report.superseded = crate::outbox::operator::supersede_in_snapshot(
-            &mut tx,
-            &self.projection,
-            snapshot,
-            pauser,
-        )
-        .await?;
-        super::lift_pause(&mut tx, &self.projection, pauser).await?;
+        super::finish_switch(&mut tx, &self.projection, snapshot, pauser, report).await?;
         tx.commit().await?;
         for t in self.targets.iter().filter(|t| t.alias) {
             for old in &t.old {

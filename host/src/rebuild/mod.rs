@@ -879,6 +879,21 @@ async fn lift_pause(conn: &mut sqlx::PgConnection, projection: &str, pauser: &st
     Ok(())
 }
 
+/// The last step of every switch, in its transaction: the unfinished events the new model
+/// already contains (written in `snapshot`) are marked done, and the switch's pause is lifted.
+async fn finish_switch(
+    tx: &mut sqlx::PgConnection,
+    projection: &str,
+    snapshot: &str,
+    pauser: &str,
+    report: &mut Report,
+) -> Result<()> {
+    report.superseded =
+        crate::outbox::operator::supersede_in_snapshot(&mut *tx, projection, snapshot, pauser)
+            .await?;
+    lift_pause(tx, projection, pauser).await
+}
+
 /// The new model of a zero-downtime rebuild.
 enum NewModel {
     /// Shadow tables (sql projections).

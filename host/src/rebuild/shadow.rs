@@ -289,14 +289,7 @@ impl Shadow {
             }
             exec(&mut tx, &format!("DROP SCHEMA {retired} CASCADE")).await?;
             exec(&mut tx, &format!("DROP SCHEMA {schema_q} CASCADE")).await?;
-            report.superseded = crate::outbox::operator::supersede_in_snapshot(
-                &mut tx,
-                &self.projection,
-                snapshot,
-                pauser,
-            )
-            .await?;
-            super::lift_pause(&mut tx, &self.projection, pauser).await?;
+            super::finish_switch(&mut tx, &self.projection, snapshot, pauser, report).await?;
             tx.commit().await?;
             report.switched = true;
             return Ok(());

@@ -7,6 +7,14 @@ use serde_json::Value;
 /// `chronicle_events` (source of truth) and `chronicle_entries` (read model).
 pub const CHRONICLE_SCHEMA: &str = include_str!("../../../examples/migrations/0001_chronicle.sql");
 
+/// Creates the chronicle's tables in the database `pool` is on.
+pub async fn create_chronicle_tables(pool: &sqlx::PgPool) {
+    sqlx::raw_sql(CHRONICLE_SCHEMA)
+        .execute(pool)
+        .await
+        .expect("create the chronicle tables");
+}
+
 /// Changes `from..from+n` by the application over `entities` books, each in one statement: the
 /// chronicle event and its outbox row (with the seeds' envelope in the payload).
 pub fn chronicle_writes(from: i64, n: i64, entities: i64) -> String {

@@ -6,7 +6,7 @@ use std::fs::File;
 use std::io::Write;
 use std::net::TcpListener;
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -373,4 +373,29 @@ impl Drop for Host {
             self.child.wait().ok();
         }
     }
+}
+
+/// `projector rebuild --config <config> --projection <projection> --json <extra...>` with
+/// `DATABASE_URL=db_url` and `env`: the process output and the JSON report (`Null` if none).
+pub fn run_rebuild(
+    db_url: &str,
+    config: &Path,
+    projection: &str,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (Output, serde_json::Value) {
+    let mut args = vec![
+        "rebuild",
+        "--config",
+        config.to_str().expect("utf-8 path"),
+        "--projection",
+        projection,
+        "--json",
+    ];
+    args.extend_from_slice(extra);
+    let mut full_env = vec![("DATABASE_URL", db_url), ("OUTBOX_LOG_FORMAT", "text")];
+    full_env.extend_from_slice(env);
+    let out = run_projector(&args, &full_env);
+    let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
+    (out, report)
 }

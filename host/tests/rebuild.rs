@@ -13,6 +13,16 @@ use std::sync::Arc;
 /// application writes into the outbox.
 const SOURCE_QUERY: &str = "SELECT id, event_type, entity_type AS aggregate_type, entity_type || ':' || entity_id AS aggregate_id, occurred_at, jsonb_build_object('chronicleEventId', id, 'actorUserId', actor_user_id, 'entityType', entity_type, 'entityId', entity_id, 'eventType', event_type, 'before', before, 'after', after, 'occurredAt', occurred_at, 'requestId', request_id, 'reason', reason) AS payload FROM chronicle_events ORDER BY occurred_at, id";
 
+/// `n` application changes in a fresh database, projected incrementally by a running host.
+async fn projected(n: i64) -> (TestDb, tempfile::TempDir, std::path::PathBuf, Host) {
+    let (db, dir, config) = setup(n).await;
+    let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &[]);
+    host.wait_ready(PATIENCE);
+    let counts = wait_settled(&db.pool, "chronicle", n, secs(180)).await;
+    assert_eq!(counts.done, n, "{counts:?}");
+    (db, dir, config, host)
+}
+
 async fn setup(n: i64) -> (TestDb, tempfile::TempDir, std::path::PathBuf) {
     let db = TestDb::new().await;
     db.migrate();
@@ -50,19 +60,10 @@ async fn damage(pool: &sqlx::PgPool) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn direct_and_outbox_rebuilds_of_10k_source_rows_equal_the_incremental_result() {
-    let (db, _dir, config) = setup(10_000).await;
-    {
-        let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &[]);
-        host.wait_ready(PATIENCE);
-        assert_eq!(
-            wait_settled(&db.pool, "chronicle", 10_000, secs(180))
-                .await
-                .done,
-            10_000
-        );
-        host.sigterm();
-        host.wait_exit(secs(30));
-    }
+    let (db, _dir, config, mut host) = projected(10_000).await;
+    host.sigterm();
+    host.wait_exit(secs(30));
+    drop(host);
     let incremental = chronicle_rows(&db.pool, CHRONICLE_ENTRIES).await;
     assert_eq!(incremental.len(), 10_000);
     assert_eq!(
@@ -157,15 +158,7 @@ async fn direct_and_outbox_rebuilds_of_10k_source_rows_equal_the_incremental_res
 
 #[tokio::test(flavor = "multi_thread")]
 async fn zero_downtime_rebuild_switches_atomically_while_the_application_writes_and_readers_read() {
-    let (db, _dir, config) = setup(10_000).await;
-    let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &[]);
-    host.wait_ready(PATIENCE);
-    assert_eq!(
-        wait_settled(&db.pool, "chronicle", 10_000, secs(180))
-            .await
-            .done,
-        10_000
-    );
+    let (db, _dir, config, host) = projected(10_000).await;
     let started: chrono::DateTime<chrono::Utc> = sqlx::query_scalar("SELECT now()")
         .fetch_one(&db.pool)
         .await

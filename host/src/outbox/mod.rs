@@ -54,7 +54,7 @@ pub struct ClaimedEvent {
 }
 
 /// A batch this worker holds.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Claim {
     /// The fencing token every later write must match.
     pub batch_id: Uuid,

@@ -13,11 +13,12 @@
 
 use crate::outbox::{Claim, Verdict};
 use crate::settings::{Tuning, UnknownEventTypes};
+use std::sync::Arc;
 
 /// A batch split into what the plugin sees and what the host already answered.
 pub struct Admitted {
     /// The events for the plugin (the claim's batch id and projection).
-    pub claim: std::sync::Arc<Claim>,
+    pub claim: Arc<Claim>,
     /// One entry per claimed event: the host's verdict, or `None` when the plugin answers.
     answered: Vec<Option<Verdict>>,
 }
@@ -31,10 +32,10 @@ pub fn declares(declared: &[String], event_type: &str) -> bool {
 }
 
 impl Admitted {
-    /// Splits `claim` under `tuning`'s limits for a plugin declaring `declared`.
-    pub fn split(claim: &Claim, tuning: &Tuning, declared: &[String]) -> Admitted {
-        let mut events = Vec::with_capacity(claim.events.len());
-        let answered = claim
+    /// Splits `claim` under `tuning`'s limits for a plugin declaring `declared`. When the host
+    /// answers for no event (the common case) the plugin gets `claim` itself, not a copy.
+    pub fn split(claim: &Arc<Claim>, tuning: &Tuning, declared: &[String]) -> Admitted {
+        let answered: Vec<Option<Verdict>> = claim
             .events
             .iter()
             .map(|e| {
@@ -48,33 +49,36 @@ impl Admitted {
                         ),
                     });
                 }
-                if !declares(declared, &e.event_type) {
-                    match tuning.unknown_event_types {
-                        UnknownEventTypes::Deliver => {}
-                        UnknownEventTypes::Skip => return Some(Verdict::Success),
-                        UnknownEventTypes::Fail => {
-                            return Some(Verdict::Deterministic {
-                                reason: "unknown_event_type".into(),
-                                message: format!(
-                                    "the plugin does not declare event type `{}` (declares {declared:?})",
-                                    e.event_type
-                                ),
-                            })
-                        }
-                    }
+                match tuning.unknown_event_types {
+                    UnknownEventTypes::Deliver => None,
+                    _ if declares(declared, &e.event_type) => None,
+                    UnknownEventTypes::Skip => Some(Verdict::Success),
+                    UnknownEventTypes::Fail => Some(Verdict::Deterministic {
+                        reason: "unknown_event_type".into(),
+                        message: format!(
+                            "the plugin does not declare event type `{}` (declares {declared:?})",
+                            e.event_type
+                        ),
+                    }),
                 }
-                events.push(e.clone());
-                None
             })
             .collect();
-        Admitted {
-            claim: std::sync::Arc::new(Claim {
+        let claim = if answered.iter().all(Option::is_none) {
+            Arc::clone(claim)
+        } else {
+            Arc::new(Claim {
                 batch_id: claim.batch_id,
                 projection: claim.projection.clone(),
-                events,
-            }),
-            answered,
-        }
+                events: claim
+                    .events
+                    .iter()
+                    .zip(&answered)
+                    .filter(|(_, a)| a.is_none())
+                    .map(|(e, _)| e.clone())
+                    .collect(),
+            })
+        };
+        Admitted { claim, answered }
     }
 
     /// One verdict per claimed event: the host's, or the next of the plugin's `verdicts`.
@@ -115,7 +119,7 @@ mod tests {
 
     #[test]
     fn oversized_and_undeclared_events_are_answered_by_the_host_in_order() {
-        let claim = Claim {
+        let claim = Arc::new(Claim {
             batch_id: uuid::Uuid::new_v4(),
             projection: "p".into(),
             events: vec![
@@ -124,7 +128,7 @@ mod tests {
                 event(3, "car.sold", "{}"),
                 event(4, "book.renamed", "{}"),
             ],
-        };
+        });
         let mut tuning = Tuning {
             concurrency: 1,
             batch_size: 10,
@@ -156,5 +160,11 @@ mod tests {
         tuning.unknown_event_types = UnknownEventTypes::Deliver;
         let delivered = Admitted::split(&claim, &tuning, &declared);
         assert_eq!(delivered.claim.events.len(), 3);
+        tuning.max_payload_bytes = 1000;
+        let all = Admitted::split(&claim, &tuning, &declared);
+        assert!(
+            Arc::ptr_eq(&all.claim, &claim),
+            "nothing answered: the batch itself, no copy"
+        );
     }
 }

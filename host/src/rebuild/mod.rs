@@ -303,20 +303,19 @@ impl Applier {
     /// role, committed only when no event was transient (then the whole batch is retried).
     async fn call(&mut self, claim: Claim) -> Result<Vec<Verdict>> {
         let admitted = crate::plugin::admission::Admitted::split(
-            &claim,
+            &Arc::new(claim),
             &self.spec.tuning,
             &self.plugin.info.event_types,
         );
         if admitted.claim.events.is_empty() {
             return Ok(admitted.merge(Vec::new()));
         }
-        let claim = (*admitted.claim).clone();
-        let verdicts = self.call_plugin(claim).await?;
+        let verdicts = self.call_plugin(admitted.claim.clone()).await?;
         Ok(admitted.merge(verdicts))
     }
 
     /// The plugin call proper.
-    async fn call_plugin(&mut self, claim: Claim) -> Result<Vec<Verdict>> {
+    async fn call_plugin(&mut self, claim: Arc<Claim>) -> Result<Vec<Verdict>> {
         let budget = self.spec.tuning.max_processing;
         let handler = self
             .handler

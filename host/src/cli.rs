@@ -23,6 +23,13 @@ pub enum Command {
         /// The database.
         #[command(flatten)]
         db: Database,
+        /// Also prepare the database roles of the `sql` projections this config lists (create,
+        /// grant, confine): run as the database owner, so that hosts need no CREATEROLE.
+        #[arg(long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// With --config: grant this role what a running host needs (and nothing more).
+        #[arg(long, value_name = "ROLE", requires = "config")]
+        host_role: Option<String>,
     },
     /// Run the projections until SIGTERM/SIGINT (or for OUTBOX_RUN_SECONDS).
     Run(RunArgs),
@@ -311,10 +318,18 @@ pub fn main() -> ExitCode {
         }
     };
     let result = match cli.command {
-        Command::Migrate { db } => {
+        Command::Migrate {
+            db,
+            config,
+            host_role,
+        } => {
             let log = LogFormat::Text;
             crate::service::init_logging(log);
-            runtime().block_on(crate::db::migrate_command(&db))
+            runtime().block_on(crate::db::migrate_command(
+                &db,
+                config.as_deref(),
+                host_role.as_deref(),
+            ))
         }
         Command::Run(args) => crate::service::run_command(args),
         Command::Replay {

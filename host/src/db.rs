@@ -46,16 +46,80 @@ pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
         .map_err(|e| Error::Connect(format!("cannot connect to {where_}: {e}")))
 }
 
-/// Applies every pending migration.
+/// Applies every pending migration. A database already at the latest migration is left alone
+/// without asking for any privilege, so a host whose role owns nothing (see docs/security.md)
+/// starts on a database its administrator migrated.
 pub async fn migrate(pool: &PgPool) -> Result<()> {
-    MIGRATOR.run(pool).await?;
-    Ok(())
+    let result = match up_to_date(pool).await {
+        Ok(true) => return Ok(()),
+        Ok(false) => MIGRATOR.run(pool).await.map_err(Error::from),
+        Err(e) => Err(e.into()),
+    };
+    let denied = |e: &sqlx::Error| matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501"));
+    match result {
+        Err(Error::Database(e)) | Err(Error::Migrate(sqlx::migrate::MigrateError::Execute(e)))
+            if denied(&e) =>
+        {
+            let user: String = sqlx::query_scalar("SELECT current_user::text")
+                .fetch_one(pool)
+                .await
+                .unwrap_or_else(|_| "ROLE".into());
+            Err(Error::config(
+                "DATABASE_URL",
+                format!(
+                    "the database role `{user}` may not read or apply projector's migrations ({e}): \
+                     run `projector migrate --config FILE --host-role {user}` once as the database \
+                     owner (see docs/security.md)"
+                ),
+            ))
+        }
+        other => other,
+    }
 }
 
-/// `projector migrate`.
-pub async fn migrate_command(db: &crate::cli::Database) -> Result<()> {
-    let pool = connect(db.url()?, 2).await?;
+/// Whether every embedded migration is recorded as applied (and nothing else is).
+async fn up_to_date(pool: &PgPool) -> sqlx::Result<bool> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(false);
+    }
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?;
+    let embedded: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    Ok(applied == embedded)
+}
+
+/// `projector migrate [--config FILE [--host-role ROLE]]`: the migrations, then (with a config)
+/// the administrator's part of the `sql` projections' roles ([`crate::sql_roles::prepare`]).
+pub async fn migrate_command(
+    db: &crate::cli::Database,
+    config: Option<&std::path::Path>,
+    host_role: Option<&str>,
+) -> Result<()> {
+    let url = db.url()?;
+    let pool = connect(url, 2).await?;
     migrate(&pool).await?;
     tracing::info!(migrations = MIGRATOR.iter().count(), "database migrated");
+    let Some(config) = config else {
+        return Ok(());
+    };
+    let overrides = crate::settings::Overrides {
+        database_url: Some(url.to_owned()),
+        ..Default::default()
+    };
+    let settings = crate::settings::Settings::resolve(overrides, Some(config), &[])?;
+    let sql: Vec<&crate::settings::ProjectionSpec> = settings
+        .projections
+        .iter()
+        .filter(|p| p.grants.sql())
+        .collect();
+    let prepared = crate::sql_roles::prepare(&pool, &sql, host_role).await?;
+    for (projection, role, _) in &prepared {
+        tracing::info!(projection, role, host_role, "sql projection role prepared");
+    }
     Ok(())
 }

@@ -306,7 +306,16 @@ pub struct Grants {
     /// `sql`: the tables (optionally `schema.table`) the projection's role may read and write.
     #[serde(default)]
     pub sql_tables: Vec<String>,
+    /// `sql`: the most rows one `query` may return [default: 10000].
+    pub sql_max_rows: Option<u64>,
+    /// `sql`: the most bytes one `query`'s result may hold [default: 16777216].
+    pub sql_max_result_bytes: Option<u64>,
 }
+
+/// Default of `[projection.grants] sql_max_rows`.
+pub const DEFAULT_SQL_MAX_ROWS: usize = 10_000;
+/// Default of `[projection.grants] sql_max_result_bytes`.
+pub const DEFAULT_SQL_MAX_RESULT_BYTES: usize = 16 << 20;
 
 impl Grants {
     /// Whether the `search` capability is granted.
@@ -319,6 +328,20 @@ impl Grants {
         !self.sql_tables.is_empty()
     }
 
+    /// The most rows one sql `query` may return.
+    pub fn sql_max_rows(&self) -> usize {
+        self.sql_max_rows
+            .map_or(DEFAULT_SQL_MAX_ROWS, |v| v.min(usize::MAX as u64) as usize)
+    }
+
+    /// The most bytes one sql `query`'s result may hold.
+    pub fn sql_max_result_bytes(&self) -> usize {
+        self.sql_max_result_bytes
+            .map_or(DEFAULT_SQL_MAX_RESULT_BYTES, |v| {
+                v.min(usize::MAX as u64) as usize
+            })
+    }
+
     /// Whether `index` is one of the granted indices.
     pub fn allows_index(&self, index: &str) -> bool {
         self.search_indices
@@ -328,6 +351,38 @@ impl Grants {
                 None => g == index,
             })
     }
+}
+
+/// Refuses grants that would reach past the projection: search index patterns matching every
+/// index (`*`) or the cluster's system and hidden indices (a leading `.` or `_`), and zero
+/// sql result bounds.
+fn check_grants(projection: &str, grants: &Grants) -> Result<()> {
+    let key = |k: &str| format!("projection `{projection}` grants.{k}");
+    for index in &grants.search_indices {
+        let stem = index.strip_suffix('*').unwrap_or(index);
+        if stem.is_empty()
+            || stem.starts_with(['.', '_', '-', '+'])
+            || stem.contains([',', ' ', '/', '\\'])
+        {
+            return Err(Error::config(
+                key("search_indices"),
+                format!(
+                    "`{index}` is not allowed: grant exact index names or prefixes (`books`, `books-*`); \
+                     patterns matching every index, system or hidden indices (leading `.` or `_`) \
+                     and lists (`,`) are refused"
+                ),
+            ));
+        }
+    }
+    for (name, value) in [
+        ("sql_max_rows", grants.sql_max_rows),
+        ("sql_max_result_bytes", grants.sql_max_result_bytes),
+    ] {
+        if value == Some(0) {
+            return Err(Error::config(key(name), "must be at least 1"));
+        }
+    }
+    Ok(())
 }
 
 /// Per-projection delivery tuning.
@@ -697,6 +752,7 @@ impl Settings {
                 unknown_event_types: p.unknown_event_types.unwrap_or(t.unknown_event_types),
             };
             check_backoff(&key("max_backoff_seconds"), &tuning)?;
+            check_grants(&p.name, &p.grants)?;
             let plugin = if p.plugin.is_absolute() {
                 p.plugin
             } else {

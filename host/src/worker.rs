@@ -151,15 +151,17 @@ impl Worker {
         };
         // The host answers for events the plugin must not see (too large, undeclared type).
         let admitted = Admitted::split(&claim, tuning, &handler.plugin().info.event_types);
-        let (mut handler, verdicts, report, tx) = {
+        let (mut handler, mut verdicts, report, tx) = {
             let shared = admitted.claim.clone();
+            let supervisor = self.pool.clone();
             let mut handler = handler;
             match tokio::task::spawn_blocking(move || match tx {
                 _ if shared.events.is_empty() => {
                     (handler, Vec::new(), Default::default(), tx.map(Ok))
                 }
                 Some(tx) => {
-                    let (verdicts, report, tx) = handler.handle_in_transaction(&shared, tx, budget);
+                    let (verdicts, report, tx) =
+                        handler.handle_in_transaction(&shared, tx, budget, &supervisor);
                     (handler, verdicts, report, Some(tx))
                 }
                 None => {
@@ -222,7 +224,28 @@ impl Worker {
             }
             Some(Err(e)) => {
                 warn!(error = %e, "the projection's transaction failed; nothing of the batch was committed");
-                None
+                // A plugin statement stalled and the host ended its backend: the event it ran
+                // for is known (`sql_timeout`) and is settled failed now rather than retried
+                // forever after each lease; nothing else was written, so no event may be `done`.
+                let stalled = verdicts.iter().any(
+                    |v| matches!(v, crate::outbox::Verdict::Deterministic { reason, .. } if reason == "sql_timeout"),
+                );
+                if stalled {
+                    let unwritten: Vec<_> = verdicts
+                        .iter()
+                        .map(|v| match v {
+                            crate::outbox::Verdict::Success => crate::outbox::Verdict::transient(
+                                "sql_connection",
+                                "the batch's transaction was ended before commit; nothing was written",
+                            ),
+                            other => other.clone(),
+                        })
+                        .collect();
+                    verdicts = unwritten;
+                    self.settle_with_retry(&claim, &verdicts, &version).await
+                } else {
+                    None
+                }
             }
             None => self.settle_with_retry(&claim, &verdicts, &version).await,
         };

@@ -89,6 +89,7 @@ pub fn read_events(path: &Path) -> Result<Vec<ClaimedEvent>, Error> {
                 .unwrap_or_else(|| DEFAULT_OCCURRED_AT.to_owned()),
             attempt,
             reclaimed: false,
+            too_large: None,
         });
     }
     if events.is_empty() {
@@ -246,7 +247,7 @@ impl StandIn for TestKitStandIn {
         let ops: Vec<String> = operations.iter().map(render_operation).collect();
         let grants = Grants {
             search_indices: vec!["*".into()],
-            sql_tables: Vec::new(),
+            ..Grants::default()
         };
         let answer = validate_search(operations, &grants, "test").map(|()| {
             let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
@@ -430,6 +431,7 @@ fn test_spec(projection: &str, plugin: &Path, config: BTreeMap<String, String>) 
         grants: Grants {
             search_indices: vec!["*".into()],
             sql_tables: vec!["(test kit)".into()],
+            ..Grants::default()
         },
         memory_limit: limits::DEFAULT_MEMORY_BYTES,
         sources: BTreeMap::new(),

@@ -141,6 +141,7 @@ fn event(seq: i64) -> ClaimedEvent {
         occurred_at: "2026-01-01T00:00:00.000000Z".into(),
         attempt: 1,
         reclaimed: false,
+        too_large: None,
     }
 }
 

@@ -2,11 +2,15 @@
 --   $5: true when the projection runs with ordering = "none"
 --   $6: max attempts (stuck rows that used them up are left to the reclaim sweep)
 --   $7: lease in seconds
+--   $8: max payload bytes    $9: max headers bytes    $10: max bytes of event type, aggregate
+--       type and aggregate id
+-- A field over its bound comes back NULL (with its size), so an oversized event never reaches
+-- the host's memory: the host fails it without reading it (see plugin/admission.rs).
 -- Claimable: pending and due, or processing with an expired lease (stuck: reclaimed here).
 -- With ordering, only rows with no unfinished earlier row of the same aggregate (skipped is
 -- finished). A paused projection claims nothing.
 WITH candidates AS (
-    SELECT o.seq, o.status AS previous_status
+    SELECT o.seq, o.status AS previous_status, o.payload::text AS payload_text
     FROM outbox_events o
     WHERE o.projection = $1
       AND NOT EXISTS (SELECT 1 FROM projection_pauses pp WHERE pp.projection = $1)
@@ -34,5 +38,13 @@ SET status = 'processing',
     attempts = e.attempts + 1
 FROM candidates c
 WHERE e.seq = c.seq
-RETURNING e.seq, e.id, e.event_type, e.aggregate_type, e.aggregate_id, e.payload::text,
-          e.headers, e.occurred_at, e.attempts, c.previous_status = 'processing' AS reclaimed
+RETURNING e.seq, e.id,
+          CASE WHEN octet_length(e.event_type) <= $10 THEN e.event_type END,
+          CASE WHEN octet_length(e.aggregate_type) <= $10 THEN e.aggregate_type END,
+          CASE WHEN octet_length(e.aggregate_id) <= $10 THEN e.aggregate_id END,
+          CASE WHEN octet_length(c.payload_text) <= $8 THEN c.payload_text END,
+          CASE WHEN octet_length(e.headers::text) <= $9 THEN e.headers END,
+          e.occurred_at, e.attempts, c.previous_status = 'processing' AS reclaimed,
+          octet_length(c.payload_text)::int8, octet_length(e.headers::text)::int8,
+          octet_length(e.event_type)::int8, octet_length(e.aggregate_type)::int8,
+          octet_length(e.aggregate_id)::int8

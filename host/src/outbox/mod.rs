@@ -51,6 +51,9 @@ pub struct ClaimedEvent {
     pub attempt: i32,
     /// Whether this claim took the row over from an expired lease.
     pub reclaimed: bool,
+    /// Set when a field was over its bound at the claim: (reason, message). The oversized
+    /// fields were not read (they are empty here) and the host fails the event itself.
+    pub too_large: Option<(&'static str, String)>,
 }
 
 /// A batch this worker holds.

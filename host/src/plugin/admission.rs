@@ -4,7 +4,10 @@
 //! Invariants:
 //! - An event whose payload is larger than the projection's `max_payload_bytes` fails
 //!   deterministically (`payload_too_large`) without reaching the plugin: no plugin is ever asked
-//!   to parse an arbitrarily large document inside its memory cap.
+//!   to parse an arbitrarily large document inside its memory cap. Claimed events arrive with
+//!   their oversized fields unread (`too_large`, see `outbox::claim`): headers, event type,
+//!   aggregate type and aggregate id over their bounds fail the same way
+//!   (`headers_too_large`, `event_type_too_long`, ...), and the host never held them.
 //! - An event of a type the plugin does not declare (`describe()`'s `event-types`, exact names or
 //!   prefixes ending in `*`) is delivered (the contract's default), settled `done` (`skip`) or
 //!   failed deterministically (`unknown_event_type`, `fail`), as the projection says.
@@ -39,6 +42,12 @@ impl Admitted {
             .events
             .iter()
             .map(|e| {
+                if let Some((reason, message)) = &e.too_large {
+                    return Some(Verdict::Deterministic {
+                        reason: (*reason).into(),
+                        message: message.clone(),
+                    });
+                }
                 if e.payload.len() > tuning.max_payload_bytes {
                     return Some(Verdict::Deterministic {
                         reason: "payload_too_large".into(),
@@ -114,6 +123,7 @@ mod tests {
             occurred_at: String::new(),
             attempt: 1,
             reclaimed: false,
+            too_large: None,
         }
     }
 

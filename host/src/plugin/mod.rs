@@ -25,6 +25,7 @@ pub mod limits;
 mod log;
 pub mod search;
 pub(crate) mod sql;
+pub mod sql_policy;
 pub(crate) mod stand_in;
 
 use crate::outbox::{sanitize_reason, Claim, ClaimedEvent, Verdict};
@@ -211,7 +212,13 @@ impl Runtime {
             // A stand-in answers `sql` itself: no transaction, no tokio runtime needed.
             sql: (spec.grants.sql() && stand_in.is_none()).then(|| SqlGrant {
                 runtime: tokio::runtime::Handle::current(),
-                statement_timeout: spec.tuning.max_processing,
+                // Nine tenths of the batch budget: a statement the server ends still leaves the
+                // plugin time to answer for its event.
+                statement_timeout: spec.tuning.max_processing.mul_f64(0.9),
+                limits: sql::ResultLimits {
+                    max_rows: spec.grants.sql_max_rows(),
+                    max_bytes: spec.grants.sql_max_result_bytes(),
+                },
             }),
             config: Arc::new(spec.config.clone()),
             engine: self.engine.clone(),
@@ -308,6 +315,7 @@ pub struct PluginInfo {
 struct SqlGrant {
     runtime: tokio::runtime::Handle,
     statement_timeout: Duration,
+    limits: sql::ResultLimits,
 }
 
 /// A compiled, validated plugin version, ready to instantiate.
@@ -362,6 +370,7 @@ impl LoadedPlugin {
                     conn: slot.clone(),
                     runtime: g.runtime.clone(),
                     statement_timeout: g.statement_timeout,
+                    limits: g.limits,
                 }),
             stand_in: self.stand_in.clone(),
         };
@@ -469,6 +478,9 @@ pub struct Handler {
     /// here, not by the instance, so a trapped (discarded) instance never takes it along, and not
     /// by the plugin version, so concurrent loops never see each other's transactions.
     sql_slot: Option<sql::ConnSlot>,
+    /// Set after a statement stalled in a whole-batch pass (the offending event is unknown):
+    /// the next batch runs one event per call from the start, so only that event is charged.
+    isolate_next: bool,
 }
 
 impl Handler {
@@ -479,6 +491,7 @@ impl Handler {
             plugin,
             instance: None,
             sql_slot,
+            isolate_next: false,
         }
     }
 
@@ -522,20 +535,28 @@ impl Handler {
     /// Runs `claim` inside `tx` (a transaction on the projection role's connection) so that only
     /// the writes of events whose outcome is `success` remain. Returns the transaction still open
     /// so the caller records the outcomes on it and commits both together; `Err` means the
-    /// transaction is unusable (nothing of it may be committed). Blocking: call it from a
-    /// blocking thread.
+    /// transaction is unusable (nothing of it may be committed). `supervisor` is a pool on the
+    /// host's own role, used only to end the transaction's backend when a statement stalls.
+    /// Blocking: call it from a blocking thread.
     ///
     /// The whole batch is tried first in one call under one savepoint: when every outcome is
-    /// `success` and no statement failed, that is all (two round trips per batch besides the
-    /// plugin's own statements, instead of two per event). Otherwise the savepoint is rolled back
-    /// and the batch re-run one event per call, each under its own savepoint that is rolled back
-    /// unless the event's outcome is `success`: a redelivery within the batch, which the contract
-    /// allows. What the first pass counted (traps, wrong counts) is then superseded by the second.
+    /// `success`, no statement failed and the host refused nothing, that is all (two round trips
+    /// per batch besides the plugin's own statements, instead of two per event). Otherwise the
+    /// savepoint is rolled back and the batch re-run one event per call, each under its own
+    /// savepoint that is rolled back unless the event's outcome is `success`: a redelivery within
+    /// the batch, which the contract allows. What the first pass counted (traps, wrong counts) is
+    /// then superseded by the second. An event during which the host refused a statement fails
+    /// with the refusal's reason, whatever the plugin answered.
+    ///
+    /// Every statement the host runs here is bounded too: the server's `statement_timeout` is
+    /// set for the transaction first, and a host-side timeout ends the backend if the server
+    /// does not answer.
     pub fn handle_in_transaction(
         &mut self,
         claim: &Claim,
         mut tx: sqlx::Transaction<'static, sqlx::Postgres>,
         budget: Duration,
+        supervisor: &sqlx::PgPool,
     ) -> (
         Vec<Verdict>,
         CallReport,
@@ -546,10 +567,12 @@ impl Handler {
             .sql
             .clone()
             .expect("handle_in_transaction needs a sql grant");
-        let slot = self
+        let lease = self
             .sql_slot
             .clone()
             .expect("a sql plugin's handler has a slot");
+        lease.clear_stall();
+        lease.take_refusal();
         let rt = grant.runtime.clone();
         let events: Vec<WitEvent> = claim
             .events
@@ -559,10 +582,6 @@ impl Handler {
         let mut out: Vec<Option<Verdict>> = vec![None; events.len()];
         let mut report = CallReport::default();
         let deadline = Instant::now() + budget;
-        let exec = |tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, stmt: &str| {
-            rt.block_on(sqlx::raw_sql(stmt).execute(&mut **tx))
-                .map(|_| ())
-        };
         let finish = |out: Vec<Option<Verdict>>, failure: &str| -> Vec<Verdict> {
             out.into_iter()
                 .map(|v| {
@@ -571,25 +590,71 @@ impl Handler {
                 .collect()
         };
         let timeout_ms = grant.statement_timeout.as_millis().max(1);
-        if let Err(e) = exec(
-            &mut tx,
-            &format!("SET LOCAL statement_timeout = {timeout_ms}; SAVEPOINT projector_batch"),
-        ) {
-            let msg = e.to_string();
-            return (finish(out, &msg), report, Err(e));
-        }
-        if events.len() > 1 {
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+        let start = rt.block_on(tokio::time::timeout(
+            sql::HOST_STATEMENT_TIMEOUT,
+            sqlx::raw_sql(&format!(
+                "SET LOCAL statement_timeout = {timeout_ms}; SAVEPOINT projector_batch; SELECT pg_backend_pid()"
+            ))
+            .fetch_all(&mut *tx),
+        ));
+        let backend = match start {
+            Ok(Ok(rows)) => rows
+                .last()
+                .and_then(|r| sqlx::Row::try_get::<i32, _>(r, 0).ok())
+                .unwrap_or(0),
+            Ok(Err(e)) => {
+                let msg = e.to_string();
+                return (finish(out, &msg), report, Err(e));
+            }
+            Err(_) => {
+                let e = sqlx::Error::Protocol("opening the batch's savepoint timed out".into());
+                return (finish(out, &e.to_string()), report, Err(e));
+            }
+        };
+        // A host statement on the lent connection: bounded, and fatal to the transaction (its
+        // backend ended) when the server does not answer.
+        let exec = |tx: &mut sqlx::Transaction<'static, sqlx::Postgres>, stmt: &str| match rt
+            .block_on(tokio::time::timeout(
+                sql::HOST_STATEMENT_TIMEOUT,
+                sqlx::raw_sql(stmt).execute(&mut **tx),
+            )) {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => {
+                sql::end_backend(&rt, supervisor, backend);
+                Err(sqlx::Error::Protocol(format!(
+                    "`{stmt}` did not answer within {:?}; the transaction's backend was ended",
+                    sql::HOST_STATEMENT_TIMEOUT
+                )))
+            }
+        };
+        // After a plugin call: a stalled statement ends the transaction (nothing is committed).
+        let stalled = |lease: &sql::SqlLease| -> Option<sqlx::Error> {
+            lease.stalled().then(|| {
+                sql::end_backend(&rt, supervisor, backend);
+                sqlx::Error::Protocol(
+                    "a plugin statement did not end by the batch deadline; the transaction's backend was ended"
+                        .into(),
+                )
+            })
+        };
+        if events.len() > 1 && !std::mem::take(&mut self.isolate_next) {
+            lease.lend(tx);
             let mut whole = CallReport::default();
             self.run(claim.batch_id, &events, 0, &mut out, deadline, &mut whole);
-            tx = slot
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .expect("the plugin hands the transaction back");
+            tx = lease.take_back();
+            if let Some(e) = stalled(&lease) {
+                self.isolate_next = true;
+                let msg = e.to_string();
+                return (finish(vec![None; events.len()], &msg), whole, Err(e));
+            }
+            let refused = lease.take_refusal().is_some();
             let clean = whole.traps == 0 && whole.contract_violations == 0 && !whole.timed_out;
             let all_success = out.iter().all(|v| matches!(v, Some(Verdict::Success)));
-            if clean && all_success && exec(&mut tx, "RELEASE SAVEPOINT projector_batch").is_ok() {
+            if clean
+                && !refused
+                && all_success
+                && exec(&mut tx, "RELEASE SAVEPOINT projector_batch").is_ok()
+            {
                 return (finish(out, "unreachable"), whole, Ok(tx));
             }
             if let Err(e) = exec(&mut tx, "ROLLBACK TO SAVEPOINT projector_batch") {
@@ -611,7 +676,7 @@ impl Handler {
                 let msg = e.to_string();
                 return (finish(out, &msg), report, Err(e));
             }
-            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(tx);
+            lease.lend(tx);
             self.run(
                 claim.batch_id,
                 &events[i..=i],
@@ -620,11 +685,21 @@ impl Handler {
                 deadline,
                 &mut report,
             );
-            tx = slot
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .take()
-                .expect("the plugin hands the transaction back");
+            tx = lease.take_back();
+            if let Some(e) = stalled(&lease) {
+                let msg = e.to_string();
+                out[i] = Some(Verdict::Deterministic {
+                    reason: "sql_timeout".into(),
+                    message: msg.clone(),
+                });
+                return (finish(out, &msg), report, Err(e));
+            }
+            if let Some(refusal) = lease.take_refusal() {
+                out[i] = Some(Verdict::Deterministic {
+                    reason: refusal.reason.into(),
+                    message: refusal.message,
+                });
+            }
             let keep = matches!(out[i], Some(Verdict::Success));
             if keep && exec(&mut tx, "RELEASE SAVEPOINT projector_event").is_ok() {
                 continue;

@@ -8,15 +8,28 @@
 //!   what a statement may touch is decided by Postgres privileges, not by reading SQL text: a
 //!   statement cannot `SET ROLE` its way out, because the session user itself is the restricted
 //!   role.
+//! - What *kind* of statement runs is the host's call ([`super::sql_policy`]): transaction
+//!   control, session settings, `LISTEN`, `COPY`, `DO`, several statements in one string and
+//!   functions whose effect outlives the batch are refused before Postgres sees them. A refused
+//!   statement (or a result over its bounds) fails its event deterministically
+//!   (`sql_forbidden_statement`, `sql_result_too_large`) whatever the plugin answers, and rolls
+//!   the event's writes back.
+//! - A `query` result is streamed and stops at `sql_max_rows` rows or `sql_max_result_bytes`
+//!   bytes; the host holds at most that much of it (plus the one row being read).
+//! - No statement outlives the batch's deadline: the server's `statement_timeout` (set by the
+//!   host for the transaction) ends it, and if the server does not answer within a grace after
+//!   the deadline the lease is marked stalled and the handler terminates the backend.
 //! - Parameters and rows cross the boundary as JSON; errors come back classified by SQLSTATE.
 
 use super::PluginState;
+use futures_util::TryStreamExt;
 use serde_json::{Map, Number, Value};
 use sqlx::postgres::{PgArguments, PgRow, PgTypeKind};
 use sqlx::Postgres;
 use sqlx::{Column, PgConnection, Row, TypeInfo, ValueRef};
+use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use wasmtime::component::{HasSelf, Linker};
 
 mod generated {
@@ -42,16 +55,97 @@ pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Resul
     )
 }
 
-/// Where a batch puts its transaction's connection while the plugin runs, and takes it back
-/// from afterwards. Shared between the [`super::Handler`] and the store, so a trapped (discarded)
-/// instance never takes the connection with it.
-pub(crate) type ConnSlot = Arc<Mutex<Option<sqlx::Transaction<'static, Postgres>>>>;
+/// What a batch lends its instance: the transaction's connection, and what the host refused or
+/// noticed while the plugin used it. Shared between the [`super::Handler`] and the store, so a
+/// trapped (discarded) instance never takes the connection with it.
+#[derive(Default)]
+pub(crate) struct SqlLease {
+    tx: Mutex<Option<sqlx::Transaction<'static, Postgres>>>,
+    /// The first statement of the current call the host refused (forbidden, result too large).
+    refusal: Mutex<Option<Refusal>>,
+    /// Set when a statement outran the host-side deadline: the connection is still busy on the
+    /// server, so nothing else may run on it and the handler ends the backend.
+    stalled: AtomicBool,
+}
+
+/// The lease a [`super::Handler`] owns (one per claim loop).
+pub(crate) type ConnSlot = Arc<SqlLease>;
+
+/// Why the host refused a plugin's statement. The event it ran for fails deterministically with
+/// `reason`, whatever the plugin answers: a plugin cannot swallow the refusal and claim success.
+#[derive(Debug, Clone)]
+pub(crate) struct Refusal {
+    pub(crate) reason: &'static str,
+    pub(crate) message: String,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl SqlLease {
+    /// Lends `tx` to the instance for one call.
+    pub(crate) fn lend(&self, tx: sqlx::Transaction<'static, Postgres>) {
+        *lock(&self.tx) = Some(tx);
+    }
+
+    /// Takes the transaction back after the call.
+    pub(crate) fn take_back(&self) -> sqlx::Transaction<'static, Postgres> {
+        lock(&self.tx)
+            .take()
+            .expect("the plugin hands the transaction back")
+    }
+
+    /// What the host refused during the last call (and forgets it).
+    pub(crate) fn take_refusal(&self) -> Option<Refusal> {
+        lock(&self.refusal).take()
+    }
+
+    /// Whether a statement overran its deadline (the connection must not be used again).
+    pub(crate) fn stalled(&self) -> bool {
+        self.stalled.load(AtomicOrdering::SeqCst)
+    }
+
+    /// Forgets a stall once the handler has dealt with it (a fresh transaction comes next).
+    pub(crate) fn clear_stall(&self) {
+        self.stalled.store(false, AtomicOrdering::SeqCst);
+    }
+
+    fn refuse(&self, reason: &'static str, message: String) {
+        let mut slot = lock(&self.refusal);
+        if slot.is_none() {
+            *slot = Some(Refusal { reason, message });
+        }
+    }
+}
+
+/// Bounds on what one `query` may bring into the host (per projection: `[projection.grants]
+/// sql_max_rows`, `sql_max_result_bytes`). Rows are streamed and counted as they arrive; the
+/// call stops at the first row past either bound.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ResultLimits {
+    pub(crate) max_rows: usize,
+    pub(crate) max_bytes: usize,
+}
 
 /// The connection a batch lends to the plugin, and how long one statement may run.
 pub(crate) struct SqlSession {
     pub(crate) conn: ConnSlot,
     pub(crate) runtime: tokio::runtime::Handle,
     pub(crate) statement_timeout: Duration,
+    pub(crate) limits: ResultLimits,
+}
+
+/// How a statement's run ended when it did not return rows or a count.
+enum Failure {
+    Sql(SqlError),
+    Refused(&'static str, String),
+}
+
+impl From<SqlError> for Failure {
+    fn from(e: SqlError) -> Self {
+        Failure::Sql(e)
+    }
 }
 
 fn error(kind: ErrorKind, code: &str, message: impl Into<String>) -> SqlError {
@@ -157,17 +251,42 @@ fn column_json(row: &PgRow, i: usize) -> Result<Value, SqlError> {
     Ok(value)
 }
 
+/// Grace the host gives a statement past its deadline before it declares the connection stalled.
+/// The server's own `statement_timeout` (set by the host for the batch, and not changeable by an
+/// allowed statement) normally ends the statement first.
+const STALL_GRACE: Duration = Duration::from_secs(1);
+
 impl SqlSession {
+    /// Refuses `statement` when [`super::sql_policy`] does; the refusal is remembered for the
+    /// event and logged.
+    fn admit(&self, statement: &str, projection: &str) -> Result<(), SqlError> {
+        super::sql_policy::check(statement).map_err(|why| {
+            tracing::warn!(projection, statement = %truncated(statement, 200), reason = %why, "refused a plugin's sql statement");
+            self.conn
+                .refuse("sql_forbidden_statement", format!("statement refused: {why}"));
+            error(
+                ErrorKind::PermissionDenied,
+                "42501",
+                format!("sql_forbidden_statement: {why}"),
+            )
+        })
+    }
+
     fn run<T>(
         &mut self,
+        deadline: Option<Instant>,
         work: impl for<'c> FnOnce(
             &'c mut PgConnection,
-        ) -> futures_util::future::BoxFuture<'c, Result<T, SqlError>>,
+        ) -> futures_util::future::BoxFuture<'c, Result<T, Failure>>,
     ) -> Result<T, SqlError> {
-        let mut slot = self
-            .conn
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if self.conn.stalled() {
+            return Err(error(
+                ErrorKind::Connection,
+                "",
+                "the batch's connection is being reset after a statement overran its deadline",
+            ));
+        }
+        let mut slot = lock(&self.conn.tx);
         let Some(conn) = slot.as_mut() else {
             return Err(error(
                 ErrorKind::Connection,
@@ -175,18 +294,67 @@ impl SqlSession {
                 "no transaction: the sql capability is only usable inside handle()",
             ));
         };
-        let limit = self.statement_timeout;
-        self.runtime.block_on(async move {
-            match tokio::time::timeout(limit + Duration::from_secs(1), work(&mut **conn)).await {
-                Ok(r) => r,
-                Err(_) => Err(error(
+        let limit = match deadline {
+            Some(d) => d
+                .saturating_duration_since(Instant::now())
+                .min(self.statement_timeout),
+            None => self.statement_timeout,
+        };
+        let outcome = self.runtime.block_on(async move {
+            tokio::time::timeout(limit + STALL_GRACE, work(&mut **conn)).await
+        });
+        match outcome {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(Failure::Sql(e))) => Err(e),
+            Ok(Err(Failure::Refused(reason, message))) => {
+                let e = error(ErrorKind::Other, "54000", format!("{reason}: {message}"));
+                self.conn.refuse(reason, message);
+                Err(e)
+            }
+            Err(_) => {
+                self.conn.stalled.store(true, AtomicOrdering::SeqCst);
+                Err(error(
                     ErrorKind::Timeout,
                     "57014",
                     format!("statement ran past {limit:?}"),
-                )),
+                ))
             }
-        })
+        }
     }
+}
+
+/// How long a statement the host itself runs on a lent connection (savepoints) may take before
+/// the host gives up on the connection.
+pub(crate) const HOST_STATEMENT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Ends backend `pid` (a projection role's connection that stopped answering) from the host's
+/// own pool. The host role is a member of every projection role it provisions, which is what
+/// lets it signal their backends; a failure is logged, and the connection is dropped anyway.
+pub(crate) fn end_backend(rt: &tokio::runtime::Handle, supervisor: &sqlx::PgPool, pid: i32) {
+    if pid == 0 {
+        return;
+    }
+    let ended = rt.block_on(tokio::time::timeout(
+        HOST_STATEMENT_TIMEOUT,
+        sqlx::query_scalar::<_, bool>("SELECT pg_terminate_backend($1)")
+            .bind(pid)
+            .fetch_one(supervisor),
+    ));
+    match ended {
+        Ok(Ok(true)) => tracing::warn!(pid, "ended a projection's stalled database backend"),
+        Ok(Ok(false)) => tracing::warn!(pid, "the stalled backend was already gone"),
+        Ok(Err(e)) => tracing::error!(pid, error = %e, "could not end a stalled backend"),
+        Err(_) => tracing::error!(pid, "ending a stalled backend timed out"),
+    }
+}
+
+/// At most `max` bytes of `text` (cut at a char boundary), for logs.
+fn truncated(text: &str, max: usize) -> &str {
+    let cut = (0..=max.min(text.len()))
+        .rev()
+        .find(|i| text.is_char_boundary(*i))
+        .unwrap_or(0);
+    &text[..cut]
 }
 
 impl PluginState {
@@ -206,15 +374,45 @@ impl Host for PluginState {
         if let Some(stand_in) = &self.stand_in {
             return stand_in.sql_query(&statement, &params);
         }
-        self.sql_session()?.run(move |conn| {
+        let deadline = self.deadline;
+        let projection = self.projection.clone();
+        let session = self.sql_session()?;
+        session.admit(&statement, &projection)?;
+        let limits = session.limits;
+        session.run(deadline, move |conn| {
             Box::pin(async move {
                 let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
-                let rows = query.fetch_all(conn).await.map_err(classify)?;
-                let mut out = Vec::with_capacity(rows.len());
-                for row in &rows {
+                // Streamed: a result is judged row by row as it arrives, never collected whole
+                // before its size is known.
+                let mut rows = query.fetch(conn);
+                let mut out = Vec::new();
+                let mut bytes = 2usize;
+                while let Some(row) = rows.try_next().await.map_err(classify)? {
+                    if out.len() >= limits.max_rows {
+                        return Err(Failure::Refused(
+                            "sql_result_too_large",
+                            format!(
+                                "the query returned more than {} rows (sql_max_rows)",
+                                limits.max_rows
+                            ),
+                        ));
+                    }
                     let mut obj = Map::new();
                     for (i, col) in row.columns().iter().enumerate() {
-                        obj.insert(col.name().to_owned(), column_json(row, i)?);
+                        let raw = row.try_get_raw(i).map_err(classify)?;
+                        bytes += col.name().len()
+                            + if raw.is_null() { 4 } else { raw.as_bytes().map_or(0, <[u8]>::len) }
+                            + 4;
+                        if bytes > limits.max_bytes {
+                            return Err(Failure::Refused(
+                                "sql_result_too_large",
+                                format!(
+                                    "the query's result is larger than {} bytes (sql_max_result_bytes)",
+                                    limits.max_bytes
+                                ),
+                            ));
+                        }
+                        obj.insert(col.name().to_owned(), column_json(&row, i)?);
                     }
                     out.push(Value::Object(obj));
                 }
@@ -227,7 +425,11 @@ impl Host for PluginState {
         if let Some(stand_in) = &self.stand_in {
             return stand_in.sql_execute(&statement, &params);
         }
-        self.sql_session()?.run(move |conn| {
+        let deadline = self.deadline;
+        let projection = self.projection.clone();
+        let session = self.sql_session()?;
+        session.admit(&statement, &projection)?;
+        session.run(deadline, move |conn| {
             Box::pin(async move {
                 let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
                 Ok(query.execute(conn).await.map_err(classify)?.rows_affected())

@@ -248,6 +248,7 @@ fn source_event(row: &PgRow, n: i64, rebuild_id: i64) -> Result<ClaimedEvent> {
         occurred_at: occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true),
         attempt: 1,
         reclaimed: false,
+        too_large: None,
     })
 }
 
@@ -258,6 +259,8 @@ struct Applier {
     handler: Option<Handler>,
     /// For sql projections: the pool logged in as the projection's role.
     sql_pool: Option<PgPool>,
+    /// The host's own pool (ends a stalled projection backend).
+    supervisor: PgPool,
     /// Zero-downtime: the shadow schema put first on the plugin's search_path.
     shadow_schema: Option<String>,
 }
@@ -339,9 +342,10 @@ impl Applier {
                 .execute(&mut *tx)
                 .await?;
         }
+        let supervisor = self.supervisor.clone();
         let (handler, verdicts, tx) = tokio::task::spawn_blocking(move || {
             let mut handler = handler;
-            let (v, _, tx) = handler.handle_in_transaction(&claim, tx, budget);
+            let (v, _, tx) = handler.handle_in_transaction(&claim, tx, budget, &supervisor);
             (handler, v, tx)
         })
         .await
@@ -688,6 +692,7 @@ async fn execute(
         plugin,
         handler: None,
         sql_pool,
+        supervisor: pool.clone(),
         shadow_schema: match &model {
             Some(NewModel::Tables(s)) => Some(s.schema.clone()),
             _ => None,

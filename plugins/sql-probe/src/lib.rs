@@ -5,6 +5,11 @@
 //!  "sleep_ms": 0, "sleep_on_attempt": 1, "outcome": "success"}
 //! ```
 //!
+//! With `"ignore_errors": true` a failed statement is ignored and the scripted outcome answered
+//! anyway (a plugin trying to swallow what the host refused).
+//! A statement with `"query": true` runs through `sql.query` (its rows are counted and logged)
+//! instead of `sql.execute`. `sleep_before_ms` sleeps before the first statement.
+//!
 //! Statements run in order; the first that fails ends the event with a deterministic failure
 //! whose reason is `sql_<kind>` (`sql_permission_denied`, `sql_unique_violation`, ...) and whose
 //! message is the server's. Otherwise the plugin sleeps `sleep_ms` (only on attempt
@@ -19,7 +24,7 @@ wit_bindgen::generate!({
 
 use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
 use projector::plugin::log::{log, Level};
-use projector::plugin::sql::{execute, ErrorKind};
+use projector::plugin::sql::{execute, query, ErrorKind};
 use projector::plugin::types::Failure;
 use serde_json::Value;
 
@@ -43,13 +48,30 @@ fn run(event: &Event) -> Outcome {
         .get("statements")
         .and_then(Value::as_array)
         .unwrap_or(&empty);
+    if let Some(ms) = script.get("sleep_before_ms").and_then(Value::as_u64) {
+        std::thread::sleep(std::time::Duration::from_millis(ms));
+    }
     for (i, statement) in statements.iter().enumerate() {
         let sql = statement.get("sql").and_then(Value::as_str).unwrap_or("");
         let params = statement
             .get("params")
             .cloned()
             .unwrap_or(Value::Array(Vec::new()));
-        if let Err(e) = execute(sql, &params.to_string()) {
+        let result = if statement.get("query").and_then(Value::as_bool) == Some(true) {
+            query(sql, &params.to_string()).map(|rows| {
+                let n = serde_json::from_str::<Value>(&rows)
+                    .ok()
+                    .and_then(|v| v.as_array().map(Vec::len))
+                    .unwrap_or(0);
+                log(Level::Info, Some(&event.id), &format!("statement {i}: {n} rows"));
+            })
+        } else {
+            execute(sql, &params.to_string()).map(drop)
+        };
+        if script.get("ignore_errors").and_then(Value::as_bool) == Some(true) {
+            continue;
+        }
+        if let Err(e) = result {
             return Outcome::Deterministic(Failure {
                 reason: format!("sql_{}", kind_name(e.kind)),
                 message: format!("statement {i}: {} ({})", e.message, e.code),

@@ -420,7 +420,7 @@ mod tests {
     fn grants(indices: &[&str]) -> Grants {
         Grants {
             search_indices: indices.iter().map(|s| s.to_string()).collect(),
-            sql_tables: Vec::new(),
+            ..Grants::default()
         }
     }
 

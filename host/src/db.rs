@@ -112,12 +112,7 @@ pub async fn migrate_command(
         ..Default::default()
     };
     let settings = crate::settings::Settings::resolve(overrides, Some(config), &[])?;
-    let sql: Vec<&crate::settings::ProjectionSpec> = settings
-        .projections
-        .iter()
-        .filter(|p| p.grants.sql())
-        .collect();
-    let prepared = crate::sql_roles::prepare(&pool, &sql, host_role).await?;
+    let prepared = crate::sql_roles::prepare(&pool, &settings.projections, host_role).await?;
     for (projection, role, _) in &prepared {
         tracing::info!(projection, role, host_role, "sql projection role prepared");
     }

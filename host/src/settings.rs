@@ -306,6 +306,10 @@ pub struct Grants {
     /// `sql`: the tables (optionally `schema.table`) the projection's role may read and write.
     #[serde(default)]
     pub sql_tables: Vec<String>,
+    /// `projector rebuild`: the tables a rebuild source may read (its query runs as a role that
+    /// may read these and nothing else).
+    #[serde(default)]
+    pub source_tables: Vec<String>,
     /// `sql`: the most rows one `query` may return [default: 10000].
     pub sql_max_rows: Option<u64>,
     /// `sql`: the most bytes one `query`'s result may hold [default: 16777216].

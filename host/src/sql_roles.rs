@@ -168,6 +168,138 @@ async fn verify_confined(conn: &mut PgConnection, projection: &str, role: &str) 
     ))
 }
 
+/// The role a projection's rebuild source query runs as in `database` (`NOLOGIN`; the host
+/// assumes it with `SET LOCAL ROLE` in the source's read-only transaction). Opaque and short:
+/// a digest of the database and projection names.
+pub fn source_role_name(database: &str, projection: &str) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = hex::encode(Sha256::digest(
+        format!("{database}/{projection}").as_bytes(),
+    ));
+    format!("projector_src_{}", &digest[..16])
+}
+
+/// The tables `role` may `SELECT` (schema-qualified, sorted), and the ones `spec`'s
+/// `source_tables` name, resolved.
+async fn source_grants(
+    conn: &mut PgConnection,
+    spec: &ProjectionSpec,
+    role: &str,
+) -> Result<(Vec<String>, Vec<String>)> {
+    let granted: Vec<String> = sqlx::query_scalar(
+        "SELECT DISTINCT table_schema || '.' || table_name FROM information_schema.role_table_grants
+         WHERE grantee = $1 ORDER BY 1",
+    )
+    .bind(role)
+    .fetch_all(&mut *conn)
+    .await?;
+    let mut wanted = Vec::new();
+    for table in &spec.grants.source_tables {
+        let qualified: Option<String> = sqlx::query_scalar(
+            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE c.oid = to_regclass($1)",
+        )
+        .bind(quote_table(table))
+        .fetch_optional(&mut *conn)
+        .await?;
+        match qualified {
+            Some(q) => wanted.push(q),
+            None => {
+                return Err(Error::config(
+                    format!("projection `{}` grants.source_tables", spec.name),
+                    format!("table `{table}` does not exist"),
+                ))
+            }
+        }
+    }
+    wanted.sort();
+    wanted.dedup();
+    Ok((granted, wanted))
+}
+
+/// The role `spec`'s rebuild source runs as, ready: it exists, may `SELECT` exactly
+/// `[projection.grants] source_tables` and nothing else, and the current user is a member.
+/// Prepared here when it is not (the current user needs `CREATEROLE`, as for [`prepare`]).
+pub async fn source_role(pool: &PgPool, spec: &ProjectionSpec) -> Result<String> {
+    let mut tx = pool.begin().await?;
+    let database: String = sqlx::query_scalar("SELECT current_database()::text")
+        .fetch_one(&mut *tx)
+        .await?;
+    let role = source_role_name(&database, &spec.name);
+    let (granted, wanted) = source_grants(&mut tx, spec, &role).await?;
+    let (exists, member): (bool, bool) = sqlx::query_as(
+        "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
+                EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AND pg_has_role(current_user, $1, 'MEMBER')",
+    )
+    .bind(&role)
+    .fetch_one(&mut *tx)
+    .await?;
+    if exists && member && granted == wanted {
+        return Ok(role);
+    }
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('projector_sql_roles'))")
+        .execute(&mut *tx)
+        .await?;
+    prepare_source_role(&mut tx, spec, &role, "CURRENT_USER")
+        .await
+        .map_err(|e| {
+            Error::config(
+                format!("projection `{}` grants.source_tables", spec.name),
+                format!(
+                    "the rebuild source role `{role}` is not prepared and cannot be ({e}): run \
+                     `projector migrate --config FILE` as the database owner"
+                ),
+            )
+        })?;
+    tx.commit().await?;
+    Ok(role)
+}
+
+/// Creates `role` (`NOLOGIN`) if missing, grants it `SELECT` on exactly `spec`'s
+/// `source_tables`, and makes `member` a member.
+async fn prepare_source_role(
+    conn: &mut PgConnection,
+    spec: &ProjectionSpec,
+    role: &str,
+    member: &str,
+) -> Result<()> {
+    let role_q = quote_ident(role);
+    let exists: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
+            .bind(role)
+            .fetch_one(&mut *conn)
+            .await?;
+    if !exists {
+        let stmt =
+            format!("CREATE ROLE {role_q} NOLOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE");
+        sqlx::raw_sql(&stmt).execute(&mut *conn).await?;
+    }
+    let (granted, wanted) = source_grants(conn, spec, role).await?;
+    let mut stmts = Vec::new();
+    for table in granted.iter().filter(|t| !wanted.contains(t)) {
+        stmts.push(format!(
+            "REVOKE ALL ON TABLE {} FROM {role_q}",
+            quote_table(table)
+        ));
+    }
+    for table in &wanted {
+        let schema = table.split('.').next().unwrap_or("public");
+        stmts.push(format!(
+            "GRANT USAGE ON SCHEMA {} TO {role_q}",
+            quote_ident(schema)
+        ));
+        stmts.push(format!(
+            "GRANT SELECT ON TABLE {} TO {role_q}",
+            quote_table(table)
+        ));
+    }
+    stmts.push(format!("GRANT {role_q} TO {member}"));
+    for stmt in stmts {
+        sqlx::raw_sql(&stmt).execute(&mut *conn).await?;
+    }
+    Ok(())
+}
+
 /// What every projection role's connection is reset with when it goes back to its pool, so
 /// nothing a plugin left on the session (settings, session advisory locks, `LISTEN`s, cursors,
 /// temporary objects) reaches the next batch. Not `DISCARD ALL`: that would also drop the
@@ -186,16 +318,19 @@ const HOST_TABLES: &[&str] = &[
 
 /// The administrator's step (`projector migrate --config FILE [--host-role ROLE]`): creates or
 /// refreshes every `sql` projection's role, grants it exactly its tables and the settle function,
-/// installs that function, takes `TEMPORARY` and `CREATE` away from `PUBLIC`, and makes
+/// installs that function, prepares every projection's rebuild source role ([`source_role`]),
+/// takes `TEMPORARY` and `CREATE` away from `PUBLIC`, and makes
 /// `host_role` (default: the current user) a member of each projection role. With a
 /// `host_role`, also grants that role what a running host needs: DML on [`HOST_TABLES`] and
 /// reading the credentials, so the host itself needs no `CREATEROLE` and owns nothing. Returns
 /// (projection, role, password) per projection.
 pub async fn prepare(
     pool: &PgPool,
-    sql_projections: &[&ProjectionSpec],
+    all_projections: &[ProjectionSpec],
     host_role: Option<&str>,
 ) -> Result<Vec<(String, String, String)>> {
+    let sql_projections: Vec<&ProjectionSpec> =
+        all_projections.iter().filter(|p| p.grants.sql()).collect();
     let mut tx = pool.begin().await?;
     sqlx::query("SELECT pg_advisory_xact_lock(hashtext('projector_sql_roles'))")
         .execute(&mut *tx)
@@ -237,6 +372,10 @@ pub async fn prepare(
         for stmt in stmts {
             sqlx::raw_sql(&stmt).execute(&mut *tx).await?;
         }
+    }
+    for spec in all_projections {
+        let role = source_role_name(&database, &spec.name);
+        prepare_source_role(&mut tx, spec, &role, &member).await?;
     }
     let mut credentials = Vec::new();
     for spec in sql_projections {
@@ -436,7 +575,9 @@ pub async fn provision(
                     ));
                 }
                 drop(conn);
-                prepare(pool, &sql_projections, None).await?
+                let only_sql: Vec<ProjectionSpec> =
+                    sql_projections.iter().map(|p| (*p).clone()).collect();
+                prepare(pool, &only_sql, None).await?
             }
         }
     };

@@ -596,3 +596,63 @@ async fn oversized_fields_are_refused_at_the_claim_without_being_read() {
     assert!(grew < 40.0, "peak RSS grew {grew:.1} MiB");
     drop(host);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rebuild_source_reads_only_the_tables_the_grants_name() {
+    let db = TestDb::new().await;
+    setup(&db).await;
+    sqlx::raw_sql("INSERT INTO allowed VALUES (1, 'a'), (2, 'b'), (3, 'c')")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let select = |from: &str, key: &str| {
+        format!("SELECT gen_random_uuid() AS id, 'x' AS event_type, {key}::text AS aggregate_id, '{{}}'::jsonb AS payload FROM {from}")
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let config = |name: &str, source_tables: &str| {
+        write_file(
+            dir.path(),
+            name,
+            format!(
+                "[[projection]]\nname = \"probe\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"allowed\"]\nsource_tables = [{source_tables}]\n",
+                plugin("sql_probe").display()
+            ),
+        )
+    };
+    let rebuild = |cfg: &std::path::Path, source: &str| {
+        let (out, report) = run_rebuild(&db.url, cfg, "probe", &["--source", source], &[]);
+        (out.status.code(), output_text(&out), report)
+    };
+    let narrow = config("narrow.toml", "\"allowed\"");
+    // The credentials and a table the grants do not name: Postgres refuses, nothing is applied.
+    for source in [
+        select("projector_sql_roles", "password"),
+        select("secret", "note"),
+    ] {
+        let (code, text, _) = rebuild(&narrow, &source);
+        assert_eq!(code, Some(2), "{source}: {text}");
+        assert!(text.contains("permission denied"), "{source}: {text}");
+    }
+    // A way back to the host's own role is refused before Postgres sees it.
+    let back = format!(
+        "{} WHERE set_config('role', 'none', true) IS NOT NULL",
+        select("allowed", "id")
+    );
+    let (code, text, _) = rebuild(&narrow, &back);
+    assert_eq!(code, Some(2), "{text}");
+    assert!(
+        text.contains("the source query is refused") && text.contains("set_config"),
+        "{text}"
+    );
+    // Positive controls: the granted table reads, and so does `secret` once it is granted.
+    let (code, text, report) = rebuild(&narrow, &select("allowed", "id"));
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["rows_read"], 3, "{report}");
+    let wide = config("wide.toml", "\"allowed\", \"secret\"");
+    let (code, text, report) = rebuild(&wide, &select("secret", "note"));
+    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(report["rows_read"], 1, "{report}");
+    // And narrowing the grant again takes `secret` back.
+    let (code, text, _) = rebuild(&narrow, &select("secret", "note"));
+    assert_eq!(code, Some(2), "{text}");
+}

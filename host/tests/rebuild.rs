@@ -36,7 +36,7 @@ async fn setup(n: i64) -> (TestDb, tempfile::TempDir, std::path::PathBuf) {
         dir.path(),
         "chronicle.toml",
         format!(
-            "batch_size = 200\n[[projection]]\nname = \"chronicle\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"chronicle_entries\"]\n[projection.sources]\nchronicle_events = \"{SOURCE_QUERY}\"\n",
+            "batch_size = 200\n[[projection]]\nname = \"chronicle\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"chronicle_entries\"]\nsource_tables = [\"chronicle_events\"]\n[projection.sources]\nchronicle_events = \"{SOURCE_QUERY}\"\n",
             plugin("chronicle_entries").display()
         ),
     );
@@ -302,7 +302,7 @@ async fn zero_downtime_rebuild_of_a_search_index_swaps_it_in_behind_its_name_whi
         dir.path(),
         "search.toml",
         format!(
-            "[[projection]]\nname = \"search\"\nplugin = \"{}\"\n[projection.config]\nindex = \"books\"\n[projection.grants]\nsearch_indices = [\"books\"]\n[projection.sources]\nlatest = \"{source}\"\n",
+            "[[projection]]\nname = \"search\"\nplugin = \"{}\"\n[projection.config]\nindex = \"books\"\n[projection.grants]\nsearch_indices = [\"books\"]\nsource_tables = [\"outbox_events\"]\n[projection.sources]\nlatest = \"{source}\"\n",
             plugin("search_index").display()
         ),
     );
@@ -419,7 +419,7 @@ async fn a_zero_downtime_search_rebuild_without_a_seq_column_is_refused_before_a
         dir.path(),
         "search.toml",
         format!(
-            "[[projection]]\nname = \"search\"\nplugin = \"{}\"\n[projection.config]\nindex = \"books\"\n[projection.grants]\nsearch_indices = [\"books\"]\n",
+            "[[projection]]\nname = \"search\"\nplugin = \"{}\"\n[projection.config]\nindex = \"books\"\n[projection.grants]\nsearch_indices = [\"books\"]\nsource_tables = [\"outbox_events\"]\n",
             plugin("search_index").display()
         ),
     );

@@ -116,11 +116,11 @@ fn bounded_event(row: BoundedRow, max_payload: usize) -> ClaimedEvent {
         agg_type_bytes,
         agg_id_bytes,
     ) = row;
-    let bound = |reason: &'static str, what: &str, size: i64, limit: usize| {
+    let bound = |reason: &'static str, what: &str, size: i64, limit_name: &str, limit: usize| {
         (
             reason,
             format!(
-                "{what} of {size} bytes is over the limit of {limit} bytes; the event was not read"
+                "{what} of {size} bytes is over {limit_name} ({limit}); the event was not read"
             ),
         )
     };
@@ -129,6 +129,7 @@ fn bounded_event(row: BoundedRow, max_payload: usize) -> ClaimedEvent {
             "payload_too_large",
             "payload",
             payload_bytes,
+            "max_payload_bytes",
             max_payload,
         ))
     } else if hdrs.is_none() {
@@ -136,6 +137,7 @@ fn bounded_event(row: BoundedRow, max_payload: usize) -> ClaimedEvent {
             "headers_too_large",
             "headers",
             headers_bytes,
+            "the headers bound",
             MAX_HEADERS_BYTES,
         ))
     } else if event_type.is_none() {
@@ -143,6 +145,7 @@ fn bounded_event(row: BoundedRow, max_payload: usize) -> ClaimedEvent {
             "event_type_too_long",
             "event type",
             type_bytes,
+            "the name bound",
             MAX_NAME_BYTES,
         ))
     } else if aggregate_type.is_none() {
@@ -150,6 +153,7 @@ fn bounded_event(row: BoundedRow, max_payload: usize) -> ClaimedEvent {
             "aggregate_type_too_long",
             "aggregate type",
             agg_type_bytes,
+            "the name bound",
             MAX_NAME_BYTES,
         ))
     } else if aggregate_id.is_none() {
@@ -157,6 +161,7 @@ fn bounded_event(row: BoundedRow, max_payload: usize) -> ClaimedEvent {
             "aggregate_id_too_long",
             "aggregate id",
             agg_id_bytes,
+            "the name bound",
             MAX_NAME_BYTES,
         ))
     } else {

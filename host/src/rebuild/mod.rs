@@ -587,7 +587,11 @@ async fn execute(
     progress: &(dyn Fn(&Report) + Send + Sync),
 ) -> Result<()> {
     let batch_size = spec.tuning.batch_size as usize;
-    // The source, in one snapshot.
+    // The source, in one snapshot, as a role that may read only the projection's
+    // `source_tables`, and only as a statement a plugin could send too.
+    crate::plugin::sql_policy::check(source_sql)
+        .map_err(|why| Error::config("--source", format!("the source query is refused: {why}")))?;
+    let reader = crate::sql_roles::source_role(pool, spec).await?;
     let mut source = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
         .execute(&mut *source)
@@ -595,6 +599,12 @@ async fn execute(
     let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
         .fetch_one(&mut *source)
         .await?;
+    sqlx::raw_sql(&format!(
+        "SET LOCAL ROLE {}",
+        crate::sql_roles::quote_ident(&reader)
+    ))
+    .execute(&mut *source)
+    .await?;
     let mut rows = sqlx::query(source_sql).fetch(&mut *source);
     let mut first = Vec::with_capacity(batch_size);
     let search_swap = request.mode == Mode::ZeroDowntime && spec.grants.search();

@@ -102,23 +102,182 @@ async fn a_memory_hog_is_stopped_at_its_cap_inside_the_sandbox() {
     assert!(host.is_ready(), "/readyz stays ok");
 }
 
+/// What the `ambient` probe aims at: the test's real Postgres, a listener the test opened (it
+/// counts the connections it accepts) and a file the test wrote.
+struct Targets {
+    connect: String,
+    read: String,
+    accepted: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    _dir: tempfile::TempDir,
+}
+
+fn targets(db: &TestDb) -> Targets {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let pg_port = db
+        .url
+        .rsplit_once(':')
+        .and_then(|(_, rest)| rest.split('/').next())
+        .expect("a port in the database URL")
+        .to_owned();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let counter = accepted.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            if stream.is_ok() {
+                counter.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let secret = write_file(dir.path(), "secret.txt", "the sandbox must not read this");
+    Targets {
+        connect: format!("127.0.0.1:{pg_port},127.0.0.1:{port}"),
+        read: secret.display().to_string(),
+        accepted,
+        _dir: dir,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_finds_no_environment_files_sockets_or_stdio() {
+    use std::sync::atomic::Ordering;
     let db = TestDb::new().await;
     db.migrate();
+    let aim = targets(&db);
     insert_events(&db.pool, &[NewEvent::new("ambient", "a", json!({}))]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write_file(
+        dir.path(),
+        "ambient.toml",
+        format!(
+            "[[projection]]\nname = \"ambient\"\nplugin = \"{}\"\n[projection.config]\nconnect = \"{}\"\nread = \"{}\"\n",
+            plugin("ambient").display(),
+            aim.connect,
+            aim.read
+        ),
+    );
     let mut host = Host::start(
         &db.url,
-        &["--plugin", &plugin_spec("ambient", &plugin("ambient"))],
+        &["--config", cfg.to_str().unwrap()],
         &[("SECRET_IN_HOST_ENV", "should-not-leak")],
     );
     host.wait_ready(PATIENCE);
     wait_settled(&db.pool, "ambient", 1, PATIENCE).await;
     let row = &common::events(&db.pool, "ambient").await[0];
     assert_eq!(row.status, "done", "the plugin reached: {:?}", row.error);
+    assert_eq!(
+        aim.accepted.load(Ordering::SeqCst),
+        0,
+        "the test's listener was reached"
+    );
     let log = host.log_text();
     assert!(
         !log.contains("AMBIENT-STDOUT-LEAK") && !log.contains("AMBIENT-STDERR-LEAK"),
         "plugin stdio reached the host's output"
+    );
+}
+
+/// The positive control for the probe above: the same component, run by a runtime that *does*
+/// grant network and a directory, reports every target as reachable. So the probe can see a
+/// leak, and "done" above means there was none.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ambient_probe_detects_access_when_a_runtime_grants_it() {
+    use std::sync::atomic::Ordering;
+    use wasmtime::component::{Component, Linker, ResourceTable};
+    use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
+
+    mod guest {
+        wasmtime::component::bindgen!({ path: "../wit", world: "plugin" });
+    }
+    use guest::projector::plugin::{config, log, types};
+
+    struct Open {
+        wasi: WasiCtx,
+        table: ResourceTable,
+        config: Vec<(String, String)>,
+    }
+    impl WasiView for Open {
+        fn ctx(&mut self) -> WasiCtxView<'_> {
+            WasiCtxView {
+                ctx: &mut self.wasi,
+                table: &mut self.table,
+            }
+        }
+    }
+    impl types::Host for Open {}
+    impl log::Host for Open {
+        fn log(&mut self, _: log::Level, _: Option<String>, _: String) {}
+    }
+    impl config::Host for Open {
+        fn get(&mut self, key: String) -> Option<String> {
+            self.config
+                .iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.clone())
+        }
+        fn entries(&mut self) -> Vec<(String, String)> {
+            self.config.clone()
+        }
+    }
+
+    let db = TestDb::new().await;
+    let aim = targets(&db);
+    let secret_dir = std::path::Path::new(&aim.read).parent().unwrap().to_owned();
+    let answer = tokio::task::spawn_blocking({
+        let (connect, read) = (aim.connect.clone(), aim.read.clone());
+        move || {
+            let engine = wasmtime::Engine::default();
+            let component = Component::from_file(&engine, plugin("ambient")).unwrap();
+            let mut linker = Linker::<Open>::new(&engine);
+            wasmtime_wasi::p2::add_to_linker_sync(&mut linker).unwrap();
+            guest::Plugin::add_to_linker::<_, wasmtime::component::HasSelf<_>>(&mut linker, |s| s)
+                .unwrap();
+            let mut wasi = WasiCtx::builder();
+            wasi.inherit_network().allow_tcp(true);
+            let dir = secret_dir.to_str().unwrap();
+            wasi.preopened_dir(dir, dir, FsPerms::ReadOnly).unwrap();
+            let state = Open {
+                wasi: wasi.build(),
+                table: ResourceTable::new(),
+                config: vec![("connect".into(), connect), ("read".into(), read)],
+            };
+            let mut store = wasmtime::Store::new(&engine, state);
+            let plugin = guest::Plugin::instantiate(&mut store, &component, &linker).unwrap();
+            let event = types::Event {
+                id: uuid::Uuid::new_v4().to_string(),
+                seq: 1,
+                projection: "ambient".into(),
+                event_type: "test.event".into(),
+                aggregate_type: String::new(),
+                aggregate_id: "a".into(),
+                payload: "{}".into(),
+                occurred_at: "2026-01-01T00:00:00Z".into(),
+                attempt: 1,
+                headers: Vec::new(),
+            };
+            plugin
+                .projector_plugin_projection()
+                .call_handle(&mut store, &[event])
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let message = match &answer[..] {
+        [types::Outcome::Deterministic(f)] if f.reason == "ambient_authority" => f.message.clone(),
+        other => panic!("the probe saw nothing with access granted: {other:?}"),
+    };
+    for target in aim.connect.split(',') {
+        assert!(
+            message.contains(&format!("a TCP socket to {target}")),
+            "{message}"
+        );
+    }
+    assert!(message.contains(&format!("file {}", aim.read)), "{message}");
+    assert!(
+        aim.accepted.load(Ordering::SeqCst) >= 1,
+        "the listener saw the probe"
     );
 }

@@ -1,7 +1,11 @@
 //! `ambient`: answers `success` only if the sandbox gives it no ambient authority. For each event
-//! it tries to read the environment and the arguments, list and read files, open a TCP
-//! connection and write to stdout/stderr; anything that works is reported as a deterministic
+//! it tries to read the environment and the arguments, list and read files, open TCP connections
+//! and write to stdout/stderr; anything that works is reported as a deterministic
 //! `ambient_authority` failure naming what was reachable. Clock and random are allowed and used.
+//!
+//! What it tries to reach beyond the fixed probes comes from its configuration, so a test can
+//! aim it at what a leak would really reach: `connect` (comma-separated `host:port`s, e.g. the
+//! test's Postgres and a listener the test opened) and `read` (comma-separated file paths).
 
 wit_bindgen::generate!({
     path: "../../wit",
@@ -9,6 +13,7 @@ wit_bindgen::generate!({
 });
 
 use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
+use projector::plugin::config::get;
 use projector::plugin::types::Failure;
 use std::io::Write;
 
@@ -16,6 +21,25 @@ struct Ambient;
 
 fn findings() -> Vec<String> {
     let mut found = Vec::new();
+    let listed = |key: &str| -> Vec<String> {
+        get(key)
+            .unwrap_or_default()
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(str::to_owned)
+            .collect()
+    };
+    for address in listed("connect") {
+        if std::net::TcpStream::connect(address.as_str()).is_ok() {
+            found.push(format!("a TCP socket to {address}"));
+        }
+    }
+    for path in listed("read") {
+        if std::fs::read(&path).is_ok() {
+            found.push(format!("file {path}"));
+        }
+    }
     if std::env::vars().next().is_some() {
         found.push("environment variables".to_owned());
     }

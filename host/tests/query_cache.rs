@@ -240,15 +240,14 @@ async fn the_read_model_equals_a_fold_of_the_events_and_redelivery_changes_nothi
     );
     let mut heard = listen(&db, false).await;
 
-    // Two hosts share the work, so batches run in concurrent transactions that contend for the
-    // same rows and job-level locks. (Two hosts of one loop each rather than one host of two
-    // loops: a host's loops of one sql projection currently share the slot that lends the
-    // plugin its transaction, and mix their transactions up.) A deadlock between a job-level
-    // fan-out and position changes is retried (transient `sql_serialization`), so allow a few
-    // more attempts than FAST does.
+    // Two hosts of two loops each share the work, so batches run in concurrent transactions
+    // that contend for the same rows and job-level locks (each loop lends the plugin its own
+    // transaction: sql_capability.rs shows two loops' batches overlapping in time, each in its
+    // own transaction). A deadlock between a job-level fan-out and position changes is retried
+    // (transient `sql_serialization`), so allow a few more attempts than FAST does.
     let dir = tempfile::tempdir().unwrap();
     let config = config(dir.path());
-    let env = [("OUTBOX_CONCURRENCY", "1"), ("OUTBOX_MAX_ATTEMPTS", "10")];
+    let env = [("OUTBOX_CONCURRENCY", "2"), ("OUTBOX_MAX_ATTEMPTS", "10")];
     let mut hosts = [
         Host::start(&db.url, &["--config", config.to_str().unwrap()], &env),
         Host::start(&db.url, &["--config", config.to_str().unwrap()], &env),

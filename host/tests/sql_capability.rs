@@ -289,16 +289,30 @@ async fn concurrent_loops_of_one_host_each_keep_their_own_transaction() {
         common::events(&db.pool, "probe").await
     );
     assert_eq!(allowed_ids(&db).await, vec![1, 2, 3, 4]);
-    let batches: std::collections::HashSet<_> = common::events(&db.pool, "probe")
-        .await
+    let rows = common::events(&db.pool, "probe").await;
+    let batches: std::collections::HashSet<_> = rows.iter().map(|r| r.claim_batch_id).collect();
+    assert_eq!(batches.len(), 4, "one batch per event");
+    // The loops ran at the same time: every batch was claimed before any was settled (each
+    // takes 1.5 s inside the plugin) ...
+    let last_claim = rows
         .iter()
-        .map(|r| r.claim_batch_id)
-        .collect();
-    assert_eq!(
-        batches.len(),
-        4,
-        "one batch per event, handled by concurrent loops"
+        .filter_map(|r| r.processing_started_at)
+        .max()
+        .unwrap();
+    let first_done = rows.iter().filter_map(|r| r.done_at).min().unwrap();
+    assert!(
+        last_claim < first_done,
+        "the batches did not overlap: last claimed at {last_claim}, first settled at {first_done}"
     );
+    // ... and each write committed in a transaction of its own (four distinct xmin).
+    let xids: std::collections::HashSet<String> =
+        sqlx::query_scalar("SELECT xmin::text FROM allowed")
+            .fetch_all(&db.pool)
+            .await
+            .unwrap()
+            .into_iter()
+            .collect();
+    assert_eq!(xids.len(), 4, "{xids:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

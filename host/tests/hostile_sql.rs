@@ -107,17 +107,6 @@ async fn connect_as_probe_role(db: &TestDb) -> (String, PgConnection) {
     (role, conn)
 }
 
-/// The peak resident set of process `pid` so far (VmHWM), in MiB.
-fn peak_rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
-    kib / 1024.0
-}
-
 fn row<'a>(rows: &'a [EventRow], id: &uuid::Uuid) -> &'a EventRow {
     rows.iter().find(|r| r.id == *id).expect("event row")
 }

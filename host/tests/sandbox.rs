@@ -281,3 +281,38 @@ async fn the_ambient_probe_detects_access_when_a_runtime_grants_it() {
         "the listener saw the probe"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_plugin_cannot_make_the_host_copy_one_buffer_many_times() {
+    // 12 outcomes whose messages all alias one 8 MiB buffer: 96 MiB if the host copied them
+    // all, from a plugin holding 8 MiB of a 32 MiB cap.
+    let db = TestDb::new().await;
+    db.migrate();
+    insert_side_by_side(&db, "flood", 1, 50).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = config(
+        dir.path(),
+        "flood",
+        "alias_flood",
+        "memory_limit_mib = 32\n[projection.config]\ncount = \"12\"\nmib = \"8\"",
+    );
+    let mut host = Host::start(&db.url, &["--config", cfg.to_str().unwrap()], &[]);
+    host.wait_ready(PATIENCE);
+    let idle_peak = peak_rss_mib(host.pid());
+    let counts = wait_settled(&db.pool, "flood", 1, PATIENCE).await;
+    assert_eq!(counts.failed, 1);
+    let row = &common::events(&db.pool, "flood").await[0];
+    assert_eq!(row.error_reason.as_deref(), Some("plugin_trap"), "{row:?}");
+    assert!(
+        row.error.as_deref().unwrap_or("").contains("too much data"),
+        "{row:?}"
+    );
+    let grew = peak_rss_mib(host.pid()) - idle_peak;
+    println!("host peak RSS grew {grew:.1} MiB against 96 MiB of aliased messages");
+    assert!(grew < 60.0, "peak RSS grew {grew:.1} MiB");
+    assert_eq!(
+        wait_settled(&db.pool, "steady", 50, PATIENCE).await.done,
+        50
+    );
+    assert!(host.is_ready(), "/readyz stays ok");
+}

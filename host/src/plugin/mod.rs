@@ -376,6 +376,12 @@ impl LoadedPlugin {
         };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
+        // What one call may copy out of the guest into host memory (a handle() result, a bulk
+        // request, a log line): the canonical ABI lifts every string and list element, so a
+        // guest returning a list whose entries all point at the same large string would make
+        // the host allocate that string once per entry. Bounded by the plugin's memory cap,
+        // which is as much as an honest guest can hold; past it the call traps.
+        store.set_hostcall_fuel(self.memory_limit);
         store.epoch_deadline_trap();
         // Instantiation runs the guest's initialisers: bound them like any call.
         store.set_epoch_deadline(limits::deadline_ticks(limits::INSTANTIATE_DEADLINE));

@@ -399,3 +399,14 @@ pub fn run_rebuild(
     let report = serde_json::from_slice(&out.stdout).unwrap_or(serde_json::Value::Null);
     (out, report)
 }
+
+/// The peak resident set of process `pid` so far (`VmHWM`), in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
+    let kib: f64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmHWM");
+    kib / 1024.0
+}

@@ -464,7 +464,7 @@ async fn query_results_are_streamed_and_stop_at_their_row_and_byte_bounds() {
         NewEvent::new(
             "probe",
             "bytes",
-            query("SELECT repeat('x', 20000000) AS pad FROM generate_series(1, 8)"),
+            query("SELECT repeat('x', 10000000) AS pad FROM generate_series(1, 16)"),
         ),
         NewEvent::new(
             "probe",
@@ -502,7 +502,7 @@ async fn query_results_are_streamed_and_stop_at_their_row_and_byte_bounds() {
         "{big:?}"
     );
     assert_eq!(row(&rows, &ids[2]).status, "done");
-    // 160 MB were asked for; the host holds one 20 MB row at a time, never the result.
+    // 160 MB were asked for; the host holds one 10 MB row at a time, never the result.
     let grew = peak_rss_mib(host.pid()) - idle_peak;
     println!("host peak RSS grew {grew:.1} MiB for a 160 MB query result (bound 4 MiB + one row)");
     assert!(grew < 100.0, "peak RSS grew {grew:.1} MiB");

@@ -69,8 +69,10 @@ pub const LOG_LINE_MAX_BYTES: usize = 4096;
 /// Plugin log lines per second per projection (token bucket refill rate).
 pub const LOG_LINES_PER_SECOND: f64 = 100.0;
 
-/// Plugin log lines a projection may emit at once (token bucket size).
-pub const LOG_BURST_LINES: f64 = 200.0;
+/// Plugin log lines a projection may emit at once (token bucket size). 500 lets a plugin that logs
+/// a line or two per event through a short burst of a few hundred events lose nothing (as
+/// tests/leases.rs does), while a flood of 4 KiB lines still gets out only 2 MB at once.
+pub const LOG_BURST_LINES: f64 = 500.0;
 
 /// At most one "dropped N plugin log lines" record per projection this often.
 pub const LOG_DROP_REPORT_INTERVAL: Duration = Duration::from_secs(5);

@@ -3,6 +3,12 @@
 //! Counters move when a batch settles, from the rows the settle statement actually changed (a
 //! fenced-off late ack counts nothing). Gauges that need SQL (lag, oldest age, in-flight, stuck,
 //! blocked) are refreshed by one query on an interval, never per scrape.
+//!
+//! `reason` labels are bounded per projection: the host's own reasons ([`HOST_REASONS`]) are
+//! always labelled; of the reasons plugins choose, the first
+//! [`MAX_REASON_LABELS`](crate::plugin::limits::MAX_REASON_LABELS) distinct ones per projection
+//! (since the host started) get their own label and any further one is counted as
+//! [`OTHER_REASON`]. The stored `error_reason` always keeps the real reason.
 
 use crate::outbox::settle::Settled;
 use crate::outbox::{ClaimedEvent, Verdict};
@@ -11,7 +17,33 @@ use prometheus::{
     TextEncoder,
 };
 use sqlx::PgPool;
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
+use std::sync::Mutex;
+
+/// The `reason` label of failures beyond a projection's distinct-reason bound.
+pub const OTHER_REASON: &str = "other";
+
+/// Reasons the host itself assigns: always their own label, never counted against the bound
+/// (add a new host reason here).
+pub const HOST_REASONS: &[&str] = &[
+    "plugin_trap",
+    "plugin_oom",
+    "plugin_timeout",
+    "plugin_contract",
+    "plugin_instantiate",
+    "host_panic",
+    "sql_connection",
+    "sql_aborted",
+    "payload_too_large",
+    "headers_too_large",
+    "event_type_too_long",
+    "aggregate_type_too_long",
+    "aggregate_id_too_long",
+    "unknown_event_type",
+    "sql_forbidden_statement",
+    "sql_result_too_large",
+    "sql_timeout",
+];
 
 /// The host's metrics.
 pub struct Metrics {
@@ -56,6 +88,10 @@ pub struct Metrics {
     pub rebuild_last_finished: GaugeVec,
     /// 1 if the latest finished rebuild succeeded, else 0.
     pub rebuild_last_success: IntGaugeVec,
+    /// Plugin log lines dropped by the per-projection rate limit.
+    pub plugin_log_dropped: IntCounterVec,
+    /// Per projection, the plugin-chosen reasons that have a label of their own.
+    reason_labels: Mutex<HashMap<String, HashSet<String>>>,
 }
 
 fn gauge(r: &Registry, name: &str, help: &str) -> GaugeVec {
@@ -240,6 +276,13 @@ impl Metrics {
                 "projector_rebuild_last_success",
                 "1 if the latest finished rebuild succeeded, else 0.",
             ),
+            plugin_log_dropped: counter(
+                &r,
+                "projector_plugin_log_dropped_total",
+                "Plugin log lines dropped by the per-projection rate limit.",
+                &["projection"],
+            ),
+            reason_labels: Mutex::new(HashMap::new()),
             registry: r,
         }
     }
@@ -262,9 +305,29 @@ impl Metrics {
             &self.dispatch_retry,
             &self.reclaimed,
             &self.plugin_traps,
+            &self.plugin_log_dropped,
         ] {
             c.with_label_values(&[projection]);
         }
+    }
+
+    /// The `reason` label for `reason` in `projection`: itself for a host reason or one of the
+    /// projection's first [`MAX_REASON_LABELS`](crate::plugin::limits::MAX_REASON_LABELS)
+    /// distinct plugin reasons, else [`OTHER_REASON`].
+    pub fn reason_label<'a>(&self, projection: &str, reason: &'a str) -> &'a str {
+        if HOST_REASONS.contains(&reason) {
+            return reason;
+        }
+        let mut labels = self.reason_labels.lock().unwrap_or_else(|p| p.into_inner());
+        let seen = labels.entry(projection.to_owned()).or_default();
+        if seen.contains(reason) {
+            return reason;
+        }
+        if seen.len() < crate::plugin::limits::MAX_REASON_LABELS {
+            seen.insert(reason.to_owned());
+            return reason;
+        }
+        OTHER_REASON
     }
 
     /// Counts one settled batch. `settled` holds only rows the settle statement changed.
@@ -286,7 +349,9 @@ impl Metrics {
             };
             let reason = match verdict {
                 Verdict::Success => "",
-                Verdict::Transient { reason, .. } | Verdict::Deterministic { reason, .. } => reason,
+                Verdict::Transient { reason, .. } | Verdict::Deterministic { reason, .. } => {
+                    self.reason_label(projection, reason)
+                }
             };
             if !matches!(verdict, Verdict::Success) {
                 self.dispatch_failure.with_label_values(&[projection]).inc();

@@ -61,9 +61,11 @@ async fn bind(host: std::net::IpAddr, port: u16, key: &str) -> Result<tokio::net
 pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
     let runtime =
         Runtime::new().map_err(|e| anyhow::anyhow!("starting the WebAssembly runtime: {e:#}"))?;
+    let metrics = Arc::new(Metrics::new(&settings.metric_prefix));
     let runtime = runtime
         .with_search(settings.elastic.as_ref())?
-        .with_cache(settings.plugin_cache_dir.as_deref());
+        .with_cache(settings.plugin_cache_dir.as_deref())
+        .with_log_dropped_counter(metrics.plugin_log_dropped.clone());
     let mut loaded: Vec<(ProjectionSpec, Arc<LoadedPlugin>, Vec<u8>)> = Vec::new();
     for spec in &settings.projections {
         let bytes = std::fs::read(&spec.plugin).map_err(|e| Error::Plugin {
@@ -95,7 +97,6 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
         .into_iter()
         .collect();
 
-    let metrics = Arc::new(Metrics::new(&settings.metric_prefix));
     let shutdown = CancellationToken::new();
     let state = Arc::new(AppState {
         metrics: metrics.clone(),

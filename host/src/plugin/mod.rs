@@ -64,6 +64,8 @@ pub struct PluginState {
     claim_batch_id: Option<Uuid>,
     config: Arc<BTreeMap<String, String>>,
     sql: Option<sql::SqlSession>,
+    /// This projection's log rate limit (shared by all its instances in this host).
+    log: Arc<log::LogBudget>,
     /// The test kit's in-memory capabilities; `None` in `projector run`.
     stand_in: Option<Arc<dyn stand_in::StandIn>>,
 }
@@ -87,14 +89,18 @@ pub struct Runtime {
     search: Option<search::SearchClient>,
     cache: Option<cache::CompiledCache>,
     index_redirect: BTreeMap<String, String>,
+    /// Each projection's log budget, shared by every version loaded through this runtime.
+    log_budgets: Arc<log::LogBudgets>,
+    _log_reporter: log::DropReporter,
+    /// `projector_plugin_log_dropped_total`, when the host exports metrics.
+    log_dropped: Option<prometheus::IntCounterVec>,
 }
 
 impl Runtime {
     /// A runtime with epoch interruption, the base capabilities and a sandboxed WASI.
     pub fn new() -> wasmtime::Result<Self> {
         let mut config = wasmtime::Config::new();
-        config.epoch_interruption(true);
-        config.wasm_component_model(true);
+        limits::configure_engine(&mut config);
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
@@ -102,6 +108,8 @@ impl Runtime {
         Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
         sql::add_to_linker(&mut linker)?;
         let _ticker = limits::EpochTicker::start(&engine);
+        let log_budgets: Arc<log::LogBudgets> = Default::default();
+        let _log_reporter = log::DropReporter::start(Arc::downgrade(&log_budgets));
         Ok(Runtime {
             engine,
             linker,
@@ -109,7 +117,33 @@ impl Runtime {
             search: None,
             cache: None,
             index_redirect: BTreeMap::new(),
+            log_budgets,
+            _log_reporter,
+            log_dropped: None,
         })
+    }
+
+    /// Counts the plugin log lines the rate limit drops in `counter` (labelled by projection).
+    /// Applies to plugins loaded afterwards.
+    pub fn with_log_dropped_counter(mut self, counter: prometheus::IntCounterVec) -> Self {
+        self.log_dropped = Some(counter);
+        self
+    }
+
+    /// `projection`'s log budget, made on first use.
+    fn log_budget(&self, projection: &str) -> Arc<log::LogBudget> {
+        let mut budgets = self.log_budgets.lock().unwrap_or_else(|p| p.into_inner());
+        budgets
+            .entry(projection.to_owned())
+            .or_insert_with(|| {
+                let dropped = match &self.log_dropped {
+                    Some(vec) => vec.with_label_values(&[projection]),
+                    None => prometheus::IntCounter::new("unexported", "unexported")
+                        .expect("valid counter"),
+                };
+                Arc::new(log::LogBudget::new(projection, dropped))
+            })
+            .clone()
     }
 
     /// Sends plugins' writes to a granted index named in `redirect` to the index it maps to
@@ -221,6 +255,7 @@ impl Runtime {
                 },
             }),
             config: Arc::new(spec.config.clone()),
+            log: self.log_budget(&spec.name),
             engine: self.engine.clone(),
             search: self
                 .search
@@ -321,11 +356,12 @@ struct SqlGrant {
 /// A compiled, validated plugin version, ready to instantiate.
 pub struct LoadedPlugin {
     sql: Option<SqlGrant>,
-    /// Linear-memory cap per instance, bytes.
+    /// Memory budget per instance (all memories and tables), bytes.
     memory_limit: usize,
     projection: Arc<str>,
     worker_id: Arc<str>,
     config: Arc<BTreeMap<String, String>>,
+    log: Arc<log::LogBudget>,
     engine: Engine,
     search: Option<search::SearchAccess>,
     pre: PluginPre<PluginState>,
@@ -362,6 +398,7 @@ impl LoadedPlugin {
             worker_id: self.worker_id.clone(),
             claim_batch_id: None,
             config: self.config.clone(),
+            log: self.log.clone(),
             sql: self
                 .sql
                 .as_ref()
@@ -413,7 +450,10 @@ impl Instance {
             .call_handle(&mut self.store, events)
             .map_err(|e| match e.downcast_ref::<wasmtime::Trap>() {
                 Some(wasmtime::Trap::Interrupt) => CallError::Timeout,
-                _ if self.store.data().limits.denied => CallError::OutOfMemory(root_cause(&e)),
+                _ if self.store.data().limits.denied => {
+                    let refusal = self.store.data().limits.refusal().unwrap_or_default();
+                    CallError::OutOfMemory(format!("{refusal}; then: {}", root_cause(&e)))
+                }
                 _ => CallError::Trap(root_cause(&e)),
             })
     }
@@ -422,15 +462,7 @@ impl Instance {
 /// The innermost cause of a wasmtime error, without the wasm backtrace wasmtime adds as context
 /// (it names only function indices, and would bloat `outbox_events.error`).
 fn root_cause(e: &wasmtime::Error) -> String {
-    let mut text = e.root_cause().to_string();
-    if text.len() > 1000 {
-        let cut = (0..=1000)
-            .rev()
-            .find(|i| text.is_char_boundary(*i))
-            .unwrap_or(0);
-        text.truncate(cut);
-    }
-    text
+    limits::truncate(e.root_cause().to_string(), 1000)
 }
 
 fn to_wit(e: &ClaimedEvent, projection: &str) -> WitEvent {
@@ -448,16 +480,20 @@ fn to_wit(e: &ClaimedEvent, projection: &str) -> WitEvent {
     }
 }
 
+/// A plugin's outcome as the host records it: the reason sanitized, the message cut to
+/// [`limits::FAILURE_MESSAGE_MAX_BYTES`] (everything downstream, settle, logs and spans, sees
+/// only the bounded one).
 fn to_verdict(o: Outcome) -> Verdict {
+    let message = |m: String| limits::truncate(m, limits::FAILURE_MESSAGE_MAX_BYTES);
     match o {
         Outcome::Success => Verdict::Success,
         Outcome::Transient(f) => Verdict::Transient {
             reason: sanitize_reason(&f.reason),
-            message: f.message,
+            message: message(f.message),
         },
         Outcome::Deterministic(f) => Verdict::Deterministic {
             reason: sanitize_reason(&f.reason),
-            message: f.message,
+            message: message(f.message),
         },
     }
 }

@@ -67,6 +67,9 @@ impl Drop for RssSampler {
 struct Raw {
     rd: OwnedReadHalf,
     wr: Option<OwnedWriteHalf>,
+    /// The write half once a body was streamed: kept open, since a half-closed connection is
+    /// one the host may drop before answering.
+    streamed: Option<tokio::sync::oneshot::Receiver<OwnedWriteHalf>>,
     buf: Vec<u8>,
 }
 
@@ -111,6 +114,7 @@ impl Raw {
         Raw {
             rd,
             wr: Some(wr),
+            streamed: None,
             buf: Vec::new(),
         }
     }
@@ -186,18 +190,21 @@ impl Raw {
     /// `sent`, until done or the host stops reading.
     fn stream_body(&mut self, length: u64, fill: u8, sent: Arc<AtomicU64>) {
         let mut wr = self.wr.take().expect("the body is sent once");
+        let (keep, kept) = tokio::sync::oneshot::channel();
+        self.streamed = Some(kept);
         tokio::spawn(async move {
             let chunk = vec![fill; 1 << 20];
             let mut left = length;
             while left > 0 {
                 let n = left.min(chunk.len() as u64) as usize;
                 if wr.write_all(&chunk[..n]).await.is_err() {
-                    return;
+                    break;
                 }
                 sent.fetch_add(n as u64, Ordering::Relaxed);
                 left -= n as u64;
             }
             let _ = wr.flush().await;
+            let _ = keep.send(wr);
         });
     }
 
@@ -598,7 +605,8 @@ async fn a_read_blocked_past_the_statement_timeout_is_503_and_claims_go_on_meanw
     // events are delivered.
     tokio::time::sleep(Duration::from_millis(500)).await;
     let readers: i64 = sqlx::query_scalar(
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'projector-http-reads'",
+        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'projector-http-reads'
+           AND datname = current_database()",
     )
     .fetch_one(&db.pool)
     .await
@@ -699,7 +707,8 @@ async fn twelve_loops_of_slow_reads_do_not_slow_the_pickup_of_new_events() {
             .await,
         );
         let readers: i64 = sqlx::query_scalar(
-            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'projector-http-reads'",
+            "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'projector-http-reads'
+           AND datname = current_database()",
         )
         .fetch_one(&db.pool)
         .await

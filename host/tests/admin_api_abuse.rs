@@ -750,3 +750,97 @@ async fn twelve_loops_of_slow_reads_do_not_slow_the_pickup_of_new_events() {
         "{max_readers} read connections"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn twelve_get_status_loops_over_300k_done_rows_leave_the_pickup_of_new_events_fast() {
+    let db = TestDb::new().await;
+    db.migrate();
+    // A history that makes `GET /status` cost a real scan.
+    let rows = 300_000i64;
+    let t = Instant::now();
+    sqlx::query(
+        "INSERT INTO outbox_events (projection, event_type, aggregate_id, payload, status, done_at)
+         SELECT 'p', 'test.event', 'old' || (i % 1000), '{}'::jsonb, 'done', now()
+         FROM generate_series(1, $1) AS i",
+    )
+    .bind(rows)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::query("ANALYZE outbox_events")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let inserted_in = t.elapsed();
+    let host = host_with(&db, "scripted", &[]).await;
+    let t = Instant::now();
+    let (status, answer) = host.send("GET", "/status", None, b"");
+    let one_status = t.elapsed();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["projections"][0]["counts"]["done"], rows);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let answers: Arc<std::sync::Mutex<Vec<u16>>> = Default::default();
+    let loops: Vec<_> = (0..12)
+        .map(|_| {
+            let (stop, answers, port) = (stop.clone(), answers.clone(), host.port);
+            std::thread::spawn(move || {
+                let agent: ureq::Agent = ureq::Agent::config_builder()
+                    .proxy(None)
+                    .http_status_as_error(false)
+                    .timeout_global(Some(secs(30)))
+                    .build()
+                    .into();
+                while !stop.load(Ordering::Relaxed) {
+                    let status = agent
+                        .get(&format!("http://127.0.0.1:{port}/status"))
+                        .call()
+                        .map(|r| r.status().as_u16())
+                        .unwrap_or(0);
+                    answers.lock().unwrap().push(status);
+                }
+            })
+        })
+        .collect();
+    // One event every 250 ms for 5 s while the loops run.
+    let mut ids = Vec::new();
+    for i in 0..20 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        ids.extend(
+            insert_events(
+                &db.pool,
+                &[NewEvent::new(
+                    "p",
+                    format!("a{i}"),
+                    json!({"outcome": "success"}),
+                )],
+            )
+            .await,
+        );
+    }
+    wait_until("every event is done", PATIENCE, async || {
+        pickup_latencies(&db.pool, &ids).await.len() == ids.len()
+    })
+    .await;
+    stop.store(true, Ordering::Relaxed);
+    for l in loops {
+        l.join().unwrap();
+    }
+    let latencies = pickup_latencies(&db.pool, &ids).await;
+    let worst = latencies.iter().copied().fold(0.0, f64::max);
+    let answers = answers.lock().unwrap().clone();
+    let count = |s: u16| answers.iter().filter(|a| **a == s).count();
+    println!(
+        "{rows} done rows (inserted in {inserted_in:?}); one GET /status took {one_status:?}; \
+         12 GET /status loops: {} answers ({} 200, {} 503, {} other); {} events picked up in \
+         median {:.3} s, worst {worst:.3} s",
+        answers.len(),
+        count(200),
+        count(503),
+        answers.len() - count(200) - count(503),
+        latencies.len(),
+        median(&latencies),
+    );
+    assert!(worst < 0.5, "pickup took up to {worst} s");
+    assert!(count(200) > 0, "the reads were answered");
+}

@@ -6,9 +6,10 @@
 //! - Reads are open: `GET /status`, `GET /projections/{name}/status`, `.../plugins`, `.../audit`,
 //!   `.../rebuilds`, and `/readyz`. They run on a pool of their own ([`read_pool`]: at most
 //!   [`READ_CONNECTIONS`] connections, each with `statement_timeout` [`READ_STATEMENT_TIMEOUT`]
-//!   and read-only transactions), never on the claim loops' pool, so no number of readers can
-//!   delay a claim. A read that finds every read connection busy for [`READ_ACQUIRE_TIMEOUT`],
-//!   or that runs past the statement timeout, is 503 with `Retry-After`.
+//!   and read-only transactions), never on the claim loops' pool: readers cannot take the
+//!   connections a claim needs (they still share the database server's CPU and I/O). A read that
+//!   finds every read connection busy for [`READ_ACQUIRE_TIMEOUT`], or that runs past the
+//!   statement timeout, is 503 with `Retry-After`.
 //! - Every write needs the bearer token `OUTBOX_ADMIN_TOKEN`, checked by a layer in front of the
 //!   write routes, before a byte of the body is read: without the right token the answer is 401
 //!   (with no token configured, 403), the connection is closed, and nothing changes. The token is

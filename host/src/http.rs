@@ -1,32 +1,50 @@
 //! The HTTP surface: `/healthz` (the process serves), `/readyz` (the database answers and every
 //! plugin is loaded), `/metrics` (Prometheus text), and the admin API (JSON; documented in
-//! `docs/openapi.yaml`).
+//! `docs/openapi.json`).
 //!
 //! Invariants:
 //! - Reads are open: `GET /status`, `GET /projections/{name}/status`, `.../plugins`, `.../audit`,
-//!   `.../rebuilds`.
-//! - Every write needs the bearer token `OUTBOX_ADMIN_TOKEN` and is checked before the body is
-//!   even parsed: without the right token the answer is 401 and nothing changes; with no token
-//!   configured every write is 403. Writes: `PUT .../plugin` (body = the component),
-//!   `POST .../rollback`, `.../replay`, `.../skip`, `.../pause`, `.../resume`, `.../rebuild`.
+//!   `.../rebuilds`, and `/readyz`. They run on a pool of their own ([`read_pool`]: at most
+//!   [`READ_CONNECTIONS`] connections, each with `statement_timeout` [`READ_STATEMENT_TIMEOUT`]
+//!   and read-only transactions), never on the claim loops' pool: readers cannot take the
+//!   connections a claim needs (they still share the database server's CPU and I/O). A read that
+//!   finds every read connection busy for [`READ_ACQUIRE_TIMEOUT`], or that runs past the
+//!   statement timeout, is 503 with `Retry-After`.
+//! - Every write needs the bearer token `OUTBOX_ADMIN_TOKEN`, checked by a layer in front of the
+//!   write routes, before a byte of the body is read: without the right token the answer is 401
+//!   (with no token configured, 403), the connection is closed, and nothing changes. The token is
+//!   compared in constant time (SHA-256 digests, `subtle`). Writes: `PUT .../plugin` (body = the
+//!   component), `POST .../rollback`, `.../replay`, `.../skip`, `.../pause`, `.../resume`,
+//!   `.../rebuild`.
+//! - Bodies are bounded per route: [`MAX_COMPONENT_BYTES`] for a component, [`MAX_JSON_BYTES`]
+//!   for every JSON write. A larger `Content-Length` is 413 before the body is read; a chunked
+//!   body is 413 as soon as it passes the limit.
+//! - At most [`MAX_CONCURRENT_UPLOADS`] authorized uploads (body read, validation, compilation)
+//!   run at once; one more is 429 with `Retry-After`, before its body is read.
 //! - Who acted is the `by` field of the body, else the `X-Projector-By` header, else `http`.
 //! - The write endpoints call the same functions as the CLI commands; nothing here touches the
 //!   outbox tables directly.
 
 use crate::metrics::Metrics;
 use axum::body::Bytes;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
 use serde::Serialize;
 use serde_json::json;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
+use std::str::FromStr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use subtle::ConstantTimeEq;
+use tokio::sync::Semaphore;
 
 /// What the handlers read.
 pub struct AppState {
@@ -36,71 +54,226 @@ pub struct AppState {
     pub admin_token: Option<String>,
     /// The metrics to render.
     pub metrics: Arc<Metrics>,
-    /// For the readiness probe.
+    /// The host's pool (the claim loops'): writes only.
     pub pool: PgPool,
+    /// The open reads' pool ([`read_pool`]), separate from the claim loops'.
+    pub read_pool: PgPool,
     /// Set once every plugin is loaded and the claim loops run.
     pub ready: AtomicBool,
     /// The host's settings (the rebuild endpoint runs a projection's plugin with them).
     pub settings: Option<Arc<crate::settings::Settings>>,
 }
 
-/// The router with all three endpoints.
+/// Connections of the open reads' pool.
+pub const READ_CONNECTIONS: u32 = 2;
+/// How long an open read waits for a connection of its pool before it is 503.
+pub const READ_ACQUIRE_TIMEOUT: Duration = Duration::from_secs(2);
+/// `statement_timeout` of the open reads' connections.
+pub const READ_STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
+/// The `application_name` of the open reads' connections.
+pub const READ_APPLICATION_NAME: &str = "projector-http-reads";
+
+/// The open reads' pool: [`READ_CONNECTIONS`] connections at most, opened on demand, each with
+/// `statement_timeout` [`READ_STATEMENT_TIMEOUT`] and read-only transactions by default.
+pub fn read_pool(url: &str) -> crate::Result<PgPool> {
+    let timeout_ms = READ_STATEMENT_TIMEOUT.as_millis().to_string();
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| crate::Error::Connect(format!("not a valid postgres URL: {e}")))?
+        .application_name(READ_APPLICATION_NAME)
+        .options([
+            ("statement_timeout", timeout_ms.as_str()),
+            ("default_transaction_read_only", "on"),
+        ]);
+    Ok(PgPoolOptions::new()
+        .max_connections(READ_CONNECTIONS)
+        .min_connections(0)
+        .acquire_timeout(READ_ACQUIRE_TIMEOUT)
+        .connect_lazy_with(options))
+}
+
+/// The router: probes, metrics, the open reads and the token-guarded writes.
 pub fn router(state: Arc<AppState>) -> Router {
-    Router::new()
-        .route("/healthz", get(|| async { "ok" }))
-        .route("/readyz", get(readyz))
-        .route("/metrics", get(metrics))
+    let uploads = Arc::new(Semaphore::new(MAX_CONCURRENT_UPLOADS));
+    let token = middleware::from_fn_with_state(state.clone(), require_token);
+    // Layers run outside in: the token, then the length, then the upload slot, then the body.
+    let upload = Router::new()
         .route(
             "/projections/{name}/plugin",
-            put(load_plugin).layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES)),
+            put(load_plugin)
+                .layer(DefaultBodyLimit::max(MAX_COMPONENT_BYTES))
+                .layer(middleware::from_fn_with_state(uploads, upload_slot))
+                .layer(middleware::from_fn(|req: Request, next: Next| {
+                    within_limit(MAX_COMPONENT_BYTES, req, next)
+                })),
         )
+        .route_layer(token.clone());
+    let json_writes = Router::new()
         .route("/projections/{name}/rollback", post(rollback))
-        .route("/projections/{name}/plugins", get(list_plugins))
-        .route("/status", get(status_all))
-        .route("/projections/{name}/status", get(status_one))
-        .route("/projections/{name}/audit", get(audit))
-        .route("/projections/{name}/rebuilds", get(rebuilds))
         .route("/projections/{name}/replay", post(replay))
         .route("/projections/{name}/skip", post(skip))
         .route("/projections/{name}/pause", post(pause))
         .route("/projections/{name}/resume", post(resume))
         .route("/projections/{name}/rebuild", post(rebuild))
+        .route_layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
+        .route_layer(middleware::from_fn(|req: Request, next: Next| {
+            within_limit(MAX_JSON_BYTES, req, next)
+        }))
+        .route_layer(token);
+    Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route("/projections/{name}/plugins", get(list_plugins))
+        .route("/status", get(status_all))
+        .route("/projections/{name}/status", get(status_one))
+        .route("/projections/{name}/audit", get(audit))
+        .route("/projections/{name}/rebuilds", get(rebuilds))
+        .merge(upload)
+        .merge(json_writes)
         .with_state(state)
 }
 
 /// The largest component the admin API accepts.
-const MAX_COMPONENT_BYTES: usize = 64 << 20;
+pub const MAX_COMPONENT_BYTES: usize = 64 << 20;
+/// The largest JSON body a write accepts.
+pub const MAX_JSON_BYTES: usize = 64 << 10;
+/// How many authorized plugin uploads run at once.
+pub const MAX_CONCURRENT_UPLOADS: usize = 2;
+/// `Retry-After` (seconds) of a 429 or 503.
+const RETRY_AFTER_SECONDS: &str = "2";
 
-type Reply = (StatusCode, Json<serde_json::Value>);
+type Reply = Response;
 
 fn reply(status: StatusCode, body: serde_json::Value) -> Reply {
-    (status, Json(body))
+    (status, Json(body)).into_response()
 }
 
-/// Checks the bearer token; returns who is acting (`X-Projector-By`, default `http`).
-fn authorize(state: &AppState, headers: &HeaderMap) -> Result<String, Reply> {
+/// A 429/503 telling the client when to come back.
+fn busy(status: StatusCode, error: String) -> Reply {
+    let mut r = reply(status, json!({ "error": error }));
+    r.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from_static(RETRY_AFTER_SECONDS),
+    );
+    r
+}
+
+/// An answer after which the connection is closed, so a body the client is still sending is
+/// never read.
+fn closing(mut r: Reply) -> Reply {
+    r.headers_mut()
+        .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    r
+}
+
+/// Whether `given` is the token, in time independent of where they differ and of the
+/// token's length (both sides are hashed first).
+fn token_matches(token: &str, given: &str) -> bool {
+    use sha2::{Digest, Sha256};
+    Sha256::digest(token.as_bytes())
+        .ct_eq(&Sha256::digest(given.as_bytes()))
+        .into()
+}
+
+/// The layer in front of every write: 403 when no token is configured, 401 unless the request
+/// carries `Authorization: Bearer <token>`; the body is not read either way.
+async fn require_token(State(state): State<Arc<AppState>>, req: Request, next: Next) -> Reply {
     let Some(token) = &state.admin_token else {
-        return Err(reply(
+        return closing(reply(
             StatusCode::FORBIDDEN,
             json!({"error": "the admin API is disabled: set OUTBOX_ADMIN_TOKEN"}),
         ));
     };
-    let given = headers
+    let given = req
+        .headers()
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "));
-    if given != Some(token.as_str()) {
-        return Err(reply(
+    if !given.is_some_and(|given| token_matches(token, given)) {
+        return closing(reply(
             StatusCode::UNAUTHORIZED,
             json!({"error": "missing or wrong bearer token"}),
         ));
     }
-    Ok(headers
+    next.run(req).await
+}
+
+fn too_large(limit: usize) -> Reply {
+    closing(reply(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        json!({"error": format!("the body is larger than this route's limit of {limit} bytes")}),
+    ))
+}
+
+/// 413 before the body is read when its `Content-Length` exceeds `limit` (a chunked body is
+/// cut at `limit` by `DefaultBodyLimit` while it is read).
+async fn within_limit(limit: usize, req: Request, next: Next) -> Reply {
+    let length = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    if length.is_some_and(|n| n > limit as u64) {
+        return too_large(limit);
+    }
+    next.run(req).await
+}
+
+/// Takes one of the [`MAX_CONCURRENT_UPLOADS`] slots for the whole upload, or answers 429.
+async fn upload_slot(State(uploads): State<Arc<Semaphore>>, req: Request, next: Next) -> Reply {
+    let Ok(_permit) = uploads.try_acquire_owned() else {
+        return closing(busy(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!("{MAX_CONCURRENT_UPLOADS} plugin uploads are already in progress; retry later"),
+        ));
+    };
+    next.run(req).await
+}
+
+/// The body, or 413 naming `limit` when it was cut there (400 for any other read failure).
+fn body_within(body: Result<Bytes, BytesRejection>, limit: usize) -> Result<Bytes, Reply> {
+    body.map_err(|rejection| {
+        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+            too_large(limit)
+        } else {
+            closing(reply(
+                StatusCode::BAD_REQUEST,
+                json!({"error": format!("cannot read the body: {}", rejection.body_text())}),
+            ))
+        }
+    })
+}
+
+/// Who is acting when the body names no one: `X-Projector-By`, default `http`.
+fn actor(headers: &HeaderMap) -> String {
+    headers
         .get("x-projector-by")
         .and_then(|v| v.to_str().ok())
         .filter(|v| !v.is_empty())
         .unwrap_or("http")
-        .to_owned())
+        .to_owned()
+}
+
+/// The answer to an open read that failed: 503 with `Retry-After` when the read pool was busy
+/// or the statement timeout cancelled it, 500 otherwise.
+fn read_failed(e: sqlx::Error) -> Reply {
+    match &e {
+        sqlx::Error::PoolTimedOut => busy(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "every read connection ({READ_CONNECTIONS}) stayed busy for {}s; retry later",
+                READ_ACQUIRE_TIMEOUT.as_secs()
+            ),
+        ),
+        sqlx::Error::Database(db) if db.code().as_deref() == Some("57014") => busy(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!(
+                "the read ran past the read statement timeout ({}s) and was cancelled",
+                READ_STATEMENT_TIMEOUT.as_secs()
+            ),
+        ),
+        _ => internal(e),
+    }
 }
 
 /// The plugin registry, once the host has started.
@@ -113,25 +286,22 @@ fn registry(state: &AppState) -> Result<Arc<crate::registry::Registry>, Reply> {
     })
 }
 
-/// Authorizes, then parses the JSON body (an empty body is `{}`).
-fn authorized_body<T: serde::de::DeserializeOwned>(
-    state: &AppState,
-    headers: &HeaderMap,
-    body: &Bytes,
-) -> Result<(String, T), Reply> {
-    let by = authorize(state, headers)?;
+/// Parses the JSON body (an empty body is `{}`); the token was checked by [`require_token`].
+fn parse_body<T: serde::de::DeserializeOwned>(
+    body: Result<Bytes, BytesRejection>,
+) -> Result<T, Reply> {
+    let body = body_within(body, MAX_JSON_BYTES)?;
     let raw: &[u8] = if body.iter().all(u8::is_ascii_whitespace) {
         b"{}"
     } else {
-        body
+        &body
     };
-    let parsed = serde_json::from_slice(raw).map_err(|e| {
+    serde_json::from_slice(raw).map_err(|e| {
         reply(
             StatusCode::BAD_REQUEST,
             json!({"error": format!("invalid JSON body: {e}")}),
         )
-    })?;
-    Ok((by, parsed))
+    })
 }
 
 /// 404 unless `name` is a projection this host runs (writes never create rows for names that
@@ -185,14 +355,19 @@ async fn load_plugin(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let (by, registry) =
-        match authorize(&state, &headers).and_then(|by| Ok((by, registry(&state)?))) {
+    let (body, registry) =
+        match body_within(body, MAX_COMPONENT_BYTES).and_then(|b| Ok((b, registry(&state)?))) {
             Ok(ok) => ok,
             Err(r) => return r,
         };
-    activated(&name, registry.activate(&name, body.to_vec(), &by).await)
+    activated(
+        &name,
+        registry
+            .activate(&name, body.to_vec(), &actor(&headers))
+            .await,
+    )
 }
 
 async fn rollback(
@@ -200,28 +375,20 @@ async fn rollback(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Reply {
-    let (by, registry) =
-        match authorize(&state, &headers).and_then(|by| Ok((by, registry(&state)?))) {
-            Ok(ok) => ok,
-            Err(r) => return r,
-        };
-    activated(&name, registry.rollback(&name, &by).await)
-}
-
-async fn list_plugins(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
     let registry = match registry(&state) {
         Ok(ok) => ok,
         Err(r) => return r,
     };
-    match registry.list(&name).await {
+    activated(&name, registry.rollback(&name, &actor(&headers)).await)
+}
+
+async fn list_plugins(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
+    match crate::registry::list(&state.read_pool, &name).await {
         Ok(rows) => reply(
             StatusCode::OK,
             json!({"projection": name, "versions": rows}),
         ),
-        Err(e) => reply(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            json!({"error": e.to_string()}),
-        ),
+        Err(e) => read_failed(e),
     }
 }
 
@@ -238,11 +405,12 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     }
     let ping = tokio::time::timeout(
         Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.pool),
+        sqlx::query("SELECT 1").execute(&state.read_pool),
     )
     .await;
     match ping {
         Ok(Ok(_)) => (StatusCode::OK, "ready"),
+        Ok(Err(sqlx::Error::PoolTimedOut)) => (StatusCode::SERVICE_UNAVAILABLE, "read pool busy"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "database unreachable"),
     }
 }
@@ -255,16 +423,16 @@ async fn metrics(State(state): State<Arc<AppState>>) -> impl IntoResponse {
 }
 
 async fn status_all(State(state): State<Arc<AppState>>) -> Reply {
-    match crate::outbox::status::status(&state.pool, None).await {
+    match crate::outbox::status::status(&state.read_pool, None).await {
         Ok(rows) => reply(StatusCode::OK, json!({"projections": rows})),
-        Err(e) => internal(e),
+        Err(e) => read_failed(e),
     }
 }
 
 async fn status_one(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
-    match crate::outbox::status::status(&state.pool, Some(&name)).await {
+    match crate::outbox::status::status(&state.read_pool, Some(&name)).await {
         Ok(mut rows) => reply(StatusCode::OK, json!(rows.pop())),
-        Err(e) => internal(e),
+        Err(e) => read_failed(e),
     }
 }
 
@@ -287,11 +455,11 @@ async fn audit(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> 
          FROM replay_audit WHERE projection = $1 ORDER BY id DESC LIMIT 100",
     )
     .bind(&name)
-    .fetch_all(&state.pool)
+    .fetch_all(&state.read_pool)
     .await;
     match rows {
         Ok(rows) => reply(StatusCode::OK, json!({"projection": name, "audit": rows})),
-        Err(e) => internal(e),
+        Err(e) => read_failed(e),
     }
 }
 
@@ -319,14 +487,14 @@ async fn rebuilds(State(state): State<Arc<AppState>>, Path(name): Path<String>) 
          FROM projector_rebuilds WHERE projection = $1 ORDER BY id DESC LIMIT 20",
     )
     .bind(&name)
-    .fetch_all(&state.pool)
+    .fetch_all(&state.read_pool)
     .await;
     match rows {
         Ok(rows) => reply(
             StatusCode::OK,
             json!({"projection": name, "rebuilds": rows}),
         ),
-        Err(e) => internal(e),
+        Err(e) => read_failed(e),
     }
 }
 
@@ -348,16 +516,16 @@ async fn replay_or_skip(
     state: &AppState,
     name: &str,
     headers: &HeaderMap,
-    body: &Bytes,
+    body: Result<Bytes, BytesRejection>,
     skip: bool,
 ) -> Reply {
-    let (by, b) = match authorized_body::<ReplayBody>(state, headers, body)
-        .and_then(|ok| known(state, name).map(|()| ok))
-    {
+    let b = match parse_body::<ReplayBody>(body).and_then(|ok| known(state, name).map(|()| ok)) {
         Ok(ok) => ok,
         Err(r) => return r,
     };
-    let by = b.by.filter(|v| !v.trim().is_empty()).unwrap_or(by);
+    let by =
+        b.by.filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| actor(headers));
     let Some(reason) = b.reason.filter(|v| !v.trim().is_empty()) else {
         return missing("reason");
     };
@@ -390,18 +558,18 @@ async fn replay(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    replay_or_skip(&state, &name, &headers, &body, false).await
+    replay_or_skip(&state, &name, &headers, body, false).await
 }
 
 async fn skip(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    replay_or_skip(&state, &name, &headers, &body, true).await
+    replay_or_skip(&state, &name, &headers, body, true).await
 }
 
 #[derive(Deserialize, Default)]
@@ -415,15 +583,15 @@ async fn pause(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let (by, b) = match authorized_body::<PauseBody>(&state, &headers, &body)
-        .and_then(|ok| known(&state, &name).map(|()| ok))
-    {
+    let b = match parse_body::<PauseBody>(body).and_then(|ok| known(&state, &name).map(|()| ok)) {
         Ok(ok) => ok,
         Err(r) => return r,
     };
-    let by = b.by.filter(|v| !v.trim().is_empty()).unwrap_or(by);
+    let by =
+        b.by.filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| actor(&headers));
     match crate::outbox::operator::pause(&state.pool, &name, &by, b.reason.as_deref()).await {
         Ok(()) => reply(StatusCode::OK, json!({"projection": name, "paused": true})),
         Err(e) => internal(e),
@@ -433,12 +601,9 @@ async fn pause(
 async fn resume(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
-    headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    if let Err(r) =
-        authorized_body::<PauseBody>(&state, &headers, &body).and_then(|_| known(&state, &name))
-    {
+    if let Err(r) = parse_body::<PauseBody>(body).and_then(|_| known(&state, &name)) {
         return r;
     }
     match crate::outbox::operator::resume(&state.pool, &name).await {
@@ -469,10 +634,10 @@ async fn rebuild(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
     headers: HeaderMap,
-    body: Bytes,
+    body: Result<Bytes, BytesRejection>,
 ) -> Reply {
     use crate::rebuild::{Mode, Request};
-    let (by, b) = match authorized_body::<RebuildBody>(&state, &headers, &body) {
+    let b = match parse_body::<RebuildBody>(body) {
         Ok(ok) => ok,
         Err(r) => return r,
     };
@@ -508,7 +673,10 @@ async fn rebuild(
         },
         truncate: b.truncate,
         source: b.source,
-        by: b.by.filter(|v| !v.trim().is_empty()).unwrap_or(by),
+        by: b
+            .by
+            .filter(|v| !v.trim().is_empty())
+            .unwrap_or_else(|| actor(&headers)),
     };
     let pool = state.pool.clone();
     // On a thread of its own: the rebuild's future holds a source cursor across awaits, which
@@ -559,6 +727,22 @@ mod tests {
             }
         }
         routes
+    }
+
+    #[test]
+    fn only_the_whole_token_matches() {
+        let token = "test-admin-token-0123456789";
+        assert!(super::token_matches(token, token));
+        for wrong in [
+            "",
+            "t",
+            "test-admin-token-012345678",
+            "test-admin-token-01234567890",
+            "test-admin-token-012345678X",
+            "Xest-admin-token-0123456789",
+        ] {
+            assert!(!super::token_matches(token, wrong), "{wrong:?}");
+        }
     }
 
     #[test]

@@ -241,14 +241,12 @@ impl Registry {
         };
         self.activate(projection, bytes, by).await
     }
+}
 
-    /// Every recorded version of `projection` with the number of events it settled.
-    pub async fn list(&self, projection: &str) -> Result<Vec<VersionRow>> {
-        Ok(sqlx::query_as(LIST)
-            .bind(projection)
-            .fetch_all(&self.pool)
-            .await?)
-    }
+/// Every recorded version of `projection` with the number of events it settled, read through
+/// `pool` (the admin API's read pool).
+pub async fn list(pool: &PgPool, projection: &str) -> sqlx::Result<Vec<VersionRow>> {
+    sqlx::query_as(LIST).bind(projection).fetch_all(pool).await
 }
 
 async fn record_active(

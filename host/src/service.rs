@@ -86,6 +86,8 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
         .map(|p| p.tuning.concurrency)
         .sum();
     let pool = crate::db::connect(&settings.database_url, (loops + 4) as u32).await?;
+    // The admin API's open reads get connections of their own, never the claim loops'.
+    let read_pool = http::read_pool(&settings.database_url)?;
     if migrate {
         crate::db::migrate(&pool).await?;
     }
@@ -101,6 +103,7 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
     let state = Arc::new(AppState {
         metrics: metrics.clone(),
         pool: pool.clone(),
+        read_pool,
         ready: Default::default(),
         registry: Default::default(),
         admin_token: settings.admin_token.clone(),

@@ -125,6 +125,11 @@ async fn a_stopped_hosts_claims_are_taken_over_by_a_running_host_only_after_thei
         let lease = lease_at_stop[&row.id];
         // B's claim of the event, read from the row: not before A's lease ran out.
         let taken = row.processing_started_at.expect("processing_started_at");
+        eprintln!(
+            "event {}: A's lease ran until {lease}, B claimed it at {taken} ({} ms later)",
+            row.seq,
+            (taken - lease).num_milliseconds()
+        );
         assert!(
             taken >= lease,
             "event {}: host B claimed it at {taken}, while A's lease ran until {lease}",

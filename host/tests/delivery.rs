@@ -1,6 +1,6 @@
-//! Delivery: events that succeed are delivered exactly once, end `done`, and show up in the
-//! dispatch metrics; `projector migrate` prepares a table an application can write to with only
-//! the required columns.
+//! Delivery: events that succeed are delivered exactly once (counted at the sink, not only by the
+//! host), end `done`, and show up in the dispatch metrics; `projector migrate` prepares a table an
+//! application can write to with only the required columns.
 
 mod common;
 
@@ -10,17 +10,25 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread")]
 async fn a_thousand_events_for_each_of_two_projections_are_delivered_once() {
     let db = TestDb::new().await;
-    let scripted = plugin("scripted");
-    let mut host = Host::start(
-        &db.url,
-        &[
-            "--plugin",
-            &plugin_spec("a", &scripted),
-            "--plugin",
-            &plugin_spec("b", &scripted),
-        ],
-        &[],
+    db.migrate();
+    // Both projections run the `stamp` plugin into one `stamps` read model, whose trigger counts
+    // any second application of an event (see `stamp_projection`): the sink's own count, beside
+    // the host's counters.
+    let (dir, _) = stamp_projection(&db, &plugin("stamp_v1").display().to_string()).await;
+    let stamp = plugin("stamp_v1").display().to_string();
+    let config = write_file(
+        dir.path(),
+        "two.toml",
+        ["a", "b"]
+            .map(|name| {
+                format!(
+                    "[[projection]]\nname = \"{name}\"\nplugin = \"{stamp}\"\n\
+                     [projection.grants]\nsql_tables = [\"stamps\"]\n"
+                )
+            })
+            .join("\n"),
     );
+    let mut host = Host::start(&db.url, &["--config", config.to_str().unwrap()], &[]);
     host.wait_ready(PATIENCE);
 
     // 200 aggregates with 5 events each, so per-aggregate ordering is exercised along the way.
@@ -68,6 +76,21 @@ async fn a_thousand_events_for_each_of_two_projections_are_delivered_once() {
             assert_eq!(row.failure_kind, None);
         }
     }
+    // At the sink: one stamp per event, and no event applied a second time.
+    let (stamped, unstamped, again): (i64, i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM stamps),
+                (SELECT count(*) FROM outbox_events e
+                  WHERE NOT EXISTS (SELECT 1 FROM stamps s WHERE s.event_id = e.id)),
+                (SELECT count(*) FROM stamp_duplicates)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        (stamped, unstamped, again),
+        (2000, 0, 0),
+        "stamps, events without a stamp, second applications counted at the sink"
+    );
 
     let success = |projection| {
         host.metric(

@@ -1,6 +1,6 @@
-//! Leases: a host renews the lease on a batch it is still working on; when a host dies, another
-//! takes its claims over only after the lease has expired; and two hosts never work on one event
-//! at the same time.
+//! Leases: a host renews the lease on a batch it is still working on; when a host stops (frozen
+//! with its claims held), another host that is already running takes its claims over only after
+//! the lease has expired; and two hosts never work on one event at the same time.
 
 mod common;
 
@@ -12,7 +12,7 @@ use serde_json::json;
 use uuid::Uuid;
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_killed_hosts_claims_are_taken_over_after_their_lease_expires() {
+async fn a_stopped_hosts_claims_are_taken_over_by_a_running_host_only_after_their_lease_expires() {
     let db = TestDb::new().await;
     db.migrate();
     // Three slow events: one plugin call takes 9 s, far longer than the 2 s lease.
@@ -74,12 +74,22 @@ async fn a_killed_hosts_claims_are_taken_over_after_their_lease_expires() {
     )
     .await;
 
-    a.sigkill();
-    a.wait_exit(secs(10));
-    // A is gone: nothing extends these leases any more.
+    // Host B starts while A holds and renews the batch: B is running, and takes nothing.
+    let mut b = Host::start(&db.url, &["--plugin", &spec], &settings("host-b"));
+    b.wait_ready(PATIENCE);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    assert!(
+        claimed_by_a(&events(&db.pool, "p").await),
+        "a running host B leaves A's renewed claims alone"
+    );
+
+    // A freezes (SIGSTOP: not dead, its connections open, its claims held, nothing renewed).
+    // A renewal A sent just before the stop still lands, so its leases are read once settled.
+    a.sigstop();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     let rows = events(&db.pool, "p").await;
-    assert!(claimed_by_a(&rows), "A's claims outlive it: {rows:?}");
-    let lease_at_kill: HashMap<Uuid, DateTime<Utc>> = rows
+    assert!(claimed_by_a(&rows), "A's claims outlive its stop: {rows:?}");
+    let lease_at_stop: HashMap<Uuid, DateTime<Utc>> = rows
         .iter()
         .map(|r| {
             (
@@ -88,9 +98,15 @@ async fn a_killed_hosts_claims_are_taken_over_after_their_lease_expires() {
             )
         })
         .collect();
+    let now: DateTime<Utc> = sqlx::query_scalar("SELECT now()")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert!(
+        lease_at_stop.values().all(|l| *l > now),
+        "A's leases are still running after its stop ({now}): {lease_at_stop:?}"
+    );
 
-    let mut b = Host::start(&db.url, &["--plugin", &spec], &settings("host-b"));
-    b.wait_ready(PATIENCE);
     let counts = wait_settled(&db.pool, "p", 3, PATIENCE).await;
     assert_eq!(
         counts,
@@ -106,7 +122,19 @@ async fn a_killed_hosts_claims_are_taken_over_after_their_lease_expires() {
             "event {}",
             row.seq
         );
-        let lease = lease_at_kill[&row.id];
+        let lease = lease_at_stop[&row.id];
+        // B's claim of the event, read from the row: not before A's lease ran out.
+        let taken = row.processing_started_at.expect("processing_started_at");
+        eprintln!(
+            "event {}: A's lease ran until {lease}, B claimed it at {taken} ({} ms later)",
+            row.seq,
+            (taken - lease).num_milliseconds()
+        );
+        assert!(
+            taken >= lease,
+            "event {}: host B claimed it at {taken}, while A's lease ran until {lease}",
+            row.seq
+        );
         assert!(
             row.done_at.is_some_and(|d| d > lease),
             "event {} done at {:?}, before A's lease ran out at {lease}",
@@ -123,13 +151,16 @@ async fn a_killed_hosts_claims_are_taken_over_after_their_lease_expires() {
             .filter(|m| m.begin && m.event_id == id.to_string())
             .collect();
         assert_eq!(begins.len(), 1, "host B began event {id} once");
-        let lease_micros = lease_at_kill[id].timestamp_micros();
+        let lease_micros = lease_at_stop[id].timestamp_micros();
         assert!(
             begins[0].unix_micros > lease_micros,
             "host B began event {id} at {} µs, before A's lease expired at {lease_micros} µs",
             begins[0].unix_micros
         );
     }
+    // A, still frozen, is killed: it never settled anything of its batch.
+    a.sigkill();
+    a.wait_exit(secs(10));
 }
 
 /// `(begin, end)` in unix microseconds of one handling of one event, from one host's log.

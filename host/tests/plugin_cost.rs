@@ -8,7 +8,8 @@
 //! ```
 //!
 //! Two figures per plugin, both with one event per `handle()` call (how the host runs `sql`
-//! plugins):
+//! plugins). The figures quoted in docs/plugins.md are a one-off run of this test (dated and
+//! pinned to a commit there), not something it checks.
 //! - **plugin only**: `projector plugin test`'s runtime path in this process, the `sql` capability
 //!   answered by the test kit's in-memory stand-in; the median over three runs of [`EVENTS`]
 //!   events of the time spent in `handle()` (payload parsing, building the statement, crossing

@@ -23,19 +23,103 @@ fn delay_bounds_ms(attempt: u32) -> (f64, f64) {
     (d / 2.0 - 1.0, d + 1.0)
 }
 
-/// The host's "retry scheduled" records, per event id: `(attempt, delay_ms)` by attempt.
-fn scheduled_retries(records: &[Value]) -> HashMap<String, Vec<(u32, f64)>> {
-    let mut by_event: HashMap<String, Vec<(u32, f64)>> = HashMap::new();
-    for record in records_with_message(records, "retry scheduled") {
-        let event_id = field_str(record, "event_id").expect("retry record has event_id");
-        let attempt = field_f64(record, "attempt").expect("retry record has attempt") as u32;
-        let delay = field_f64(record, "delay_ms").expect("retry record has delay_ms");
-        by_event.entry(event_id).or_default().push((attempt, delay));
-    }
-    for retries in by_event.values_mut() {
-        retries.sort_by_key(|(attempt, _)| *attempt);
+/// Records every attempt's claim and settle as the database saw it: a trigger on
+/// `outbox_events` (the test's, not the host's) appends a row to `attempt_log` whenever an
+/// event's status or attempt count changes, with the transaction's time.
+async fn log_attempts_in_the_database(pool: &sqlx::PgPool) {
+    sqlx::raw_sql(
+        "CREATE TABLE attempt_log (
+             event_id uuid NOT NULL, attempts int NOT NULL, status text NOT NULL,
+             next_retry_at timestamptz NOT NULL, processing_started_at timestamptz,
+             at timestamptz NOT NULL DEFAULT now());
+         CREATE FUNCTION log_attempt() RETURNS trigger
+             LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+         BEGIN
+             IF NEW.status IS DISTINCT FROM OLD.status OR NEW.attempts <> OLD.attempts THEN
+                 INSERT INTO attempt_log (event_id, attempts, status, next_retry_at,
+                                          processing_started_at)
+                 VALUES (NEW.id, NEW.attempts, NEW.status, NEW.next_retry_at,
+                         NEW.processing_started_at);
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER log_attempt AFTER UPDATE ON outbox_events
+             FOR EACH ROW EXECUTE FUNCTION log_attempt();",
+    )
+    .execute(pool)
+    .await
+    .expect("install the attempt log");
+}
+
+/// One retry as the database recorded it: after failed attempt `attempt`, the settle set
+/// `next_retry_at` `scheduled_ms` after its own time, and the next claim came `waited_ms` after
+/// that settle.
+#[derive(Debug, Clone, Copy)]
+struct Retry {
+    attempt: u32,
+    scheduled_ms: f64,
+    waited_ms: f64,
+}
+
+/// Per event id, its retries in attempt order, from `attempt_log`.
+async fn retries_from_the_database(pool: &sqlx::PgPool) -> HashMap<String, Vec<Retry>> {
+    let rows: Vec<(uuid::Uuid, i32, f64, f64)> = sqlx::query_as(
+        "SELECT s.event_id, s.attempts,
+                extract(epoch FROM s.next_retry_at - s.at)::float8 * 1000,
+                extract(epoch FROM c.processing_started_at - s.at)::float8 * 1000
+           FROM attempt_log s
+           JOIN attempt_log c ON c.event_id = s.event_id AND c.attempts = s.attempts + 1
+                             AND c.status = 'processing'
+          WHERE s.status = 'pending'
+          ORDER BY s.event_id, s.attempts",
+    )
+    .fetch_all(pool)
+    .await
+    .expect("read the attempt log");
+    let mut by_event: HashMap<String, Vec<Retry>> = HashMap::new();
+    for (event_id, attempt, scheduled_ms, waited_ms) in rows {
+        by_event
+            .entry(event_id.to_string())
+            .or_default()
+            .push(Retry {
+                attempt: attempt as u32,
+                scheduled_ms,
+                waited_ms,
+            });
     }
     by_event
+}
+
+/// How late a retry's claim may come after its `next_retry_at`: the loop wakes at the earliest
+/// retry it scheduled, and polls every 200 ms (FAST) anyway; the rest is slack for a loaded
+/// 2-core machine.
+const WAKE_SLACK_MS: f64 = 500.0;
+
+/// Checks one retry against the documented backoff, from the database alone: the delay the
+/// settle scheduled is in range, and the next attempt was claimed no sooner than that, and not
+/// much later.
+fn assert_backoff(id: &str, retry: &Retry) {
+    let (low, high) = delay_bounds_ms(retry.attempt);
+    assert!(
+        (low..=high).contains(&retry.scheduled_ms),
+        "event {id} attempt {}: next_retry_at set {} ms after the settle, outside [{low}, {high}]",
+        retry.attempt,
+        retry.scheduled_ms
+    );
+    assert!(
+        retry.waited_ms >= retry.scheduled_ms && retry.waited_ms >= low,
+        "event {id} attempt {}: claimed again {} ms after the settle, before its delay of {} ms",
+        retry.attempt,
+        retry.waited_ms,
+        retry.scheduled_ms
+    );
+    assert!(
+        retry.waited_ms <= retry.scheduled_ms + WAKE_SLACK_MS,
+        "event {id} attempt {}: claimed again {} ms after the settle, {} ms late",
+        retry.attempt,
+        retry.waited_ms,
+        retry.waited_ms - retry.scheduled_ms
+    );
 }
 
 fn scripted_host(db: &TestDb, projection: &str, env: &[(&str, &str)]) -> Host {
@@ -57,7 +141,8 @@ fn same_payload(projection: &str, n: usize, payload: Value) -> Vec<NewEvent> {
 #[tokio::test(flavor = "multi_thread")]
 async fn transient_failures_are_retried_with_growing_delays_then_succeed() {
     let db = TestDb::new().await;
-    let host = scripted_host(&db, "p", &[]);
+    let _host = scripted_host(&db, "p", &[]);
+    log_attempts_in_the_database(&db.pool).await;
     let ids = insert_events(
         &db.pool,
         &same_payload(
@@ -85,40 +170,43 @@ async fn transient_failures_are_retried_with_growing_delays_then_succeed() {
         assert!(row.done_at.is_some());
     }
 
-    let retries = scheduled_retries(&host.log_lines());
+    // The time between attempts, from the database.
+    let retries = retries_from_the_database(&db.pool).await;
     let mut firsts = Vec::new();
     let mut seconds = Vec::new();
     let mut grew = 0;
     for id in &ids {
+        let id = id.to_string();
         let delays = retries
-            .get(&id.to_string())
-            .unwrap_or_else(|| panic!("no \"retry scheduled\" record for event {id}"));
-        let attempts: Vec<u32> = delays.iter().map(|(a, _)| *a).collect();
+            .get(&id)
+            .unwrap_or_else(|| panic!("no retry of event {id} in the attempt log"));
+        let attempts: Vec<u32> = delays.iter().map(|r| r.attempt).collect();
         assert_eq!(
             attempts,
             vec![1, 2],
             "event {id}: one retry per failed attempt"
         );
-        for &(attempt, delay) in delays {
-            let (low, high) = delay_bounds_ms(attempt);
-            assert!(
-                (low..=high).contains(&delay),
-                "event {id} attempt {attempt}: delay {delay} ms outside [{low}, {high}]"
-            );
+        for retry in delays {
+            assert_backoff(&id, retry);
         }
-        firsts.push(delays[0].1);
-        seconds.push(delays[1].1);
-        if delays[1].1 > delays[0].1 {
+        firsts.push(delays[0].waited_ms);
+        seconds.push(delays[1].waited_ms);
+        if delays[1].scheduled_ms > delays[0].scheduled_ms {
             grew += 1;
         }
     }
+    eprintln!(
+        "time between attempts (median): {:.0} ms after the first failure, {:.0} ms after the second",
+        median(&firsts),
+        median(&seconds)
+    );
     assert!(
         grew >= 18,
         "the second delay was larger for only {grew} of 20 events"
     );
     assert!(
         median(&seconds) > median(&firsts),
-        "median delay did not grow: {} ms then {} ms",
+        "the median time between attempts did not grow: {} ms then {} ms",
         median(&firsts),
         median(&seconds)
     );
@@ -127,7 +215,8 @@ async fn transient_failures_are_retried_with_growing_delays_then_succeed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn backoff_delays_stop_growing_at_the_maximum() {
     let db = TestDb::new().await;
-    let host = scripted_host(&db, "p", &[("OUTBOX_MAX_ATTEMPTS", "10")]);
+    let _host = scripted_host(&db, "p", &[("OUTBOX_MAX_ATTEMPTS", "10")]);
+    log_attempts_in_the_database(&db.pool).await;
     insert_events(
         &db.pool,
         &same_payload(
@@ -148,30 +237,45 @@ async fn backoff_delays_stop_growing_at_the_maximum() {
     );
     assert!(events(&db.pool, "p").await.iter().all(|r| r.attempts == 6));
 
-    let retries = scheduled_retries(&host.log_lines());
-    assert_eq!(retries.len(), 10, "retry records for every event");
-    let mut by_attempt: HashMap<u32, Vec<f64>> = HashMap::new();
+    let retries = retries_from_the_database(&db.pool).await;
+    assert_eq!(
+        retries.len(),
+        10,
+        "retries of every event in the attempt log"
+    );
+    let mut by_attempt: HashMap<u32, Vec<Retry>> = HashMap::new();
     for (id, delays) in &retries {
         assert_eq!(
-            delays.iter().map(|(a, _)| *a).collect::<Vec<_>>(),
+            delays.iter().map(|r| r.attempt).collect::<Vec<_>>(),
             vec![1, 2, 3, 4, 5],
             "event {id}"
         );
-        for &(attempt, delay) in delays {
-            let (low, high) = delay_bounds_ms(attempt);
-            assert!(
-                (low..=high).contains(&delay),
-                "event {id} attempt {attempt}: delay {delay} ms outside [{low}, {high}]"
-            );
-            by_attempt.entry(attempt).or_default().push(delay);
+        for retry in delays {
+            assert_backoff(id, retry);
+            by_attempt.entry(retry.attempt).or_default().push(*retry);
         }
     }
-    // Attempt 5 would be 800 ms uncapped: every draw stays at or under the 500 ms maximum.
-    assert!(by_attempt[&5].iter().all(|d| *d <= MAX_MS + 1.0));
-    let medians: Vec<f64> = (1..=4).map(|a| median(&by_attempt[&a])).collect();
+    let waited: Vec<f64> = (1..=5)
+        .map(|a| {
+            median(
+                &by_attempt[&a]
+                    .iter()
+                    .map(|r| r.waited_ms)
+                    .collect::<Vec<_>>(),
+            )
+        })
+        .collect();
+    eprintln!("time between attempts by attempt (median ms): {waited:?}");
+    // Attempt 5 would be drawn from [400, 800] ms uncapped: every next_retry_at the settles
+    // wrote is at most the 500 ms maximum after them (and each claim honoured it, above).
+    let fifth: Vec<f64> = by_attempt[&5].iter().map(|r| r.scheduled_ms).collect();
     assert!(
-        medians.windows(2).all(|w| w[1] > w[0]),
-        "median delays by attempt do not grow: {medians:?}"
+        fifth.iter().all(|d| *d <= MAX_MS + 1.0),
+        "fifth retries scheduled beyond the {MAX_MS} ms maximum: {fifth:?}"
+    );
+    assert!(
+        waited[..4].windows(2).all(|w| w[1] > w[0]),
+        "median time between attempts does not grow: {waited:?}"
     );
 }
 

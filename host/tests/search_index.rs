@@ -189,6 +189,25 @@ fn random_history(count: usize, seed: u64) -> Vec<NewEvent> {
     out
 }
 
+/// Checks the sink's own count of applications (the proxy in front of the server): every
+/// (document, external version) was applied at most once. Returns the applications beyond the
+/// first, for the drill row.
+fn assert_applied_at_most_once(proxy: &FaultProxy) -> i64 {
+    let again = proxy.applied_again();
+    eprintln!(
+        "sink: {} bulk items applied, {} refused as not newer, {again} applied again",
+        proxy.applied(),
+        proxy.refused_as_stale()
+    );
+    assert_eq!(again, 0, "documents applied twice at the same version");
+    again as i64
+}
+
+/// Events taken over from an expired lease, from the host's metric.
+fn reclaimed(host: &Host) -> f64 {
+    host.metric_sum("projector_reclaimed_total", &[("projection", PROJECTION)])
+}
+
 /// Puts the events `seqs` back to pending with no attempt used, as an operator replay would.
 async fn redeliver(pool: &PgPool, seqs: &[i64]) {
     let n = sqlx::query(
@@ -212,11 +231,12 @@ async fn drill_g_the_index_is_the_fold_of_500_events_and_redelivering_them_all_c
     db.migrate();
     let es = Osmem::start();
     let dir = tempfile::tempdir().unwrap();
+    let proxy = FaultProxy::start(&es.url, Fault::None);
     let history = random_history(500, 0x5eed_0003);
     insert_events(&db.pool, &history).await;
-    let _host = start_host(
+    let host = start_host(
         &db,
-        &es.url,
+        &proxy.url,
         dir.path(),
         &projection_toml(PROJECTION, Some(INDEX), &[INDEX], ""),
         &[],
@@ -260,8 +280,19 @@ async fn drill_g_the_index_is_the_fold_of_500_events_and_redelivering_them_all_c
         );
     }
     assert_index_holds(&es, INDEX, &expected);
-    // Each redelivered write met its own version and changed nothing: versions = last seq.
-    drill_report(&db.pool, "G", &[PROJECTION], 0.0, 0).await;
+    // Each redelivered write met its own version and changed nothing: the server answered 409
+    // to every redelivered write (a delete of a deleted document is a 404, not counted).
+    let duplicated = assert_applied_at_most_once(&proxy);
+    let writes = rows
+        .iter()
+        .filter(|r| !r.event_type.ends_with(".deleted"))
+        .count();
+    assert!(
+        proxy.refused_as_stale() >= writes,
+        "every redelivered write reached the server and was refused: {} of {writes}",
+        proxy.refused_as_stale()
+    );
+    drill_report(&db.pool, "G", &[PROJECTION], reclaimed(&host), duplicated).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -348,9 +379,10 @@ async fn drill_c_a_poison_event_fails_alone_and_the_rest_of_its_bulk_is_applied(
         })
         .collect();
     let ids = insert_events(&db.pool, &batch).await;
-    let _host = start_host(
+    let proxy = FaultProxy::start(&es.url, Fault::None);
+    let host = start_host(
         &db,
-        &es.url,
+        &proxy.url,
         dir.path(),
         &projection_toml(PROJECTION, Some(INDEX), &[INDEX], ""),
         &[("OUTBOX_BATCH_SIZE", "20"), ("OUTBOX_CONCURRENCY", "1")],
@@ -386,7 +418,8 @@ async fn drill_c_a_poison_event_fails_alone_and_the_rest_of_its_bulk_is_applied(
     }
     let good: Vec<EventRow> = rows.into_iter().filter(|r| r.id != ids[7]).collect();
     assert_index_holds(&es, INDEX, &fold(&good));
-    drill_report(&db.pool, "C", &[PROJECTION], 0.0, 0).await;
+    let duplicated = assert_applied_at_most_once(&proxy);
+    drill_report(&db.pool, "C", &[PROJECTION], reclaimed(&host), duplicated).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -396,10 +429,12 @@ async fn drill_a_while_the_search_server_is_down_events_wait_with_es_connect_and
     db.migrate();
     let mut es = Osmem::start();
     es.stop();
+    // While the server is down the proxy breaks every connection, as the server would refuse it.
+    let proxy = FaultProxy::start(&es.url, Fault::None);
     let dir = tempfile::tempdir().unwrap();
     let mut host = start_host(
         &db,
-        &es.url,
+        &proxy.url,
         dir.path(),
         &projection_toml(PROJECTION, Some(INDEX), &[INDEX], ""),
         // Enough attempts to outlast the outage; retries at most every half second (FAST).
@@ -452,7 +487,8 @@ async fn drill_a_while_the_search_server_is_down_events_wait_with_es_connect_and
     let rows = events(&db.pool, PROJECTION).await;
     assert_index_holds(&es, INDEX, &fold(&rows));
     assert!(host.is_ready());
-    drill_report(&db.pool, "A", &[PROJECTION], 0.0, 0).await;
+    let duplicated = assert_applied_at_most_once(&proxy);
+    drill_report(&db.pool, "A", &[PROJECTION], reclaimed(&host), duplicated).await;
     host.sigterm();
     assert_eq!(host.wait_exit(PATIENCE).code(), Some(0));
 }
@@ -486,7 +522,8 @@ async fn drill_b_a_throttling_server_gets_backoff_with_es_429_and_the_backlog_dr
     let rows = events(&db.pool, PROJECTION).await;
     assert!(rows.iter().any(|r| r.attempts > 1));
     assert_index_holds(&es, INDEX, &fold(&rows));
-    drill_report(&db.pool, "B", &[PROJECTION], 0.0, 0).await;
+    let duplicated = assert_applied_at_most_once(&proxy);
+    drill_report(&db.pool, "B", &[PROJECTION], reclaimed(&host), duplicated).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -516,7 +553,7 @@ async fn drill_d_a_partly_successful_bulk_retries_only_its_failed_items() {
         })
         .collect();
     insert_events(&db.pool, &batch).await;
-    let _host = start_host(
+    let host = start_host(
         &db,
         &proxy.url,
         dir.path(),
@@ -537,7 +574,8 @@ async fn drill_d_a_partly_successful_bulk_retries_only_its_failed_items() {
     }
     let rows = events(&db.pool, PROJECTION).await;
     assert_index_holds(&es, INDEX, &fold(&rows));
-    drill_report(&db.pool, "D", &[PROJECTION], 0.0, 0).await;
+    let duplicated = assert_applied_at_most_once(&proxy);
+    drill_report(&db.pool, "D", &[PROJECTION], reclaimed(&host), duplicated).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]

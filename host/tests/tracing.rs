@@ -250,8 +250,10 @@ async fn batches_and_events_reach_an_otlp_receiver_as_linked_spans_with_their_ou
     }
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn the_sampler_settings_are_honoured_and_logs_still_carry_trace_ids() {
+/// One host exporting to a fresh receiver with `OTEL_TRACES_SAMPLER=traceidratio` and
+/// `OTEL_TRACES_SAMPLER_ARG=ratio`, flushing only at shutdown, over one event of each outcome:
+/// the spans the receiver got and the host's log records.
+async fn sampled_at(ratio: &str) -> (Vec<ReceivedSpan>, Vec<Value>) {
     let db = TestDb::new().await;
     let receiver = OtlpReceiver::start().await;
     let endpoint = receiver.endpoint();
@@ -262,9 +264,8 @@ async fn the_sampler_settings_are_honoured_and_logs_still_carry_trace_ids() {
                 "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT",
                 &format!("{endpoint}/v1/traces"),
             ),
-            // A ratio of 0 keeps nothing; were the argument ignored, the SDK would keep all.
             ("OTEL_TRACES_SAMPLER", "traceidratio"),
-            ("OTEL_TRACES_SAMPLER_ARG", "0"),
+            ("OTEL_TRACES_SAMPLER_ARG", ratio),
             ("OTEL_SERVICE_NAME", "projector-eu"),
             FLUSH_ONLY_AT_SHUTDOWN,
         ],
@@ -272,9 +273,41 @@ async fn the_sampler_settings_are_honoured_and_logs_still_carry_trace_ids() {
     one_of_each_outcome(&db).await;
     wait_settled(&db.pool, "p", 3, PATIENCE).await;
     stop(&mut host);
+    (receiver.spans(), host.log_lines())
+}
 
-    assert_eq!(receiver.spans().len(), 0, "{:?}", receiver.spans());
-    let records = host.log_lines();
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sampler_settings_are_honoured_and_logs_still_carry_trace_ids() {
+    // The positive control: the same setup with a ratio of 1 keeps every trace, so the export
+    // path this test relies on works and a count of 0 below means the sampler dropped them.
+    let (kept, _) = sampled_at("1").await;
+    let batches = kept
+        .iter()
+        .filter(|s| s.name == "projection.process_batch")
+        .count();
+    assert!(
+        batches >= 1,
+        "with a ratio of 1 the batches' spans are exported: {kept:?}"
+    );
+    let attempts = kept.iter().filter(|s| s.name == "outbox.process").count();
+    assert!(
+        attempts >= 3,
+        "with a ratio of 1 every attempt's span is exported ({attempts}): {kept:?}"
+    );
+    assert!(
+        kept.iter()
+            .all(|s| s.service_name.as_deref() == Some("projector-eu")),
+        "{kept:?}"
+    );
+
+    // A ratio of 0 keeps nothing; were the argument ignored, the SDK would keep all.
+    let (spans, records) = sampled_at("0").await;
+    eprintln!(
+        "spans exported: {} with a ratio of 1 ({batches} batches), {} with a ratio of 0",
+        kept.len(),
+        spans.len()
+    );
+    assert_eq!(spans.len(), 0, "{spans:?}");
     let retries = batch_records(&records, "retry scheduled");
     assert_eq!(retries.len(), 2);
     for record in retries {

@@ -53,15 +53,33 @@ pub fn plugin_spec(projection: &str, path: &Path) -> String {
     format!("{projection}={}", path.display())
 }
 
-/// The `stamps` read model in `db` (one row per applied event, keyed by the event id, so the
-/// database refuses a second application), and a config in a temp dir running projection
-/// `stamp` from `plugin_path` (a `stamp-v*` plugin) with the `sql` grant on it.
+/// The `stamps` read model in `db` (one row per applied event, keyed by the event id), and a
+/// config in a temp dir running projection `stamp` from `plugin_path` (a `stamp-v*` plugin) with
+/// the `sql` grant on it.
+///
+/// The sink counts second applications itself: a trigger on `stamps` (not something the plugin
+/// or the host can see or skip) turns an insert of an event id already stamped into a row of
+/// `stamp_duplicates` instead of a primary-key error, so a second application commits like the
+/// first one would have and shows up in [`stamp_duplicates`] (rather than as a failed event).
 pub async fn stamp_projection(
     db: &super::TestDb,
     plugin_path: &str,
 ) -> (tempfile::TempDir, PathBuf) {
     sqlx::raw_sql(
-        "CREATE TABLE stamps (event_id uuid PRIMARY KEY, seq bigint NOT NULL, version text NOT NULL)",
+        "CREATE TABLE stamps (event_id uuid PRIMARY KEY, seq bigint NOT NULL, version text NOT NULL);
+         CREATE TABLE stamp_duplicates (
+             event_id uuid NOT NULL, version text NOT NULL, at timestamptz NOT NULL DEFAULT now());
+         CREATE FUNCTION count_second_stamp() RETURNS trigger
+             LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+         BEGIN
+             IF EXISTS (SELECT 1 FROM stamps WHERE event_id = NEW.event_id) THEN
+                 INSERT INTO stamp_duplicates (event_id, version) VALUES (NEW.event_id, NEW.version);
+                 RETURN NULL;
+             END IF;
+             RETURN NEW;
+         END $$;
+         CREATE TRIGGER count_second_stamp BEFORE INSERT ON stamps
+             FOR EACH ROW EXECUTE FUNCTION count_second_stamp();",
     )
     .execute(&db.pool)
     .await
@@ -75,4 +93,13 @@ pub async fn stamp_projection(
         ),
     );
     (dir, config)
+}
+
+/// How many times an event already stamped was applied again (committed), as the `stamps` sink
+/// counted it (see [`stamp_projection`]).
+pub async fn stamp_duplicates(pool: &sqlx::PgPool) -> i64 {
+    sqlx::query_scalar("SELECT count(*) FROM stamp_duplicates")
+        .fetch_one(pool)
+        .await
+        .expect("count stamp_duplicates")
 }

@@ -294,6 +294,17 @@ impl Host {
         self.signal(libc::SIGKILL);
     }
 
+    /// Sends SIGSTOP: the host is frozen (holds its connections and claims, renews nothing)
+    /// until [`Host::sigcont`] or a SIGKILL.
+    pub fn sigstop(&self) {
+        self.signal(libc::SIGSTOP);
+    }
+
+    /// Sends SIGCONT to a host frozen by [`Host::sigstop`].
+    pub fn sigcont(&self) {
+        self.signal(libc::SIGCONT);
+    }
+
     fn signal(&self, signal: libc::c_int) {
         if self.exited.is_some() {
             return;

@@ -1,9 +1,15 @@
-//! A fault-injecting HTTP proxy in front of the real search server, for the throttling drills:
+//! A fault-injecting, counting HTTP proxy in front of the real search server, for the drills:
 //! everything is forwarded to `osmem-server` unchanged except `_bulk` requests, which it can
 //! throttle whole (429, nothing forwarded) or in part (some items held back and answered 429 in
 //! the response; the others really applied by the server).
+//!
+//! Whatever the fault, it counts what the server did with every bulk item it forwarded, per
+//! (index, document id, external version): applied (a 2xx answer) or refused as not newer
+//! (409). With external versions one event is one (id, version), so an event applied twice
+//! shows as a key applied more than once. While the server is down the proxy breaks the
+//! connection, so the host sees an unreachable server as it would without the proxy.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
@@ -16,6 +22,8 @@ use serde_json::{json, Value};
 /// What the proxy does to `_bulk` requests.
 #[derive(Debug, Clone)]
 pub enum Fault {
+    /// Nothing injected: every request is forwarded (only counted).
+    None,
     /// The first `n` bulk requests are answered 429 whole.
     ThrottleRequests(usize),
     /// An item whose document id `throttle(id)` picks is answered 429 the first time its
@@ -30,6 +38,8 @@ struct Shared {
     seen: Mutex<HashSet<(String, Option<i64>)>>,
     throttled_requests: AtomicUsize,
     throttled_items: Mutex<Vec<String>>,
+    /// (index, id, version) → (applied, refused as not newer) answers from the server.
+    items: Mutex<HashMap<(String, String, Option<i64>), (usize, usize)>>,
 }
 
 /// The running proxy (stopped on drop).
@@ -55,6 +65,7 @@ impl FaultProxy {
             seen: Mutex::new(HashSet::new()),
             throttled_requests: AtomicUsize::new(0),
             throttled_items: Mutex::new(Vec::new()),
+            items: Mutex::new(HashMap::new()),
         });
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
         listener.set_nonblocking(true).unwrap();
@@ -95,6 +106,39 @@ impl FaultProxy {
     pub fn throttled_items(&self) -> Vec<String> {
         self.shared.throttled_items.lock().unwrap().clone()
     }
+
+    /// Bulk items the server applied (answered 2xx), over all (index, id, version) keys.
+    pub fn applied(&self) -> usize {
+        self.shared
+            .items
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.0)
+            .sum()
+    }
+
+    /// Bulk items the server refused because its document was as new or newer (409).
+    pub fn refused_as_stale(&self) -> usize {
+        self.shared
+            .items
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.1)
+            .sum()
+    }
+
+    /// Applications beyond the first of one (index, id, version): an event applied twice.
+    pub fn applied_again(&self) -> usize {
+        self.shared
+            .items
+            .lock()
+            .unwrap()
+            .values()
+            .map(|c| c.0.saturating_sub(1))
+            .sum()
+    }
 }
 
 impl Drop for FaultProxy {
@@ -115,7 +159,7 @@ fn send(
     path: &str,
     headers: &HeaderMap,
     body: Vec<u8>,
-) -> (u16, Vec<u8>) {
+) -> Result<(u16, Vec<u8>), ureq::Error> {
     let mut request = ureq::http::Request::builder()
         .method(method.as_str())
         .uri(format!("{}{path}", shared.upstream));
@@ -124,13 +168,55 @@ fn send(
             request = request.header(name, v.as_bytes());
         }
     }
-    let mut response = shared
-        .agent
-        .run(request.body(body).unwrap())
-        .expect("the search server answers the proxy");
+    let mut response = shared.agent.run(request.body(body).unwrap())?;
     let status = response.status().as_u16();
-    let bytes = response.body_mut().read_to_vec().unwrap_or_default();
-    (status, bytes)
+    let bytes = response.body_mut().read_to_vec()?;
+    Ok((status, bytes))
+}
+
+/// A response whose body fails before any byte of it: the client's connection breaks, as it
+/// would talking to a server that is down.
+fn broken_connection() -> Response {
+    let failing = futures_util::stream::once(async {
+        Err::<Bytes, std::io::Error>(std::io::Error::other("the search server is down"))
+    });
+    Response::new(axum::body::Body::from_stream(failing))
+}
+
+/// Counts the server's answers to the bulk items in `request` (an NDJSON bulk body), in order.
+fn count_items(shared: &Shared, request: &[u8], answered: &[u8]) {
+    let Ok(answer) = serde_json::from_slice::<Value>(answered) else {
+        return;
+    };
+    let Some(results) = answer["items"].as_array() else {
+        return;
+    };
+    let text = String::from_utf8_lossy(request);
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let mut results = results.iter();
+    let mut items = shared.items.lock().unwrap();
+    while let Some(action) = lines.next() {
+        let parsed: Value = serde_json::from_str(action).expect("bulk action line");
+        let (kind, meta) = parsed.as_object().unwrap().iter().next().unwrap();
+        if kind != "delete" {
+            lines.next();
+        }
+        let Some(result) = results.next() else { break };
+        let status = result
+            .as_object()
+            .and_then(|o| o.values().next())
+            .and_then(|r| r["status"].as_u64())
+            .unwrap_or(0);
+        let index = meta["_index"].as_str().unwrap_or_default().to_owned();
+        let id = meta["_id"].as_str().unwrap_or_default().to_owned();
+        let version = meta.get("version").and_then(Value::as_i64);
+        let counts = items.entry((index, id, version)).or_default();
+        match status {
+            200..=299 => counts.0 += 1,
+            409 => counts.1 += 1,
+            _ => {}
+        }
+    }
 }
 
 async fn forward(
@@ -159,7 +245,12 @@ async fn forward(
                 return partial_bulk(&shared, pick, &method, &path, &headers, &body);
             }
         }
-        let (status, bytes) = send(&shared, &method, &path, &headers, body.to_vec());
+        let Ok((status, bytes)) = send(&shared, &method, &path, &headers, body.to_vec()) else {
+            return broken_connection();
+        };
+        if bulk && status == 200 {
+            count_items(&shared, &body, &bytes);
+        }
         (
             StatusCode::from_u16(status).unwrap(),
             [("content-type", "application/json")],
@@ -211,8 +302,12 @@ fn partial_bulk(
     let mut answered: Vec<Value> = if forwarded.is_empty() {
         Vec::new()
     } else {
-        let (status, bytes) = send(shared, method, path, headers, forwarded.into_bytes());
+        let forwarded = forwarded.into_bytes();
+        let Ok((status, bytes)) = send(shared, method, path, headers, forwarded.clone()) else {
+            return broken_connection();
+        };
         assert_eq!(status, 200, "{}", String::from_utf8_lossy(&bytes));
+        count_items(shared, &forwarded, &bytes);
         let v: Value = serde_json::from_slice(&bytes).unwrap();
         v["items"].as_array().unwrap().clone()
     };

@@ -41,6 +41,18 @@ pub(crate) fn quote_ident(name: &str) -> String {
     format!("\"{}\"", name.replace('"', "\"\""))
 }
 
+/// `schema.table` as Postgres resolves the configured `table` (on the current search path),
+/// or `None` when there is no such table.
+async fn resolve_table(conn: &mut PgConnection, table: &str) -> sqlx::Result<Option<String>> {
+    sqlx::query_scalar(
+        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = to_regclass($1)",
+    )
+    .bind(quote_table(table))
+    .fetch_optional(conn)
+    .await
+}
+
 /// `schema.table` or `table`, each part quoted.
 pub(crate) fn quote_table(table: &str) -> String {
     table
@@ -195,14 +207,7 @@ async fn source_grants(
     .await?;
     let mut wanted = Vec::new();
     for table in &spec.grants.source_tables {
-        let qualified: Option<String> = sqlx::query_scalar(
-            "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.oid = to_regclass($1)",
-        )
-        .bind(quote_table(table))
-        .fetch_optional(&mut *conn)
-        .await?;
-        match qualified {
+        match resolve_table(conn, table).await? {
             Some(q) => wanted.push(q),
             None => {
                 return Err(Error::config(
@@ -485,14 +490,7 @@ async fn prepared(
         };
         let mut wanted = Vec::new();
         for table in &spec.grants.sql_tables {
-            let qualified: Option<String> = sqlx::query_scalar(
-                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE c.oid = to_regclass($1)",
-            )
-            .bind(quote_table(table))
-            .fetch_optional(&mut *conn)
-            .await?;
-            match qualified {
+            match resolve_table(conn, table).await? {
                 Some(q) => wanted.push(q),
                 None => return Ok(Err(format!("table `{table}` does not exist"))),
             }
@@ -631,14 +629,7 @@ async fn grant_tables(conn: &mut PgConnection, spec: &ProjectionSpec, role: &str
     let wanted: Vec<String> = {
         let mut resolved = Vec::new();
         for table in &spec.grants.sql_tables {
-            let qualified: Option<(String,)> = sqlx::query_as(
-                "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE c.oid = to_regclass($1)",
-            )
-            .bind(quote_table(table))
-            .fetch_optional(&mut *conn)
-            .await?;
-            let Some((qualified,)) = qualified else {
+            let Some(qualified) = resolve_table(conn, table).await? else {
                 return Err(Error::config(
                     format!("projection `{}` grants.sql_tables", spec.name),
                     format!(

@@ -21,17 +21,6 @@ const TOKEN: &str = "test-admin-token-0123456789";
 const COMPONENT_LIMIT: u64 = 64 << 20;
 const JSON_LIMIT: u64 = 64 << 10;
 
-/// The host's resident set, in MiB.
-fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
-    let kib: f64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS");
-    kib / 1024.0
-}
-
 /// Samples the host's RSS every 10 ms until dropped; `peak()` is the largest seen.
 struct RssSampler {
     peak_kib: Arc<AtomicU64>,

@@ -155,3 +155,41 @@ async fn an_unreachable_database_is_named() {
         lines[0]
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn grants_that_reach_past_the_projection_are_named() {
+    // Every index, system and hidden indices, index lists, and a zero sql bound.
+    let dir = tempfile::tempdir().unwrap();
+    for (grant, key) in [
+        ("search_indices = [\"*\"]", "grants.search_indices"),
+        ("search_indices = [\".kibana\"]", "grants.search_indices"),
+        ("search_indices = [\".*\"]", "grants.search_indices"),
+        ("search_indices = [\"_all\"]", "grants.search_indices"),
+        (
+            "search_indices = [\"books,secret\"]",
+            "grants.search_indices",
+        ),
+        (
+            "sql_tables = [\"t\"]\nsql_max_rows = 0",
+            "grants.sql_max_rows",
+        ),
+    ] {
+        let config = write_file(
+            dir.path(),
+            "projector.toml",
+            format!(
+                "[[projection]]\nname = \"p\"\nplugin = \"{}\"\n[projection.grants]\n{grant}\n",
+                plugin("scripted").display()
+            ),
+        );
+        refuses_to_start(
+            &["run", "--config", path_str(&config)],
+            &[
+                ("ELASTIC_URL", "http://127.0.0.1:9"),
+                ("OUTBOX_RUN_SECONDS", "1"),
+            ],
+            &[key],
+        )
+        .await;
+    }
+}

@@ -10,46 +10,8 @@ use common::*;
 use serde_json::{json, Value};
 use sqlx::postgres::PgConnectOptions;
 use sqlx::{Connection, PgConnection};
-use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::{Duration, Instant};
-
-const SCHEMA: &str = "
-CREATE TABLE allowed (id int PRIMARY KEY, note text);
-CREATE TABLE secret (id int PRIMARY KEY, note text);
-INSERT INTO secret VALUES (1, 'keep me');
-";
-
-async fn setup(db: &TestDb) {
-    db.migrate();
-    sqlx::raw_sql(SCHEMA)
-        .execute(&db.pool)
-        .await
-        .expect("test schema");
-}
-
-/// `sql-probe` as projection `probe`, granted `allowed`, with `extra` grant lines.
-fn probe_config(dir: &std::path::Path, extra: &str) -> PathBuf {
-    write_file(
-        dir,
-        "probe.toml",
-        format!(
-            "[[projection]]\nname = \"probe\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"allowed\"]\n{extra}",
-            plugin("sql_probe").display()
-        ),
-    )
-}
-
-fn statements(list: &[(&str, Value)]) -> Value {
-    json!({"statements": list.iter().map(|(sql, params)| json!({"sql": sql, "params": params})).collect::<Vec<_>>()})
-}
-
-async fn allowed_ids(db: &TestDb) -> Vec<i32> {
-    sqlx::query_scalar("SELECT id FROM allowed ORDER BY id")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
-}
 
 /// Everything outside the grants that an escalation would change: other projections' rows, the
 /// credentials table, role memberships and attributes, the secret table.
@@ -114,7 +76,7 @@ fn row<'a>(rows: &'a [EventRow], id: &uuid::Uuid) -> &'a EventRow {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_projection_role_cannot_shadow_the_outbox_to_run_code_as_the_host() {
     let db = TestDb::new().await;
-    setup(&db).await;
+    probe_setup(&db).await;
     // Another projection's pending events: the published attack marked them done.
     insert_events(
         &db.pool,
@@ -269,7 +231,7 @@ async fn a_projection_role_cannot_shadow_the_outbox_to_run_code_as_the_host() {
 #[tokio::test(flavor = "multi_thread")]
 async fn statements_that_would_change_the_transaction_or_the_session_fail_their_event() {
     let db = TestDb::new().await;
-    setup(&db).await;
+    probe_setup(&db).await;
     let forbidden = [
         "COMMIT",
         "BEGIN",
@@ -368,7 +330,7 @@ async fn statements_that_would_change_the_transaction_or_the_session_fail_their_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_plugin_statement_never_outlives_the_batch_deadline() {
     let db = TestDb::new().await;
-    setup(&db).await;
+    probe_setup(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = probe_config(dir.path(), "");
     let mut host = Host::start(
@@ -441,7 +403,7 @@ async fn a_plugin_statement_never_outlives_the_batch_deadline() {
 #[tokio::test(flavor = "multi_thread")]
 async fn query_results_are_streamed_and_stop_at_their_row_and_byte_bounds() {
     let db = TestDb::new().await;
-    setup(&db).await;
+    probe_setup(&db).await;
     let dir = tempfile::tempdir().unwrap();
     let cfg = probe_config(
         dir.path(),
@@ -589,7 +551,7 @@ async fn oversized_fields_are_refused_at_the_claim_without_being_read() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_rebuild_source_reads_only_the_tables_the_grants_name() {
     let db = TestDb::new().await;
-    setup(&db).await;
+    probe_setup(&db).await;
     sqlx::raw_sql("INSERT INTO allowed VALUES (1, 'a'), (2, 'b'), (3, 'c')")
         .execute(&db.pool)
         .await

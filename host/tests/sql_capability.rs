@@ -7,57 +7,11 @@ mod common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::path::PathBuf;
-
-const SCHEMA: &str = "
-CREATE TABLE allowed (id int PRIMARY KEY, note text);
-CREATE TABLE secret (id int PRIMARY KEY, note text);
-INSERT INTO secret VALUES (1, 'keep me');
-CREATE FUNCTION wipe_secret() RETURNS int LANGUAGE sql AS $$ DELETE FROM secret RETURNING 1 $$;
-";
-
-async fn setup(db: &TestDb) {
-    db.migrate();
-    sqlx::raw_sql(SCHEMA)
-        .execute(&db.pool)
-        .await
-        .expect("test schema");
-}
-
-/// A config running `sql-probe` as projection `probe`, granted `allowed` only.
-fn probe_config(dir: &std::path::Path) -> PathBuf {
-    write_file(
-        dir,
-        "probe.toml",
-        format!(
-            "[[projection]]\nname = \"probe\"\nplugin = \"{}\"\n[projection.grants]\nsql_tables = [\"allowed\"]\n",
-            plugin("sql_probe").display()
-        ),
-    )
-}
-
-fn statements(list: &[(&str, Value)]) -> Value {
-    json!({"statements": list.iter().map(|(sql, params)| json!({"sql": sql, "params": params})).collect::<Vec<_>>()})
-}
-
-async fn secret_rows(db: &TestDb) -> Vec<(i32, String)> {
-    sqlx::query_as("SELECT id, note FROM secret ORDER BY id")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
-}
-
-async fn allowed_ids(db: &TestDb) -> Vec<i32> {
-    sqlx::query_scalar("SELECT id FROM allowed ORDER BY id")
-        .fetch_all(&db.pool)
-        .await
-        .unwrap()
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn statements_outside_the_grant_are_refused_by_postgres_however_they_are_written() {
     let db = TestDb::new().await;
-    setup(&db).await;
+    probe_setup(&db).await;
     let attempts: Vec<(&str, Value)> = vec![
         (
             "direct read",
@@ -110,7 +64,7 @@ async fn statements_outside_the_grant_are_refused_by_postgres_however_they_are_w
     let dir = tempfile::tempdir().unwrap();
     let mut host = Host::start(
         &db.url,
-        &["--config", probe_config(dir.path()).to_str().unwrap()],
+        &["--config", probe_config(dir.path(), "").to_str().unwrap()],
         &[],
     );
     host.wait_ready(PATIENCE);
@@ -148,7 +102,7 @@ async fn statements_outside_the_grant_are_refused_by_postgres_however_they_are_w
 #[tokio::test(flavor = "multi_thread")]
 async fn only_successful_events_keep_their_writes_and_they_commit_with_the_done_marks() {
     let db = TestDb::new().await;
-    setup(&db).await;
+    probe_setup(&db).await;
     let insert = "INSERT INTO allowed (id, note) VALUES ($1, $2)";
     let events = vec![
         NewEvent::new("probe", "a", statements(&[(insert, json!([1, "kept"]))])),
@@ -169,7 +123,7 @@ async fn only_successful_events_keep_their_writes_and_they_commit_with_the_done_
     let dir = tempfile::tempdir().unwrap();
     let mut host = Host::start(
         &db.url,
-        &["--config", probe_config(dir.path()).to_str().unwrap()],
+        &["--config", probe_config(dir.path(), "").to_str().unwrap()],
         &[("OUTBOX_BATCH_SIZE", "10"), ("OUTBOX_CONCURRENCY", "1")],
     );
     host.wait_ready(PATIENCE);
@@ -197,7 +151,7 @@ async fn only_successful_events_keep_their_writes_and_they_commit_with_the_done_
 #[tokio::test(flavor = "multi_thread")]
 async fn a_host_killed_after_the_plugin_wrote_leaves_no_write_and_no_done_mark() {
     let db = TestDb::new().await;
-    setup(&db).await;
+    probe_setup(&db).await;
     // The plugin writes, then (on its first attempt only) takes 20 s to answer.
     let mut payload = statements(&[(
         "INSERT INTO allowed (id, note) VALUES ($1, $2)",
@@ -207,7 +161,7 @@ async fn a_host_killed_after_the_plugin_wrote_leaves_no_write_and_no_done_mark()
     payload["sleep_on_attempt"] = json!(1);
     insert_events(&db.pool, &[NewEvent::new("probe", "x", payload)]).await;
     let dir = tempfile::tempdir().unwrap();
-    let config = probe_config(dir.path());
+    let config = probe_config(dir.path(), "");
     let env = [
         ("OUTBOX_LEASE_SECONDS", "2"),
         ("OUTBOX_MAX_PROCESSING_SECONDS", "60"),
@@ -261,7 +215,7 @@ async fn a_plugin_importing_sql_without_the_grant_is_refused_at_load() {
 #[tokio::test(flavor = "multi_thread")]
 async fn concurrent_loops_of_one_host_each_keep_their_own_transaction() {
     let db = TestDb::new().await;
-    setup(&db).await;
+    probe_setup(&db).await;
     let slow = |id: i32| {
         let mut p = statements(&[(
             "INSERT INTO allowed (id, note) VALUES ($1, 'slow')",
@@ -277,7 +231,7 @@ async fn concurrent_loops_of_one_host_each_keep_their_own_transaction() {
     let dir = tempfile::tempdir().unwrap();
     let mut host = Host::start(
         &db.url,
-        &["--config", probe_config(dir.path()).to_str().unwrap()],
+        &["--config", probe_config(dir.path(), "").to_str().unwrap()],
         &[("OUTBOX_BATCH_SIZE", "1"), ("OUTBOX_CONCURRENCY", "4")],
     );
     host.wait_ready(PATIENCE);
@@ -318,7 +272,7 @@ async fn concurrent_loops_of_one_host_each_keep_their_own_transaction() {
 #[tokio::test(flavor = "multi_thread")]
 async fn one_statement_text_bound_with_different_json_types_keeps_each_calls_values() {
     let db = TestDb::new().await;
-    setup(&db).await;
+    probe_setup(&db).await;
     let insert = "INSERT INTO allowed (id, note) VALUES ($1::int, $2::text)";
     let payload = statements(&[
         (insert, json!([1, 42])),
@@ -329,7 +283,7 @@ async fn one_statement_text_bound_with_different_json_types_keeps_each_calls_val
     let dir = tempfile::tempdir().unwrap();
     let mut host = Host::start(
         &db.url,
-        &["--config", probe_config(dir.path()).to_str().unwrap()],
+        &["--config", probe_config(dir.path(), "").to_str().unwrap()],
         &[],
     );
     host.wait_ready(PATIENCE);

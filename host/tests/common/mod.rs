@@ -20,6 +20,7 @@ mod process;
 mod proxy;
 mod python;
 mod rows;
+mod sql_probe;
 
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
@@ -48,6 +49,8 @@ pub use proxy::*;
 pub use python::*;
 #[allow(unused_imports)]
 pub use rows::*;
+#[allow(unused_imports)]
+pub use sql_probe::*;
 
 /// Settings that keep scenarios fast. `Host::start` applies them before the test's own env, so a
 /// test overrides any of them by passing the same variable.

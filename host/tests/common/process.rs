@@ -411,13 +411,23 @@ pub fn run_rebuild(
     (out, report)
 }
 
-/// The peak resident set of process `pid` so far (`VmHWM`), in MiB.
-pub fn peak_rss_mib(pid: u32) -> f64 {
+/// A `/proc/<pid>/status` memory field (`VmRSS`, `VmHWM`, ...) in MiB.
+fn proc_status_mib(pid: u32, field: &str) -> f64 {
     let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("proc status");
     let kib: f64 = status
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmHWM");
+        .unwrap_or_else(|| panic!("{field} in /proc/{pid}/status"));
     kib / 1024.0
+}
+
+/// The resident set of process `pid` now (`VmRSS`), in MiB.
+pub fn rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmRSS")
+}
+
+/// The peak resident set of process `pid` so far (`VmHWM`), in MiB.
+pub fn peak_rss_mib(pid: u32) -> f64 {
+    proc_status_mib(pid, "VmHWM")
 }

@@ -529,6 +529,21 @@ async fn prepared(
     Ok(Ok(credentials))
 }
 
+/// A pool of at most `size` connections made with `options` (a projection role's login) that
+/// resets every connection ([`SESSION_RESET`]) when it is released, before it serves anything
+/// else; a connection whose reset fails is closed, not reused.
+pub fn restricted_pool(options: PgConnectOptions, size: u32) -> PgPool {
+    PgPoolOptions::new()
+        .max_connections(size)
+        .after_release(|conn, _| {
+            Box::pin(async move {
+                sqlx::Executor::execute(conn, SESSION_RESET).await?;
+                Ok(true)
+            })
+        })
+        .connect_lazy_with(options)
+}
+
 /// Makes sure every `sql`-granted projection has its role with exactly its grants, and returns a
 /// pool per such projection, logged in as its role.
 ///
@@ -599,17 +614,7 @@ pub async fn provision(
             ))
         })?;
         probe.close().await.ok();
-        let restricted = PgPoolOptions::new()
-            .max_connections(pool_size(spec))
-            .after_release(|conn, _| {
-                Box::pin(async move {
-                    // A connection whose reset fails is closed, not reused.
-                    sqlx::Executor::execute(conn, SESSION_RESET).await?;
-                    Ok(true)
-                })
-            })
-            .connect_lazy_with(options);
-        pools.push((projection, restricted));
+        pools.push((projection, restricted_pool(options, pool_size(spec))));
     }
     Ok(pools)
 }

@@ -607,3 +607,81 @@ async fn a_rebuild_source_reads_only_the_tables_the_grants_name() {
     let (code, text, _) = rebuild(&narrow, &select("secret", "note"));
     assert_eq!(code, Some(2), "{text}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn whatever_a_session_is_left_holding_is_reset_before_the_connection_serves_again() {
+    // The statement policy refuses every known way to leave state on a session; this is the
+    // layer under it, for a way nobody thought of: the projection role's pool resets each
+    // connection when it is released.
+    let db = TestDb::new().await;
+    probe_setup(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut host = Host::start(
+        &db.url,
+        &["--config", probe_config(dir.path(), "").to_str().unwrap()],
+        &[],
+    );
+    host.wait_ready(PATIENCE);
+    drop(host);
+    let (role, password): (String, String) = sqlx::query_as(
+        "SELECT role::text, password FROM projector_sql_roles WHERE projection = 'probe'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    let options = PgConnectOptions::from_str(&db.url)
+        .unwrap()
+        .username(&role)
+        .password(&password);
+    // Three kinds of session state: a session advisory lock, a setting, a LISTEN.
+    let state = "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+                        current_setting('work_mem'),
+                        (SELECT count(*) FROM pg_listening_channels()),
+                        pg_backend_pid()";
+    let leave_state =
+        "SELECT pg_advisory_lock(4242); SET work_mem = '77MB'; LISTEN projector_outbox";
+    let left = (1i64, "77MB".to_owned(), 1i64);
+    for (reset, pool) in [
+        (
+            true,
+            projector::sql_roles::restricted_pool(options.clone(), 1),
+        ),
+        // Positive control: the same pool without the reset keeps what was left.
+        (
+            false,
+            sqlx::postgres::PgPoolOptions::new()
+                .max_connections(1)
+                .connect_lazy_with(options.clone()),
+        ),
+    ] {
+        let mut conn = pool.acquire().await.unwrap();
+        sqlx::raw_sql(leave_state)
+            .execute(&mut *conn)
+            .await
+            .unwrap();
+        let (locks, work_mem, listens, pid): (i64, String, i64, i32) =
+            sqlx::query_as(state).fetch_one(&mut *conn).await.unwrap();
+        assert_eq!(
+            (locks, work_mem, listens),
+            left.clone(),
+            "the state was left"
+        );
+        drop(conn);
+        let mut again = pool.acquire().await.unwrap();
+        let (locks, work_mem, listens, same): (i64, String, i64, i32) =
+            sqlx::query_as(state).fetch_one(&mut *again).await.unwrap();
+        assert_eq!(same, pid, "the same connection serves again");
+        println!(
+            "reset {reset}: advisory locks {locks}, work_mem {work_mem}, listens {listens} on the next use"
+        );
+        if reset {
+            assert_eq!((locks, work_mem.as_str(), listens), (0, "4MB", 0));
+        } else {
+            assert_eq!(
+                (locks, work_mem, listens),
+                left.clone(),
+                "the control keeps it"
+            );
+        }
+    }
+}

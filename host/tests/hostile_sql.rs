@@ -51,8 +51,8 @@ async fn outside_the_grants(db: &TestDb) -> Value {
     })
 }
 
-/// A connection logged in as projection `probe`'s role, with the password the host stored.
-async fn connect_as_probe_role(db: &TestDb) -> (String, PgConnection) {
+/// The login of projection `probe`'s role, with the password the host stored: (role, options).
+async fn probe_role_login(db: &TestDb) -> (String, PgConnectOptions) {
     let (role, password): (String, String) = sqlx::query_as(
         "SELECT role::text, password FROM projector_sql_roles WHERE projection = 'probe'",
     )
@@ -63,6 +63,12 @@ async fn connect_as_probe_role(db: &TestDb) -> (String, PgConnection) {
         .unwrap()
         .username(&role)
         .password(&password);
+    (role, options)
+}
+
+/// A connection logged in as projection `probe`'s role.
+async fn connect_as_probe_role(db: &TestDb) -> (String, PgConnection) {
+    let (role, options) = probe_role_login(db).await;
     let conn = PgConnection::connect_with(&options)
         .await
         .expect("log in as the projection role");
@@ -623,16 +629,7 @@ async fn whatever_a_session_is_left_holding_is_reset_before_the_connection_serve
     );
     host.wait_ready(PATIENCE);
     drop(host);
-    let (role, password): (String, String) = sqlx::query_as(
-        "SELECT role::text, password FROM projector_sql_roles WHERE projection = 'probe'",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
-    let options = PgConnectOptions::from_str(&db.url)
-        .unwrap()
-        .username(&role)
-        .password(&password);
+    let (_, options) = probe_role_login(&db).await;
     // Three kinds of session state: a session advisory lock, a setting, a LISTEN.
     let state = "SELECT (SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
                         current_setting('work_mem'),

@@ -62,6 +62,17 @@ pub(crate) fn quote_table(table: &str) -> String {
         .join(".")
 }
 
+/// The schema `outbox_events` lives in (resolved on the current search path), quoted.
+async fn outbox_schema(conn: &mut PgConnection) -> sqlx::Result<String> {
+    let schema: String = sqlx::query_scalar(
+        "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE c.oid = 'outbox_events'::regclass",
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(quote_ident(&schema))
+}
+
 /// Creates or refreshes the settle function the restricted roles call, from the same
 /// `settle.sql` the host runs directly (one definition of the transition).
 ///
@@ -71,13 +82,7 @@ pub(crate) fn quote_table(table: &str) -> String {
 /// controls can stand in for `outbox_events` or a built-in function.
 async fn install_settle_function(conn: &mut PgConnection) -> sqlx::Result<()> {
     let body = SETTLE_SQL;
-    let schema: String = sqlx::query_scalar(
-        "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.oid = 'outbox_events'::regclass",
-    )
-    .fetch_one(&mut *conn)
-    .await?;
-    let schema = quote_ident(&schema);
+    let schema = outbox_schema(conn).await?;
     let create = format!(
         "CREATE OR REPLACE FUNCTION {schema}.projector_settle(uuid, bigint[], text[], text[], text[], float8[], int, text)
          RETURNS TABLE (seq bigint, status text, attempts int, verdict text, retry_delay float8)
@@ -358,13 +363,7 @@ pub async fn prepare(
                 format!("role `{host}` does not exist (create it first: CREATE ROLE {host} LOGIN PASSWORD '...')"),
             ));
         }
-        let schema: String = sqlx::query_scalar(
-            "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-             WHERE c.oid = 'outbox_events'::regclass",
-        )
-        .fetch_one(&mut *tx)
-        .await?;
-        let schema = quote_ident(&schema);
+        let schema = outbox_schema(&mut tx).await?;
         let mut stmts = vec![
             format!("GRANT USAGE ON SCHEMA {schema} TO {member}"),
             format!("GRANT SELECT ON {schema}.projector_sql_roles, {schema}._sqlx_migrations TO {member}"),

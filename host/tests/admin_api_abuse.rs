@@ -556,6 +556,16 @@ async fn pickup_latencies(pool: &sqlx::PgPool, ids: &[uuid::Uuid]) -> Vec<f64> {
     .unwrap()
 }
 
+/// A transaction holding `replay_audit` locked (every audit read waits) until it ends.
+async fn lock_audit(db: &TestDb) -> sqlx::Transaction<'static, sqlx::Postgres> {
+    let mut locker = db.pool.begin().await.unwrap();
+    sqlx::query("LOCK TABLE replay_audit IN ACCESS EXCLUSIVE MODE")
+        .execute(&mut *locker)
+        .await
+        .unwrap();
+    locker
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_read_blocked_past_the_statement_timeout_is_503_and_claims_go_on_meanwhile() {
     let db = TestDb::new().await;
@@ -563,11 +573,7 @@ async fn a_read_blocked_past_the_statement_timeout_is_503_and_claims_go_on_meanw
     let host = host_with(&db, "scripted", &[]).await;
 
     // A read that cannot finish: the audit table is locked by another session.
-    let mut locker = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE replay_audit IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let locker = lock_audit(&db).await;
     let port = host.port;
     let reader = tokio::task::spawn_blocking(move || {
         let started = Instant::now();
@@ -722,11 +728,7 @@ async fn twelve_loops_of_slow_reads_do_not_slow_the_pickup_of_new_events() {
 
     // Reads that take long: the audit table is locked for the whole hammering, so every audit
     // read waits (up to the statement timeout) holding whatever connection it got.
-    let mut locker = db.pool.begin().await.unwrap();
-    sqlx::query("LOCK TABLE replay_audit IN ACCESS EXCLUSIVE MODE")
-        .execute(&mut *locker)
-        .await
-        .unwrap();
+    let locker = lock_audit(&db).await;
     let loops = ReadLoops::start(host.port, &["/projections/p/audit", "/status"], 12);
 
     // One event every 250 ms for 6 s while the loops run.

@@ -348,6 +348,8 @@ impl Metrics {
                 continue;
             };
             let reason = match verdict {
+                // Handed back untried: not a delivery, counted when it is delivered.
+                Verdict::Deferred => continue,
                 Verdict::Success => "",
                 Verdict::Transient { reason, .. } | Verdict::Deterministic { reason, .. } => {
                     self.reason_label(projection, reason)

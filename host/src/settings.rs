@@ -104,6 +104,15 @@ pub struct Overrides {
         allow_negative_numbers = true
     )]
     pub batch_size: Option<i64>,
+    /// With ordering "aggregate": the most consecutive events of one aggregate a batch may carry
+    /// (a run, handed to the plugin in seq order) [default: 1, one event per aggregate per batch].
+    #[arg(
+        long,
+        env = "OUTBOX_EVENTS_PER_AGGREGATE",
+        value_name = "OUTBOX_EVENTS_PER_AGGREGATE",
+        allow_negative_numbers = true
+    )]
+    pub events_per_aggregate: Option<i64>,
     /// Fallback polling interval when no NOTIFY arrives, and for retries coming due [default: 1].
     #[arg(long, env = "OUTBOX_POLL_INTERVAL_SECONDS", value_name = "OUTBOX_POLL_INTERVAL_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
     pub poll_interval_seconds: Option<f64>,
@@ -240,6 +249,7 @@ struct FileConfig {
     worker_id: Option<String>,
     concurrency: Option<i64>,
     batch_size: Option<i64>,
+    events_per_aggregate: Option<i64>,
     poll_interval_seconds: Option<f64>,
     lease_seconds: Option<f64>,
     reclaim_interval_seconds: Option<f64>,
@@ -279,6 +289,7 @@ struct FileProjection {
     ordering: Ordering,
     concurrency: Option<i64>,
     batch_size: Option<i64>,
+    events_per_aggregate: Option<i64>,
     lease_seconds: Option<f64>,
     max_processing_seconds: Option<f64>,
     max_attempts: Option<i64>,
@@ -396,6 +407,9 @@ pub struct Tuning {
     pub concurrency: usize,
     /// Events per batch.
     pub batch_size: i64,
+    /// With per-aggregate ordering: the most consecutive events of one aggregate in one batch
+    /// (1: at most one, the guarantee of contract `projector:plugin@0.1.0`).
+    pub events_per_aggregate: i64,
     /// Claim lease.
     pub lease: Duration,
     /// Upper bound for one batch; the plugin call is interrupted at this deadline.
@@ -418,6 +432,7 @@ impl Default for Tuning {
         Tuning {
             concurrency: 2,
             batch_size: 100,
+            events_per_aggregate: 1,
             lease: Duration::from_secs(30),
             max_processing: Duration::from_secs(60),
             max_attempts: 5,
@@ -667,6 +682,11 @@ impl Settings {
                 pick(over.batch_size, file.batch_size, 100),
                 10_000,
             )?,
+            events_per_aggregate: positive_int(
+                "OUTBOX_EVENTS_PER_AGGREGATE",
+                pick(over.events_per_aggregate, file.events_per_aggregate, 1),
+                10_000,
+            )?,
             lease: seconds(
                 "OUTBOX_LEASE_SECONDS",
                 pick(over.lease_seconds, file.lease_seconds, 30.0),
@@ -728,6 +748,10 @@ impl Settings {
                 batch_size: match p.batch_size {
                     Some(v) => positive_int(&key("batch_size"), v, 10_000)?,
                     None => t.batch_size,
+                },
+                events_per_aggregate: match p.events_per_aggregate {
+                    Some(v) => positive_int(&key("events_per_aggregate"), v, 10_000)?,
+                    None => t.events_per_aggregate,
                 },
                 lease: opt_seconds(&key("lease_seconds"), p.lease_seconds, t.lease)?,
                 max_processing: opt_seconds(

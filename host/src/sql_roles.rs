@@ -331,8 +331,8 @@ const HOST_TABLES: &[&str] = &[
 /// installs that function, prepares every projection's rebuild source role ([`source_role`]),
 /// takes `TEMPORARY` and `CREATE` away from `PUBLIC`, and makes
 /// `host_role` (default: the current user) a member of each projection role. With a
-/// `host_role`, also grants that role what a running host needs: DML on [`HOST_TABLES`] and
-/// reading the credentials, so the host itself needs no `CREATEROLE` and owns nothing. Returns
+/// `host_role`, also grants that role what a running host needs: DML on [`HOST_TABLES`],
+/// reading `outbox_heads` and the credentials, so the host itself needs no `CREATEROLE` and owns nothing. Returns
 /// (projection, role, password) per projection.
 pub async fn prepare(
     pool: &PgPool,
@@ -367,6 +367,9 @@ pub async fn prepare(
         let mut stmts = vec![
             format!("GRANT USAGE ON SCHEMA {schema} TO {member}"),
             format!("GRANT SELECT ON {schema}.projector_sql_roles, {schema}._sqlx_migrations TO {member}"),
+            // The ordered claim reads the heads; only the outbox's triggers (running as their
+            // owner) write them.
+            format!("GRANT SELECT ON {schema}.outbox_heads TO {member}"),
         ];
         for table in HOST_TABLES {
             stmts.push(format!(

@@ -385,6 +385,7 @@ pub fn record_events(claim: &Claim, verdicts: &[Verdict], settled: Option<&[Sett
         let status = statuses.get(&event.seq).copied().unwrap_or("unsettled");
         let (outcome, reason) = match verdict {
             Verdict::Success => ("success", None),
+            Verdict::Deferred => ("deferred", None),
             Verdict::Transient { reason, .. } => ("transient", Some(reason.as_str())),
             Verdict::Deterministic { reason, .. } => ("deterministic", Some(reason.as_str())),
         };

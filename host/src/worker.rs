@@ -212,6 +212,8 @@ impl Worker {
             );
         }
         renewer.abort();
+        // Runs are settled up to their first non-success (a no-op with one event per aggregate).
+        crate::outbox::defer_after_failures(&claim.events, &mut verdicts);
 
         let version = handler
             .as_ref()
@@ -242,6 +244,7 @@ impl Worker {
                         })
                         .collect();
                     verdicts = unwritten;
+                    crate::outbox::defer_after_failures(&claim.events, &mut verdicts);
                     self.settle_with_retry(&claim, &verdicts, &version).await
                 } else {
                     None

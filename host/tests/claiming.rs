@@ -20,6 +20,7 @@ fn spec(projection: &str, ordering: Ordering) -> ProjectionSpec {
         tuning: Tuning {
             concurrency: 1,
             batch_size: 100,
+            events_per_aggregate: 1,
             lease: Duration::from_secs(30),
             max_processing: Duration::from_secs(60),
             max_attempts: 5,

@@ -76,6 +76,7 @@ pub fn render(run: &Run) -> String {
             Verdict::Deterministic { reason, message } => {
                 ("deterministic", Some((reason, message)))
             }
+            Verdict::Deferred => ("deferred", None),
         };
         line.insert("outcome".into(), outcome.into());
         if let Some((reason, message)) = failure {
@@ -112,6 +113,8 @@ fn actual_outcome(v: &Verdict, e: &Expectation) -> String {
         Verdict::Success => OutcomeKind::Success,
         Verdict::Transient { .. } => OutcomeKind::Transient,
         Verdict::Deterministic { .. } => OutcomeKind::Deterministic,
+        // The test kit delivers one event per aggregate per call: nothing is ever deferred.
+        Verdict::Deferred => return render_verdict(v, true),
     };
     if kind != e.outcome {
         return render_verdict(v, true);

@@ -419,6 +419,7 @@ fn test_spec(projection: &str, plugin: &Path, config: BTreeMap<String, String>) 
         tuning: Tuning {
             concurrency: 1,
             batch_size: 1,
+            events_per_aggregate: 1,
             lease: DEFAULT_DEADLINE,
             max_processing: DEFAULT_DEADLINE,
             max_attempts: 1,
@@ -442,6 +443,7 @@ fn test_spec(projection: &str, plugin: &Path, config: BTreeMap<String, String>) 
 pub fn render_verdict(v: &Verdict, with_message: bool) -> String {
     let (kind, reason, message) = match v {
         Verdict::Success => return "success".into(),
+        Verdict::Deferred => return "deferred".into(),
         Verdict::Transient { reason, message } => ("transient", reason, message),
         Verdict::Deterministic { reason, message } => ("deterministic", reason, message),
     };
@@ -468,6 +470,7 @@ impl Run {
                 Verdict::Success => ok += 1,
                 Verdict::Transient { .. } => transient += 1,
                 Verdict::Deterministic { .. } => deterministic += 1,
+                Verdict::Deferred => {}
             }
             out.push_str(&format!(
                 "event {} {} {}: {}\n",

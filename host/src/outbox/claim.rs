@@ -1,4 +1,5 @@
-//! Claiming: the only way a row enters `processing` (see `claim.sql`).
+//! Claiming: the only way a row enters `processing` (see `claim_ordered.sql` and
+//! `claim_unordered.sql`).
 //!
 //! Input bounds hold before a row is read into host memory: a payload over
 //! `max_payload_bytes`, headers over [`MAX_HEADERS_BYTES`], or an event type, aggregate type or
@@ -11,7 +12,10 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-const CLAIM_SQL: &str = include_str!("claim.sql");
+/// With per-aggregate ordering: walks `outbox_heads`, O(batch) whatever the skew.
+const CLAIM_ORDERED_SQL: &str = include_str!("claim_ordered.sql");
+/// Without ordering: the oldest due events.
+const CLAIM_UNORDERED_SQL: &str = include_str!("claim_unordered.sql");
 
 /// The most bytes an event's headers (as JSON text) may have.
 pub const MAX_HEADERS_BYTES: usize = 64 << 10;
@@ -19,7 +23,7 @@ pub const MAX_HEADERS_BYTES: usize = 64 << 10;
 /// The most bytes an event type, aggregate type or aggregate id may have.
 pub const MAX_NAME_BYTES: usize = 1024;
 
-/// The columns `claim.sql` returns, in order: seq, id, event_type, aggregate_type, aggregate_id,
+/// The columns `claim_*.sql` return, in order: seq, id, event_type, aggregate_type, aggregate_id,
 /// payload as text, headers, occurred_at, attempts, reclaimed.
 pub(crate) type Row = (
     i64,
@@ -76,7 +80,7 @@ pub(crate) fn to_event(row: Row) -> ClaimedEvent {
     }
 }
 
-/// What `claim.sql` returns: the [`Row`] columns, each bounded field `NULL` when over its bound,
+/// What `claim_*.sql` return: the [`Row`] columns, each bounded field `NULL` when over its bound,
 /// then the byte sizes of payload, headers, event type, aggregate type and aggregate id.
 type BoundedRow = (
     i64,
@@ -187,12 +191,16 @@ fn bounded_event(row: BoundedRow, max_payload: usize) -> ClaimedEvent {
 /// nothing is due.
 pub async fn claim(pool: &PgPool, spec: &ProjectionSpec, worker_id: &str) -> sqlx::Result<Claim> {
     let batch_id = Uuid::new_v4();
-    let rows: Vec<BoundedRow> = sqlx::query_as(CLAIM_SQL)
+    let statement = match spec.ordering {
+        Ordering::Aggregate => CLAIM_ORDERED_SQL,
+        Ordering::None => CLAIM_UNORDERED_SQL,
+    };
+    let rows: Vec<BoundedRow> = sqlx::query_as(statement)
         .bind(&spec.name)
         .bind(spec.tuning.batch_size)
         .bind(worker_id)
         .bind(batch_id)
-        .bind(spec.ordering == Ordering::None)
+        .bind(spec.tuning.events_per_aggregate)
         .bind(spec.tuning.max_attempts)
         .bind(spec.tuning.lease.as_secs_f64())
         .bind(spec.tuning.max_payload_bytes.min(i32::MAX as usize) as i32)

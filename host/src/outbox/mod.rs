@@ -86,6 +86,30 @@ pub enum Verdict {
         /// Stored in `error`.
         message: String,
     },
+    /// Not applied: the event followed a non-success of its aggregate in the same run (see
+    /// [`defer_after_failures`]). It goes back to due-now `pending` with its attempt given back;
+    /// whatever the plugin answered for it is ignored.
+    Deferred,
+}
+
+/// Within a batch holding runs (several consecutive events of one aggregate, in seq order), a
+/// run is settled up to its first non-success: every later event of that aggregate in the batch
+/// becomes [`Verdict::Deferred`]. With at most one event per aggregate this changes nothing.
+/// Returns how many verdicts it deferred.
+pub fn defer_after_failures(events: &[ClaimedEvent], verdicts: &mut [Verdict]) -> usize {
+    let mut stopped: std::collections::HashSet<&str> = std::collections::HashSet::new();
+    let mut deferred = 0;
+    for (event, verdict) in events.iter().zip(verdicts.iter_mut()) {
+        if stopped.contains(event.aggregate_id.as_str()) {
+            if *verdict != Verdict::Deferred {
+                *verdict = Verdict::Deferred;
+                deferred += 1;
+            }
+        } else if *verdict != Verdict::Success {
+            stopped.insert(&event.aggregate_id);
+        }
+    }
+    deferred
 }
 
 impl Verdict {
@@ -117,4 +141,61 @@ pub fn sanitize_reason(reason: &str) -> String {
         out.push_str("unspecified");
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn event(seq: i64, aggregate: &str) -> ClaimedEvent {
+        ClaimedEvent {
+            seq,
+            id: Uuid::new_v4(),
+            event_type: "t".into(),
+            aggregate_type: String::new(),
+            aggregate_id: aggregate.into(),
+            payload: "{}".into(),
+            headers: Vec::new(),
+            occurred_at: String::new(),
+            attempt: 1,
+            reclaimed: false,
+            too_large: None,
+        }
+    }
+
+    #[test]
+    fn a_run_is_settled_up_to_its_first_non_success() {
+        let events = [
+            event(1, "a"),
+            event(2, "b"),
+            event(3, "a"),
+            event(4, "a"),
+            event(5, "b"),
+            event(6, "c"),
+        ];
+        let mut verdicts = vec![
+            Verdict::Success,
+            Verdict::transient("es_connect", "down"),
+            Verdict::Deterministic {
+                reason: "bad_payload".into(),
+                message: "no".into(),
+            },
+            Verdict::Success,
+            Verdict::Success,
+            Verdict::Success,
+        ];
+        assert_eq!(defer_after_failures(&events, &mut verdicts), 2);
+        assert_eq!(verdicts[0], Verdict::Success);
+        assert!(matches!(verdicts[1], Verdict::Transient { .. }));
+        assert!(matches!(verdicts[2], Verdict::Deterministic { .. }));
+        assert_eq!(verdicts[3], Verdict::Deferred, "after a's failure");
+        assert_eq!(verdicts[4], Verdict::Deferred, "after b's failure");
+        assert_eq!(verdicts[5], Verdict::Success, "c had no failure");
+        let mut one_each = vec![Verdict::transient("x", "y"), Verdict::Success];
+        assert_eq!(
+            defer_after_failures(&events[..2], &mut one_each),
+            0,
+            "one event per aggregate: nothing deferred"
+        );
+    }
 }

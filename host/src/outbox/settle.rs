@@ -83,6 +83,7 @@ pub async fn settle_on(
             Verdict::Deterministic { reason, message } => {
                 ("deterministic", Some(reason.clone()), Some(message.clone()))
             }
+            Verdict::Deferred => ("deferred", None, None),
         };
         kinds.push(kind);
         reasons.push(reason);

@@ -11,6 +11,8 @@
 //! - An event of a type the plugin does not declare (`describe()`'s `event-types`, exact names or
 //!   prefixes ending in `*`) is delivered (the contract's default), settled `done` (`skip`) or
 //!   failed deterministically (`unknown_event_type`, `fail`), as the projection says.
+//! - In a batch holding runs (several events of one aggregate), an event after one the host
+//!   failed is not admitted either: it is [`Verdict::Deferred`], back to `pending` untried.
 //! - The plugin sees the admitted events in their claimed order; the verdicts are merged back in
 //!   that order, so settling sees one verdict per claimed event as always.
 
@@ -72,6 +74,16 @@ impl Admitted {
                 }
             })
             .collect();
+        let mut answered = answered;
+        // A run stops at its first non-success: what follows it is not the plugin's to see.
+        let mut stopped = std::collections::HashSet::new();
+        for (e, a) in claim.events.iter().zip(answered.iter_mut()) {
+            if stopped.contains(e.aggregate_id.as_str()) {
+                *a = Some(Verdict::Deferred);
+            } else if matches!(a, Some(v) if *v != Verdict::Success) {
+                stopped.insert(e.aggregate_id.as_str());
+            }
+        }
         let claim = if answered.iter().all(Option::is_none) {
             Arc::clone(claim)
         } else {
@@ -117,7 +129,7 @@ mod tests {
             id: uuid::Uuid::new_v4(),
             event_type: event_type.into(),
             aggregate_type: String::new(),
-            aggregate_id: "a".into(),
+            aggregate_id: format!("agg-{seq}"),
             payload: payload.into(),
             headers: Vec::new(),
             occurred_at: String::new(),
@@ -142,6 +154,7 @@ mod tests {
         let mut tuning = Tuning {
             concurrency: 1,
             batch_size: 10,
+            events_per_aggregate: 1,
             lease: std::time::Duration::from_secs(1),
             max_processing: std::time::Duration::from_secs(1),
             max_attempts: 1,
@@ -176,5 +189,30 @@ mod tests {
             Arc::ptr_eq(&all.claim, &claim),
             "nothing answered: the batch itself, no copy"
         );
+    }
+
+    #[test]
+    fn in_a_run_the_events_after_one_the_host_fails_are_deferred_not_admitted() {
+        let mut first = event(1, "book.created", &format!("\"{}\"", "x".repeat(100)));
+        first.aggregate_id = "book-1".into();
+        let mut second = event(2, "book.renamed", "{}");
+        second.aggregate_id = "book-1".into();
+        let other = event(3, "book.created", "{}");
+        let claim = Arc::new(Claim {
+            batch_id: uuid::Uuid::new_v4(),
+            projection: "p".into(),
+            events: vec![first, second, other],
+        });
+        let tuning = Tuning {
+            max_payload_bytes: 50,
+            ..Tuning::default()
+        };
+        let admitted = Admitted::split(&claim, &tuning, &[]);
+        let seqs: Vec<i64> = admitted.claim.events.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [3], "only the other aggregate's event reaches the plugin");
+        let merged = admitted.merge(vec![Verdict::Success]);
+        assert!(matches!(&merged[0], Verdict::Deterministic { reason, .. } if reason == "payload_too_large"));
+        assert_eq!(merged[1], Verdict::Deferred);
+        assert_eq!(merged[2], Verdict::Success);
     }
 }

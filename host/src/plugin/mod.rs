@@ -706,12 +706,21 @@ impl Handler {
             report.calls = whole.calls;
             out = vec![None; events.len()];
         }
+        // A run stops at its first non-success: the later events of that aggregate are not run
+        // (their writes would have to be undone anyway) and go back to `pending` untried.
+        let mut stopped: std::collections::HashSet<&str> = std::collections::HashSet::new();
         for i in 0..events.len() {
+            let aggregate = claim.events[i].aggregate_id.as_str();
+            if stopped.contains(aggregate) {
+                out[i] = Some(Verdict::Deferred);
+                continue;
+            }
             if report.timed_out {
                 out[i] = Some(Verdict::transient(
                     "plugin_timeout",
                     "batch deadline passed before this event was handled",
                 ));
+                stopped.insert(aggregate);
                 continue;
             }
             if let Err(e) = exec(&mut tx, "SAVEPOINT projector_event") {
@@ -754,6 +763,7 @@ impl Handler {
                     "the plugin answered success but a statement of this event failed; its writes were rolled back",
                 ));
             }
+            stopped.insert(aggregate);
             if let Err(e) = exec(&mut tx, "ROLLBACK TO SAVEPOINT projector_event") {
                 let msg = e.to_string();
                 return (finish(out, &msg), report, Err(e));

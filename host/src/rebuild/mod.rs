@@ -371,6 +371,8 @@ fn tally(report: &mut Report, events: &[ClaimedEvent], verdicts: &[Verdict], cat
         match v {
             Verdict::Success if catch_up => report.caught_up += 1,
             Verdict::Success => report.rows_applied += 1,
+            // A rebuild calls the plugin on its own batches and never defers.
+            Verdict::Deferred => {}
             Verdict::Transient { reason, message } | Verdict::Deterministic { reason, message } => {
                 report.rows_failed += 1;
                 if report.failures.len() < MAX_LISTED_FAILURES {

@@ -1,14 +1,14 @@
--- Claim up to $2 events of projection $1 for worker $3 under the fencing token $4.
---   $5: true when the projection runs with ordering = "none"
+-- Claim without ordering (`ordering = "none"`): up to $2 due events of projection $1 for worker
+-- $3 under the fencing token $4, oldest first, any number per aggregate.
+--   $5: unused here (the ordered claim's events per aggregate)
 --   $6: max attempts (stuck rows that used them up are left to the reclaim sweep)
 --   $7: lease in seconds
 --   $8: max payload bytes    $9: max headers bytes    $10: max bytes of event type, aggregate
 --       type and aggregate id
 -- A field over its bound comes back NULL (with its size), so an oversized event never reaches
 -- the host's memory: the host fails it without reading it (see plugin/admission.rs).
--- Claimable: pending and due, or processing with an expired lease (stuck: reclaimed here).
--- With ordering, only rows with no unfinished earlier row of the same aggregate (skipped is
--- finished). A paused projection claims nothing.
+-- Claimable: pending and due, or processing with an expired lease (stuck: reclaimed here). A
+-- paused projection claims nothing.
 WITH candidates AS (
     SELECT o.seq, o.status AS previous_status, o.payload::text AS payload_text
     FROM outbox_events o
@@ -17,13 +17,6 @@ WITH candidates AS (
       AND o.status IN ('pending', 'processing')
       AND (   (o.status = 'pending' AND o.next_retry_at <= now())
            OR (o.status = 'processing' AND o.lease_expires_at < now() AND o.attempts < $6))
-      AND ($5 OR NOT EXISTS (
-              SELECT 1
-              FROM outbox_events p
-              WHERE p.projection = o.projection
-                AND p.aggregate_id = o.aggregate_id
-                AND p.seq < o.seq
-                AND p.status NOT IN ('done', 'skipped')))
     -- seq + 0: only outbox_events_claimable provides this order (see migration 0005).
     ORDER BY o.seq + 0
     LIMIT $2

@@ -1,0 +1,102 @@
+-- Claim with per-aggregate ordering: up to $2 events of projection $1 for worker $3 under the
+-- fencing token $4, at most $5 consecutive events of one aggregate (a "run"; 1 = at most one
+-- event per aggregate per batch, the guarantee of contract projector:plugin@0.1.0).
+--   $6: max attempts (stuck rows that used them up are left to the reclaim sweep)
+--   $7: lease in seconds
+--   $8: max payload bytes    $9: max headers bytes    $10: max bytes of event type, aggregate
+--       type and aggregate id
+-- A field over its bound comes back NULL (with its size), so an oversized event never reaches
+-- the host's memory (see claim.rs).
+--
+-- Claimable: pending and due, or processing with an expired lease (stuck: reclaimed here). An
+-- event is taken only when it is its aggregate's earliest unfinished event (skipped is finished)
+-- or follows such an event in the same run, every event before it in the run taken too: a
+-- failed or waiting event blocks the ones after it. A paused projection claims nothing.
+--
+-- Cost: the walk visits `outbox_heads` (one row per aggregate with unfinished events, see
+-- migration 0007) oldest first and probes each aggregate's first unfinished events through
+-- `outbox_events_aggregate_unfinished`, starting at the head's `next_seq`. It stops after $2
+-- aggregates whose first event may go; the aggregates it passes are those other batches hold
+-- right now (at most the other loops' batches), so a claim costs O(batch), not O(backlog).
+WITH heads AS (
+    SELECT h.aggregate_id, f.seq AS first_seq
+    FROM outbox_heads h
+    CROSS JOIN LATERAL (
+        SELECT e.seq, e.status, e.next_retry_at, e.lease_expires_at, e.attempts
+        FROM outbox_events e
+        WHERE e.projection = $1 AND e.aggregate_id = h.aggregate_id
+          AND e.seq >= h.next_seq AND e.status <> 'done' AND e.status <> 'skipped'
+        ORDER BY e.seq
+        LIMIT 1
+    ) f
+    WHERE h.projection = $1 AND NOT h.blocked AND h.not_before <= now()
+      AND NOT EXISTS (SELECT 1 FROM projection_pauses pp WHERE pp.projection = $1)
+      AND (   (f.status = 'pending' AND f.next_retry_at <= now())
+           OR (f.status = 'processing' AND f.lease_expires_at < now() AND f.attempts < $6))
+    ORDER BY h.next_seq
+    LIMIT $2
+),
+-- The runs, oldest aggregate first, each in seq order and cut at its first event that may not go.
+-- No ORDER BY: the lateral join yields one aggregate's run after another, and the LIMIT stops
+-- the walk as soon as the batch is full (what it cuts is the tail of the last run).
+runs AS (
+    SELECT r.seq, h.aggregate_id
+    FROM heads h
+    CROSS JOIN LATERAL (
+        SELECT s.seq
+        FROM (
+            SELECT e.seq,
+                   bool_and(   (e.status = 'pending' AND e.next_retry_at <= now())
+                            OR (e.status = 'processing' AND e.lease_expires_at < now()
+                                AND e.attempts < $6))
+                       OVER (ORDER BY e.seq) AS claimable
+            FROM outbox_events e
+            WHERE e.projection = $1 AND e.aggregate_id = h.aggregate_id
+              AND e.seq >= h.first_seq AND e.status <> 'done' AND e.status <> 'skipped'
+            ORDER BY e.seq
+            LIMIT $5
+        ) s
+        WHERE s.claimable
+    ) r
+    LIMIT $2
+),
+locked AS (
+    SELECT o.seq, o.status AS previous_status, o.payload::text AS payload_text
+    FROM outbox_events o
+    WHERE o.seq IN (SELECT seq FROM runs)
+      AND (   (o.status = 'pending' AND o.next_retry_at <= now())
+           OR (o.status = 'processing' AND o.lease_expires_at < now() AND o.attempts < $6))
+    FOR UPDATE OF o SKIP LOCKED
+),
+-- A run goes only as far as its events are all locked here: an event another claim holds (or
+-- took meanwhile) ends its aggregate's run.
+chosen AS (
+    SELECT x.seq
+    FROM (
+        SELECT r.seq,
+               bool_and(l.seq IS NOT NULL)
+                   OVER (PARTITION BY r.aggregate_id ORDER BY r.seq) AS held
+        FROM runs r
+        LEFT JOIN locked l ON l.seq = r.seq
+    ) x
+    WHERE x.held
+)
+UPDATE outbox_events e
+SET status = 'processing',
+    claimed_by = $3,
+    claim_batch_id = $4,
+    lease_expires_at = now() + make_interval(secs => $7),
+    processing_started_at = now(),
+    attempts = e.attempts + 1
+FROM locked c
+WHERE e.seq = c.seq AND c.seq IN (SELECT seq FROM chosen)
+RETURNING e.seq, e.id,
+          CASE WHEN octet_length(e.event_type) <= $10 THEN e.event_type END,
+          CASE WHEN octet_length(e.aggregate_type) <= $10 THEN e.aggregate_type END,
+          CASE WHEN octet_length(e.aggregate_id) <= $10 THEN e.aggregate_id END,
+          CASE WHEN octet_length(c.payload_text) <= $8 THEN c.payload_text END,
+          CASE WHEN octet_length(e.headers::text) <= $9 THEN e.headers END,
+          e.occurred_at, e.attempts, c.previous_status = 'processing' AS reclaimed,
+          octet_length(c.payload_text)::int8, octet_length(e.headers::text)::int8,
+          octet_length(e.event_type)::int8, octet_length(e.aggregate_type)::int8,
+          octet_length(e.aggregate_id)::int8

@@ -26,7 +26,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 /// The channel the outbox trigger notifies, with the projection name as payload.
 pub const NOTIFY_CHANNEL: &str = "projector_outbox";
@@ -341,7 +341,8 @@ async fn refresh_gauges(
 }
 
 /// Every `OUTBOX_RECLAIM_INTERVAL_SECONDS`: fail stuck rows that have no attempt left (the claim
-/// query takes over the others) and wake the loops so expired leases are picked up promptly.
+/// query takes over the others), remove aggregate heads left empty (`outbox::heads`), and wake
+/// the loops so expired leases are picked up promptly.
 async fn sweep_stuck(
     pool: PgPool,
     metrics: Arc<Metrics>,
@@ -365,6 +366,19 @@ async fn sweep_stuck(
                 }
                 Ok(_) => {}
                 Err(e) => warn!(projection = %spec.name, error = %e, "stuck-work sweep failed"),
+            }
+            match crate::outbox::heads::sweep_empty(
+                &pool,
+                &spec.name,
+                crate::outbox::heads::SWEEP_LIMIT,
+            )
+            .await
+            {
+                Ok(0) => {}
+                Ok(n) => {
+                    debug!(projection = %spec.name, removed = n, "removed empty aggregate heads")
+                }
+                Err(e) => warn!(projection = %spec.name, error = %e, "aggregate-head sweep failed"),
             }
             wakes[&spec.name].notify_waiters();
         }

@@ -13,7 +13,7 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// With per-aggregate ordering: walks `outbox_heads`, O(batch) whatever the skew.
-const CLAIM_ORDERED_SQL: &str = include_str!("claim_ordered.sql");
+pub const CLAIM_ORDERED_SQL: &str = include_str!("claim_ordered.sql");
 /// Without ordering: the oldest due events.
 const CLAIM_UNORDERED_SQL: &str = include_str!("claim_unordered.sql");
 

@@ -14,34 +14,22 @@
 -- failed or waiting event blocks the ones after it. A paused projection claims nothing.
 --
 -- Cost: the walk visits `outbox_heads` (one row per aggregate with unfinished events, see
--- migration 0007) oldest first and probes each aggregate's first unfinished events through
--- `outbox_events_aggregate_unfinished`, starting at the head's `next_seq`. It stops after $2
--- aggregates whose first event may go; the aggregates it passes are those other batches hold
--- right now (at most the other loops' batches), so a claim costs O(batch), not O(backlog).
-WITH heads AS (
-    SELECT h.aggregate_id, f.seq AS first_seq
-    FROM outbox_heads h
-    CROSS JOIN LATERAL (
-        SELECT e.seq, e.status, e.next_retry_at, e.lease_expires_at, e.attempts
-        FROM outbox_events e
-        WHERE e.projection = $1 AND e.aggregate_id = h.aggregate_id
-          AND e.seq >= h.next_seq AND e.status <> 'done' AND e.status <> 'skipped'
-        ORDER BY e.seq
-        LIMIT 1
-    ) f
-    WHERE h.projection = $1 AND NOT h.blocked AND h.not_before <= now()
-      AND NOT EXISTS (SELECT 1 FROM projection_pauses pp WHERE pp.projection = $1)
-      AND (   (f.status = 'pending' AND f.next_retry_at <= now())
-           OR (f.status = 'processing' AND f.lease_expires_at < now() AND f.attempts < $6))
-    ORDER BY h.next_seq
-    LIMIT $2
-),
--- The runs, oldest aggregate first, each in seq order and cut at its first event that may not go.
--- No ORDER BY: the lateral join yields one aggregate's run after another, and the LIMIT stops
--- the walk as soon as the batch is full (what it cuts is the tail of the last run).
-runs AS (
+-- migration 0007) oldest first and probes each aggregate's first unfinished events (at most $5)
+-- through `outbox_events_aggregate_unfinished`, starting at the head's `next_seq`. It stops once
+-- $2 events are found; the aggregates it passes are those other batches hold right now (at most
+-- the other loops' batches), so a claim costs O(batch), not O(backlog).
+-- The runs, oldest aggregate first: each aggregate's first unfinished events in seq order, cut at
+-- the first that may not go (an aggregate whose first event may not go yields nothing). No ORDER
+-- BY outside: the lateral join yields one aggregate's run after another, and the LIMIT stops the
+-- walk as soon as the batch is full (what it cuts is the tail of the last run).
+WITH runs AS (
     SELECT r.seq, h.aggregate_id
-    FROM heads h
+    FROM (
+        SELECT h.aggregate_id, h.next_seq
+        FROM outbox_heads h
+        WHERE h.projection = $1 AND NOT h.blocked AND h.not_before <= now()
+        ORDER BY h.next_seq
+    ) h
     CROSS JOIN LATERAL (
         SELECT s.seq
         FROM (
@@ -52,12 +40,13 @@ runs AS (
                        OVER (ORDER BY e.seq) AS claimable
             FROM outbox_events e
             WHERE e.projection = $1 AND e.aggregate_id = h.aggregate_id
-              AND e.seq >= h.first_seq AND e.status <> 'done' AND e.status <> 'skipped'
+              AND e.seq >= h.next_seq AND e.status <> 'done' AND e.status <> 'skipped'
             ORDER BY e.seq
             LIMIT $5
         ) s
         WHERE s.claimable
     ) r
+    WHERE NOT EXISTS (SELECT 1 FROM projection_pauses pp WHERE pp.projection = $1)
     LIMIT $2
 ),
 locked AS (

@@ -9,11 +9,18 @@
 -- run) -> due-now pending with its attempt given back and its error fields untouched.
 -- Fenced: rows no longer held by this claim (reclaimed, released) are left alone and not returned.
 --
+-- Heads (migration 0007): for each aggregate with events made `done` here, the earliest event
+-- of it still unfinished once this commits (ours are still `processing` in this statement's
+-- snapshot, so they are left out by seq) becomes its head's `next_seq`, or, with none, the head
+-- is removed. Both only if the head's `version` is still the one the snapshot saw: an insert
+-- that raced this settle bumped it, and the head stays as it was (still a lower bound).
+--
 -- Plan: the outcomes drive the join and each finds its row through the primary key, in the
--- custom and the generic plan alike. `(claim_batch_id = $1) IS TRUE` is a filter on the row
--- found, never an index condition: as one, the generic plan (Postgres switches to it after five
--- executions) started from the claim's rows and compared every pair, 250,000 comparisons for a
--- batch of 500.
+-- custom and the generic plan alike. The fence is written as a CASE so that it is a filter on
+-- the row found, never an index condition (outbox_events_claim_batch): with it as one, the
+-- generic plan (Postgres switches to it after five executions) started from the claim's rows
+-- and compared every pair, 250,000 comparisons for a batch of 500 (tests/claim_cost.rs).
+WITH settled AS (
 UPDATE outbox_events e
 SET status = CASE
                  WHEN u.verdict = 'success' THEN 'done'
@@ -40,5 +47,43 @@ SET status = CASE
     projection_version = CASE WHEN u.verdict = 'deferred' THEN e.projection_version ELSE $8 END
 FROM unnest($2::bigint[], $3::text[], $4::text[], $5::text[], $6::float8[])
      AS u(seq, verdict, reason, message, retry_delay)
-WHERE e.seq = u.seq AND (e.claim_batch_id = $1) IS TRUE AND e.status = 'processing'
-RETURNING e.seq, e.status, e.attempts, u.verdict, u.retry_delay
+WHERE e.seq = u.seq AND (CASE WHEN e.status = 'processing' THEN e.claim_batch_id END) = $1
+RETURNING e.seq, e.status, e.attempts, u.verdict, u.retry_delay, e.projection, e.aggregate_id
+),
+finished AS (
+    SELECT s.projection, s.aggregate_id, array_agg(s.seq) AS seqs
+    FROM settled s
+    WHERE s.status = 'done'
+    GROUP BY s.projection, s.aggregate_id
+),
+seen AS (
+    SELECT f.projection, f.aggregate_id, h.version, h.next_seq,
+           (SELECT o.seq
+            FROM outbox_events o
+            WHERE o.projection = f.projection AND o.aggregate_id = f.aggregate_id
+              AND o.seq >= h.next_seq AND o.status <> 'done' AND o.status <> 'skipped'
+              AND o.seq <> ALL (f.seqs)
+            ORDER BY o.seq
+            LIMIT 1) AS next_unfinished
+    FROM finished f
+    CROSS JOIN LATERAL (
+        SELECT h.version, h.next_seq
+        FROM outbox_heads h
+        WHERE h.projection = f.projection AND h.aggregate_id = f.aggregate_id
+        OFFSET 0
+    ) h
+),
+gone AS (
+    DELETE FROM outbox_heads h
+    USING seen s
+    WHERE h.projection = s.projection AND h.aggregate_id = s.aggregate_id
+      AND s.next_unfinished IS NULL AND h.version = s.version
+),
+moved AS (
+    UPDATE outbox_heads h
+    SET next_seq = s.next_unfinished
+    FROM seen s
+    WHERE h.projection = s.projection AND h.aggregate_id = s.aggregate_id
+      AND s.next_unfinished > h.next_seq AND h.version = s.version
+)
+SELECT seq, status, attempts, verdict, retry_delay FROM settled

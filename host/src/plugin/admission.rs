@@ -209,9 +209,15 @@ mod tests {
         };
         let admitted = Admitted::split(&claim, &tuning, &[]);
         let seqs: Vec<i64> = admitted.claim.events.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [3], "only the other aggregate's event reaches the plugin");
+        assert_eq!(
+            seqs,
+            [3],
+            "only the other aggregate's event reaches the plugin"
+        );
         let merged = admitted.merge(vec![Verdict::Success]);
-        assert!(matches!(&merged[0], Verdict::Deterministic { reason, .. } if reason == "payload_too_large"));
+        assert!(
+            matches!(&merged[0], Verdict::Deterministic { reason, .. } if reason == "payload_too_large")
+        );
         assert_eq!(merged[1], Verdict::Deferred);
         assert_eq!(merged[2], Verdict::Success);
     }

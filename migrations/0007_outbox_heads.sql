@@ -23,11 +23,12 @@
 -- which removes heads left empty (outbox/heads.rs). Claims and lease renewals do not touch it.
 --
 -- Concurrency: an inserting transaction updates its aggregates' rows (ON CONFLICT DO UPDATE
--- bumps `version`), so it holds their row locks until it commits. A settle that would remove a
--- row or move `next_seq` decided from a snapshot that cannot see that insert; Postgres re-checks
--- the locked row's newest version (EvalPlanQual), where `version` is no longer the one the
--- snapshot saw, and the row is left as it is. Inserting statements take their aggregates' row
--- locks in (projection, aggregate_id) order.
+-- bumps `version`), so it holds their row locks until it commits, taking them in (projection,
+-- aggregate_id) order. The host never waits for such a lock where it could deadlock with the
+-- application: the settle and the sweep lock heads with SKIP LOCKED and change only those whose
+-- `version` is still the one their snapshot saw (an insert that raced them leaves the head as it
+-- was, a lower bound still), and the status trigger waits only to clear `blocked` (operator
+-- replays and skips).
 CREATE TABLE outbox_heads (
     projection    text        NOT NULL,
     aggregate_id  text        NOT NULL,
@@ -81,6 +82,18 @@ BEGIN
             blocked = h.blocked OR excluded.blocked,
             version = h.version + 1;
         RETURN NULL;
+    END IF;
+    -- Leaving `failed` (a replay, a skip) must clear `blocked`, or the aggregate would stay out
+    -- of the claim's walk: that waits for the row. Everything else here is a hint (a failed
+    -- aggregate still walked costs a probe, an early `not_before` a probe too) and is skipped
+    -- when another transaction holds the row: a settle never waits on an application's insert.
+    IF OLD.status <> 'failed' THEN
+        PERFORM 1 FROM outbox_heads h
+        WHERE h.projection = NEW.projection AND h.aggregate_id = NEW.aggregate_id
+        FOR UPDATE SKIP LOCKED;
+        IF NOT FOUND THEN
+            RETURN NULL;
+        END IF;
     END IF;
     UPDATE outbox_heads h
     SET blocked = CASE

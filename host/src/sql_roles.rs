@@ -332,7 +332,7 @@ const HOST_TABLES: &[&str] = &[
 /// takes `TEMPORARY` and `CREATE` away from `PUBLIC`, and makes
 /// `host_role` (default: the current user) a member of each projection role. With a
 /// `host_role`, also grants that role what a running host needs: DML on [`HOST_TABLES`],
-/// reading `outbox_heads` and the credentials, so the host itself needs no `CREATEROLE` and owns nothing. Returns
+/// reading, moving and removing `outbox_heads`, and reading the credentials, so the host itself needs no `CREATEROLE` and owns nothing. Returns
 /// (projection, role, password) per projection.
 pub async fn prepare(
     pool: &PgPool,
@@ -367,9 +367,9 @@ pub async fn prepare(
         let mut stmts = vec![
             format!("GRANT USAGE ON SCHEMA {schema} TO {member}"),
             format!("GRANT SELECT ON {schema}.projector_sql_roles, {schema}._sqlx_migrations TO {member}"),
-            // The ordered claim reads the heads; only the outbox's triggers (running as their
-            // owner) write them.
-            format!("GRANT SELECT ON {schema}.outbox_heads TO {member}"),
+            // The ordered claim reads the heads, the settle and the sweep move and remove them;
+            // rows are added only by the outbox's triggers, which run as their owner.
+            format!("GRANT SELECT, UPDATE, DELETE ON {schema}.outbox_heads TO {member}"),
         ];
         for table in HOST_TABLES {
             stmts.push(format!(

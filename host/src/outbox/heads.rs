@@ -13,7 +13,8 @@ use sqlx::PgPool;
 
 /// Removes empty heads among the `limit` oldest of `projection` (the ordered claim walks the
 /// oldest first, so that is where leftovers cost it), under the same `version` check as the
-/// settle. Returns how many it removed.
+/// settle, and like the settle without waiting for a head an inserting transaction holds.
+/// Returns how many it removed.
 const SWEEP_EMPTY_SQL: &str = "\
 WITH oldest AS (
     SELECT h.aggregate_id, h.next_seq, h.version
@@ -29,10 +30,21 @@ empty AS (
         SELECT 1 FROM outbox_events e
         WHERE e.projection = $1 AND e.aggregate_id = o.aggregate_id AND e.seq >= o.next_seq
           AND e.status <> 'done' AND e.status <> 'skipped')
+),
+held AS (
+    SELECT e.aggregate_id
+    FROM (SELECT * FROM empty ORDER BY aggregate_id) e
+    CROSS JOIN LATERAL (
+        SELECT h.version
+        FROM outbox_heads h
+        WHERE h.projection = $1 AND h.aggregate_id = e.aggregate_id
+        FOR UPDATE SKIP LOCKED
+    ) l
+    WHERE l.version = e.version
 )
 DELETE FROM outbox_heads h
-USING empty e
-WHERE h.projection = $1 AND h.aggregate_id = e.aggregate_id AND h.version = e.version";
+USING held l
+WHERE h.projection = $1 AND h.aggregate_id = l.aggregate_id";
 
 /// How many of the oldest heads one sweep looks at.
 pub const SWEEP_LIMIT: i64 = 1000;

@@ -12,8 +12,9 @@
 -- Heads (migration 0007): for each aggregate with events made `done` here, the earliest event
 -- of it still unfinished once this commits (ours are still `processing` in this statement's
 -- snapshot, so they are left out by seq) becomes its head's `next_seq`, or, with none, the head
--- is removed. Both only if the head's `version` is still the one the snapshot saw: an insert
--- that raced this settle bumped it, and the head stays as it was (still a lower bound).
+-- is removed. Both only for heads locked here without waiting and whose `version` is still the
+-- one the snapshot saw: an insert that raced this settle bumped it or holds the row, and the
+-- head stays as it was (still a lower bound; the reclaim sweep removes it if it ends up empty).
 --
 -- Plan: the outcomes drive the join and each finds its row through the primary key, in the
 -- custom and the generic plan alike. The fence is written as a CASE so that it is a filter on
@@ -73,17 +74,31 @@ seen AS (
         OFFSET 0
     ) h
 ),
+-- The heads this settle may change: locked without waiting. A head another transaction holds
+-- is an application's insert under way (or another host's sweep); it is left as it is, which
+-- is always safe (a head is a lower bound), and the settle never waits on the application.
+current AS (
+    SELECT s.*
+    FROM (SELECT * FROM seen ORDER BY projection, aggregate_id) s
+    CROSS JOIN LATERAL (
+        SELECT h.version
+        FROM outbox_heads h
+        WHERE h.projection = s.projection AND h.aggregate_id = s.aggregate_id
+        FOR UPDATE SKIP LOCKED
+    ) l
+    WHERE l.version = s.version
+),
 gone AS (
     DELETE FROM outbox_heads h
-    USING seen s
+    USING current s
     WHERE h.projection = s.projection AND h.aggregate_id = s.aggregate_id
-      AND s.next_unfinished IS NULL AND h.version = s.version
+      AND s.next_unfinished IS NULL
 ),
 moved AS (
     UPDATE outbox_heads h
     SET next_seq = s.next_unfinished
-    FROM seen s
+    FROM current s
     WHERE h.projection = s.projection AND h.aggregate_id = s.aggregate_id
-      AND s.next_unfinished > h.next_seq AND h.version = s.version
+      AND s.next_unfinished > h.next_seq
 )
 SELECT seq, status, attempts, verdict, retry_delay FROM settled

@@ -15,6 +15,11 @@
 //! A count can only be too low, never too high: a finished event never becomes unfinished again,
 //! so anything the trigger sees unfinished was unfinished when the host decided.
 //!
+//! The counts read a shadow of each event's status and claim (`order_log_status`, written by
+//! plain row triggers in the same transaction as the change it mirrors) with an index of its own,
+//! so the recorder costs the same whatever indexes the host's schema has, and adds none to
+//! `outbox_events` that could change the plans of the host's statements.
+//!
 //! The record's identity `n` follows commit order within one aggregate when the order holds (the
 //! next event of an aggregate can only be claimed after the previous one's settle committed), and
 //! rows settled together carry the same `txid`.
@@ -51,8 +56,43 @@ pub async fn record_delivery_order(pool: &PgPool) {
              at                timestamptz NOT NULL DEFAULT clock_timestamp(),
              txid              bigint NOT NULL DEFAULT txid_current());
 
-         -- SECURITY DEFINER: a deferred trigger runs as whoever commits, which may be a
+         CREATE TABLE order_log_status (
+             seq            bigint PRIMARY KEY,
+             projection     text NOT NULL,
+             aggregate_id   text NOT NULL,
+             status         text NOT NULL,
+             claim_batch_id uuid);
+         CREATE INDEX order_log_status_aggregate
+             ON order_log_status (projection, aggregate_id, seq);
+         INSERT INTO order_log_status
+             SELECT seq, projection, aggregate_id, status, claim_batch_id FROM outbox_events;
+
+         -- SECURITY DEFINER: a trigger runs as whoever writes or commits, which may be a
          -- projection's restricted role (sql projections settle through projector_settle).
+         CREATE FUNCTION order_log_mirror() RETURNS trigger
+             LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
+         BEGIN
+             IF TG_OP = 'INSERT' THEN
+                 INSERT INTO order_log_status
+                     VALUES (NEW.seq, NEW.projection, NEW.aggregate_id, NEW.status,
+                             NEW.claim_batch_id);
+             ELSIF TG_OP = 'UPDATE' THEN
+                 UPDATE order_log_status
+                    SET status = NEW.status, claim_batch_id = NEW.claim_batch_id
+                  WHERE seq = NEW.seq;
+             ELSE
+                 DELETE FROM order_log_status WHERE seq = OLD.seq;
+             END IF;
+             RETURN NULL;
+         END $$;
+         CREATE TRIGGER order_log_mirror_rows AFTER INSERT OR DELETE ON outbox_events
+             FOR EACH ROW EXECUTE FUNCTION order_log_mirror();
+         CREATE TRIGGER order_log_mirror_update AFTER UPDATE ON outbox_events
+             FOR EACH ROW
+             WHEN (NEW.status IS DISTINCT FROM OLD.status
+                   OR NEW.claim_batch_id IS DISTINCT FROM OLD.claim_batch_id)
+             EXECUTE FUNCTION order_log_mirror();
+
          CREATE FUNCTION order_log_claimed() RETURNS trigger
              LANGUAGE plpgsql SECURITY DEFINER SET search_path = public, pg_temp AS $$
          BEGIN
@@ -61,7 +101,7 @@ pub async fn record_delivery_order(pool: &PgPool) {
                   unfinished_before)
              SELECT NEW.seq, NEW.projection, NEW.aggregate_id, NEW.claim_batch_id, NEW.claimed_by,
                     OLD.status, count(*)
-               FROM outbox_events p
+               FROM order_log_status p
               WHERE p.projection = NEW.projection AND p.aggregate_id = NEW.aggregate_id
                 AND p.seq < NEW.seq AND p.status NOT IN ('done', 'skipped')
                 AND NOT (p.status = 'processing'
@@ -74,7 +114,7 @@ pub async fn record_delivery_order(pool: &PgPool) {
              INSERT INTO order_log_done
                  (seq, projection, aggregate_id, claim_batch_id, unfinished_before)
              SELECT NEW.seq, NEW.projection, NEW.aggregate_id, NEW.claim_batch_id, count(*)
-               FROM outbox_events p
+               FROM order_log_status p
               WHERE p.projection = NEW.projection AND p.aggregate_id = NEW.aggregate_id
                 AND p.seq < NEW.seq AND p.status NOT IN ('done', 'skipped');
              RETURN NULL;

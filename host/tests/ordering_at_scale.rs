@@ -117,8 +117,10 @@ fn assert_in_order(log: &OrderLog, rows: &[EventRow]) {
 }
 
 /// 3 hosts x 2 loops drain 3,000 events, 92 % of them on 20 aggregates, arriving in ten inserts
-/// while the hosts run, some failing transiently first. Every event ends done, charged exactly
-/// its own attempts, settled once, and each aggregate's events became done in seq order.
+/// while the hosts run, some failing transiently first. The application's inserts go through
+/// while the hosts settle (an insert that fails, a deadlock say, fails the scenario). Every event
+/// ends done, charged exactly its own attempts, settled once, and each aggregate's events became
+/// done in seq order.
 async fn skewed_stream_on_three_hosts(runs: Option<u32>) {
     let db = TestDb::new().await;
     db.migrate();

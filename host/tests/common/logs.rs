@@ -66,3 +66,24 @@ pub fn plugin_marks(records: &[Value]) -> Vec<PluginMark> {
         })
         .collect()
 }
+
+/// The event ids the scripted plugin began (`"log": true`), per claim batch, in the order the
+/// plugin handled them.
+pub fn plugin_batches(records: &[Value]) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut batches: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    for record in records {
+        if field_str(record, "target").as_deref() != Some("plugin") {
+            continue;
+        }
+        let message = field_str(record, "message").unwrap_or_default();
+        let Some(id) = message
+            .strip_prefix("begin ")
+            .and_then(|m| m.split(' ').next())
+        else {
+            continue;
+        };
+        let batch = field_str(record, "claim_batch_id").unwrap_or_default();
+        batches.entry(batch).or_default().push(id.to_owned());
+    }
+    batches
+}

@@ -12,6 +12,7 @@
 mod chronicle;
 mod logs;
 mod metrics;
+mod order_log;
 mod osmem;
 mod otlp;
 mod plugins;
@@ -33,6 +34,8 @@ pub use chronicle::*;
 pub use logs::*;
 #[allow(unused_imports)]
 pub use metrics::*;
+#[allow(unused_imports)]
+pub use order_log::*;
 #[allow(unused_imports)]
 pub use osmem::*;
 #[allow(unused_imports)]

@@ -271,3 +271,106 @@ async fn stuck_rows_on_their_last_attempt_are_failed_by_the_sweep_and_released_r
     );
     assert_eq!(claim(&db.pool, &p, "other").await.unwrap().events.len(), 1);
 }
+
+/// How many heads `projection` has for `aggregate` (0 or 1).
+async fn heads_of(pool: &sqlx::PgPool, projection: &str, aggregate: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox_heads WHERE projection = $1 AND aggregate_id = $2",
+    )
+    .bind(projection)
+    .bind(aggregate)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heads_follow_the_settle_and_the_sweep_removes_the_ones_left_empty() {
+    use projector::outbox::heads::sweep_empty;
+    let db = TestDb::new().await;
+    db.migrate();
+    let p = spec("heads", Ordering::Aggregate);
+    insert_events(
+        &db.pool,
+        &[
+            NewEvent::new("heads", "settled", success()),
+            NewEvent::new("heads", "by-hand", success()),
+            NewEvent::new("heads", "by-hand", success()),
+            NewEvent::new("heads", "waiting", success()),
+        ],
+    )
+    .await;
+    for aggregate in ["settled", "by-hand", "waiting"] {
+        assert_eq!(
+            heads_of(&db.pool, "heads", aggregate).await,
+            1,
+            "{aggregate}: inserted, so it has a head"
+        );
+    }
+
+    // A settle that finishes an aggregate's last event removes its head.
+    let c = claim(&db.pool, &p, "w").await.unwrap();
+    let settled: Vec<_> = c.events.iter().map(|e| e.aggregate_id.clone()).collect();
+    assert!(settled.contains(&"settled".to_owned()), "{settled:?}");
+    let verdicts: Vec<Verdict> = c
+        .events
+        .iter()
+        .map(|e| match e.aggregate_id.as_str() {
+            "waiting" => Verdict::transient("es_connect", "down"),
+            _ => Verdict::Success,
+        })
+        .collect();
+    settle(&db.pool, &c, &verdicts, &p.tuning, "v")
+        .await
+        .unwrap();
+    assert_eq!(
+        heads_of(&db.pool, "heads", "settled").await,
+        0,
+        "its only event is done"
+    );
+    assert_eq!(
+        heads_of(&db.pool, "heads", "by-hand").await,
+        1,
+        "one of its two events is left"
+    );
+    assert_eq!(
+        heads_of(&db.pool, "heads", "waiting").await,
+        1,
+        "its event waits for a retry"
+    );
+
+    // Finished other than by a settle (by hand here; an operator skip or a rebuild's supersede
+    // alike): the head is left behind, and the sweep removes it, but not one with an event left.
+    sqlx::query(
+        "UPDATE outbox_events SET status = 'done', done_at = now() WHERE aggregate_id = 'by-hand'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        heads_of(&db.pool, "heads", "by-hand").await,
+        1,
+        "control: left behind before the sweep"
+    );
+    let removed = sweep_empty(&db.pool, "heads", 1000).await.unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(heads_of(&db.pool, "heads", "by-hand").await, 0);
+    assert_eq!(
+        heads_of(&db.pool, "heads", "waiting").await,
+        1,
+        "an aggregate with an unfinished event keeps its head"
+    );
+
+    // Made unfinished again by hand: the head comes back, and the claim finds the event.
+    sqlx::query("UPDATE outbox_events SET status = 'pending', attempts = 0, next_retry_at = now() WHERE aggregate_id = 'settled'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(heads_of(&db.pool, "heads", "settled").await, 1);
+    let again = claim(&db.pool, &p, "w").await.unwrap();
+    assert!(
+        again.events.iter().any(|e| e.aggregate_id == "settled"),
+        "{:?}",
+        again.events
+    );
+}

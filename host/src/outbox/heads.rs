@@ -11,15 +11,15 @@
 
 use sqlx::PgPool;
 
-/// Removes empty heads among the `limit` oldest of `projection` (the ordered claim walks the
-/// oldest first, so that is where leftovers cost it), under the same `version` check as the
+/// Removes empty heads among the `limit` oldest of `projection` that the ordered claim walks (not
+/// blocked; it walks the oldest first, so that is where leftovers cost it), under the same `version` check as the
 /// settle, and like the settle without waiting for a head an inserting transaction holds.
 /// Returns how many it removed.
 const SWEEP_EMPTY_SQL: &str = "\
 WITH oldest AS (
     SELECT h.aggregate_id, h.next_seq, h.version
     FROM outbox_heads h
-    WHERE h.projection = $1
+    WHERE h.projection = $1 AND NOT h.blocked
     ORDER BY h.next_seq
     LIMIT $2
 ),

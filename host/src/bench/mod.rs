@@ -312,6 +312,7 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
     ))
     .execute(pool)
     .await?;
+    queue::create(pool).await?;
     let mut report = Report::new(plan, workload::server_version(pool).await?);
     let host = child::HostConfig {
         exe: std::env::current_exe().map_err(|e| anyhow::anyhow!("locating projector: {e}"))?,

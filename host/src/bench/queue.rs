@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 /// The queue's table, created once in the benchmark's database.
 const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS bench_jobs (
+CREATE TABLE bench_jobs (
     id               bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     status           text        NOT NULL DEFAULT 'pending',
     locked_by        text,
@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS bench_jobs (
     done_at          timestamptz,
     payload          jsonb       NOT NULL
 );
-CREATE INDEX IF NOT EXISTS bench_jobs_pending ON bench_jobs (id) WHERE status = 'pending';
+CREATE INDEX bench_jobs_pending ON bench_jobs (id) WHERE status = 'pending';
 ";
 
 /// Claims up to $1 jobs for $2. `id = ANY(ARRAY(subquery))` rather than a join with a CTE: the
@@ -47,10 +47,15 @@ UPDATE bench_jobs
 SET status = 'done', done_at = clock_timestamp(), lease_expires_at = NULL
 WHERE id = ANY($1) AND status = 'processing' AND locked_by = $2";
 
+/// Creates the queue's table (once, in the benchmark's fresh database).
+pub async fn create(pool: &PgPool) -> Result<()> {
+    sqlx::raw_sql(SCHEMA).execute(pool).await?;
+    Ok(())
+}
+
 /// Empties the queue and fills it with `n` pending jobs whose payloads are the outbox seed's
 /// (about 300 bytes of JSON), then refreshes the planner's statistics as the outbox seed does.
 pub async fn seed(pool: &PgPool, n: i64) -> Result<()> {
-    sqlx::raw_sql(SCHEMA).execute(pool).await?;
     sqlx::raw_sql("TRUNCATE bench_jobs RESTART IDENTITY")
         .execute(pool)
         .await?;

@@ -1,5 +1,9 @@
 //! projector under test: a child `projector run` with a generated config, so that its memory is
 //! its own to measure (`/proc/PID/status`) and it starts, runs and stops as in production.
+//!
+//! A child gets exactly the benchmark's settings: the `OUTBOX_*`, `ELASTIC_*` and `DATABASE_URL`
+//! variables of the shell running the benchmark are removed from its environment, and only
+//! [`HostConfig::env`] is added.
 
 use super::workload::{self, Drain, Latency};
 use super::{Plan, Plugins};
@@ -10,6 +14,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How the child hosts run.
+#[derive(Debug, Clone)]
 pub struct HostConfig {
     /// The `projector` binary (this one).
     pub exe: PathBuf,
@@ -19,6 +24,8 @@ pub struct HostConfig {
     pub concurrency: usize,
     /// Config files, logs and the compiled-component cache go here.
     pub work: PathBuf,
+    /// Variables set in the child's environment (`OUTBOX_*` settings).
+    pub env: Vec<(String, String)>,
 }
 
 /// One `[[projection]]` of the generated config.
@@ -97,10 +104,16 @@ impl Running {
     }
 
     /// SIGTERM, then waits for the clean exit the host promises.
-    fn stop(mut self) -> Result<()> {
+    fn stop(self) -> Result<()> {
+        stop_all(vec![self])
+    }
+
+    fn terminate(&self) {
         // SAFETY: kill(2) on our own child's pid.
         unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(60);
+    }
+
+    fn wait_stopped(mut self, deadline: Instant) -> Result<()> {
         loop {
             if let Some(status) = self
                 .child
@@ -126,6 +139,21 @@ impl Running {
     }
 }
 
+/// SIGTERM to every host at once, then waits for each one's clean exit.
+fn stop_all(hosts: Vec<Running>) -> Result<()> {
+    for host in &hosts {
+        host.terminate();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut first_error = None;
+    for host in hosts {
+        if let Err(e) = host.wait_stopped(deadline) {
+            first_error.get_or_insert(e);
+        }
+    }
+    first_error.map_or(Ok(()), Err)
+}
+
 impl Drop for Running {
     fn drop(&mut self) {
         if let Ok(None) = self.child.try_wait() {
@@ -145,6 +173,38 @@ fn free_port() -> Result<u16> {
 }
 
 impl HostConfig {
+    /// The same hosts with `batch_size` events per batch.
+    pub fn with_batch_size(&self, batch_size: i64) -> HostConfig {
+        HostConfig {
+            batch_size,
+            ..self.clone()
+        }
+    }
+
+    /// The same hosts with `key=value` in their environment.
+    pub fn with_env(&self, key: &str, value: &str) -> HostConfig {
+        let mut config = self.clone();
+        config.env.retain(|(k, _)| k != key);
+        config.env.push((key.to_owned(), value.to_owned()));
+        config
+    }
+
+    /// Whether `projector run` (this binary) has the flag `--flag`: settings the bench passes
+    /// through the environment are ignored by a host without them, and the report says so.
+    pub fn run_has_flag(&self, flag: &str) -> Result<bool> {
+        let help = Command::new(&self.exe)
+            .args(["run", "--help"])
+            .env_remove("DATABASE_URL")
+            .stdin(Stdio::null())
+            .output()
+            .map_err(|e| anyhow::anyhow!("running {} run --help: {e}", self.exe.display()))?;
+        let text = String::from_utf8_lossy(&help.stdout);
+        let wanted = format!("--{flag}");
+        Ok(text
+            .split(|c: char| c.is_whitespace() || c == ',' || c == '=' || c == '[' || c == '<')
+            .any(|word| word == wanted))
+    }
+
     /// Starts `projector run` with `projections` and waits until it is ready (plugins loaded).
     async fn start(&self, projections: &[Projection], label: &str) -> Result<Running> {
         let config = self.work.join(format!("{label}.toml"));
@@ -176,6 +236,7 @@ impl HostConfig {
             .args(["--http-host", "127.0.0.1"])
             .arg("--plugin-cache-dir")
             .arg(self.work.join("cache"))
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -246,6 +307,45 @@ impl HostConfig {
         let mem = memory(host.child.id());
         host.stop()?;
         Ok((drain, mem))
+    }
+
+    /// Runs `hosts` hosts with `projections` on the same database until `projection`'s `n` seeded
+    /// events are done. The projection is paused while they start and resumed (which wakes them
+    /// all) once every one is ready, so none drains alone while the others start. Each host's
+    /// worker id is `bench-<projection>-<i>`. Returns the drain of the events that ended `done`
+    /// and the highest peak RSS of the hosts.
+    pub async fn drain_hosts(
+        &self,
+        projections: &[Projection],
+        pool: &PgPool,
+        projection: &str,
+        n: i64,
+        hosts: usize,
+        timeout: Duration,
+    ) -> Result<(Drain, Memory)> {
+        crate::outbox::operator::pause(pool, projection, "projector bench", Some("hosts starting"))
+            .await?;
+        let mut running = Vec::with_capacity(hosts);
+        for i in 0..hosts {
+            let host = self.with_env("OUTBOX_WORKER_ID", &format!("bench-{projection}-{i}"));
+            running.push(
+                host.start(projections, &format!("{projection}-{i}"))
+                    .await?,
+            );
+        }
+        crate::outbox::operator::resume(pool, projection).await?;
+        workload::wait_settled(pool, projection, n, timeout, || {
+            running.iter_mut().try_for_each(Running::alive)
+        })
+        .await?;
+        // Not held to `n` done here: the caller counts lost and duplicated events itself.
+        let drain = workload::drained(pool, projection).await?;
+        let peak_mib = running
+            .iter()
+            .map(|h| memory(h.child.id()).peak_mib)
+            .fold(0.0, f64::max);
+        stop_all(running)?;
+        Ok((drain, Memory { peak_mib }))
     }
 
     /// Runs a host with `projections` while events of `projection` are offered at `plan.rate`.

@@ -3,26 +3,32 @@
 //! Absolute numbers drift between runs on a shared machine, so every throughput is reported next
 //! to the ceiling it is bound by, measured minutes apart in the same run:
 //!
-//! - the **raw SQL ceiling**: the host's own claim and settle statements (`outbox/claim.sql`,
-//!   `outbox/settle.sql`, through the same Rust functions) driven by a minimal loop at the same
-//!   batch size and concurrency, no plugin, no metrics;
+//! - two **raw ceilings** at the same batch size and concurrency, no plugin, no metrics: the
+//!   host's own claim and settle statements (`outbox/claim.sql`, `outbox/settle.sql`, through the
+//!   same Rust functions) driven by a minimal loop, and an independent claim + ack loop on a job
+//!   table of its own (`queue.rs`), which a slow outbox statement does not lower;
 //! - **projector** (a child `projector run`, so its RSS is its own) draining the same number of
 //!   events with `noop`, then `chronicle-entries` (`sql` capability), then `search-index` into the
 //!   search server, next to that server's own `_bulk` ceiling driven directly;
 //! - **pickup latency**, insert to `done`, at a fixed offered rate (LISTEN/NOTIFY wake-ups);
-//! - the raw claim loop again with millions of `done` rows in the table;
-//! - the plugin runtime in-process: cached load, instantiate, call cost per event.
+//! - the plugin runtime in-process: cached load, instantiate, call cost per event;
+//! - at scale (`scale.rs`): a skewed stream against a uniform one, a batch-size sweep, the first
+//!   and last tenth of a long drain, several hosts against one;
+//! - the raw claim loop again with millions of `done` rows in the table.
 //!
 //! Invariants: everything happens in a database of its own (`projector_bench_<random>`, created
 //! from `DATABASE_URL`'s server and dropped at the end, with the roles the `sql` projection
 //! created), so the database `DATABASE_URL` names is never touched. Drain rates are computed from
 //! the rows themselves (first `processing_started_at` to last `done_at`), so the host's start-up
 //! and the harness's polling are not part of them. A run where any event does not end `done` is
-//! an error, not a number.
+//! an error, not a number (the multi-host run counts lost and duplicated events instead, and
+//! holds them to zero).
 
 mod child;
 mod probes;
+mod queue;
 mod report;
+mod scale;
 mod workload;
 
 use crate::cli::Database;
@@ -31,9 +37,8 @@ use clap::Args;
 use report::{Report, Row};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 use tracing::info;
-use workload::Kind;
+use workload::{Kind, Shape};
 
 /// Arguments of `projector bench`.
 #[derive(Debug, Args)]
@@ -61,6 +66,36 @@ pub struct BenchArgs {
     /// `done` rows in the table for the large-table claim run.
     #[arg(long, default_value_t = 5_000_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub done_rows: u64,
+    /// Events of the skewed-stream runs (and of the uniform drain they are compared with).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub skew_events: u32,
+    /// Hot aggregates of the skewed stream.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub skew_hot_aggregates: u32,
+    /// Percentage of the skewed stream's events on its hot aggregates (the rest are on one
+    /// aggregate each).
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub skew_hot_percent: u32,
+    /// Events of the long drain (over events/10 aggregates), read in tenths.
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u32).range(20..))]
+    pub long_events: u32,
+    /// Batch sizes of the sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "50,100,500,1000",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub sweep_batch_sizes: Vec<u32>,
+    /// Events per drain of the sweep.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sweep_events: u32,
+    /// Whether each batch size of the sweep also gets its two raw ceilings (two more drains per
+    /// batch size).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub sweep_ceilings: bool,
+    /// Events of the multi-host runs (one host, then --hosts hosts, on the same events).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub multi_host_events: u32,
+    /// Hosts of the multi-host run, each with --concurrency claim loops.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=16))]
+    pub hosts: u32,
     /// Where the `noop`, `chronicle_entries` and `search_index` components are.
     #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
     pub plugins_dir: PathBuf,
@@ -84,6 +119,15 @@ struct Plan {
     rate: u32,
     latency_seconds: u32,
     done_rows: i64,
+    skew_events: i64,
+    skew_hot: i64,
+    skew_hot_percent: i64,
+    long_events: i64,
+    sweep_batch_sizes: Vec<i64>,
+    sweep_events: i64,
+    sweep_ceilings: bool,
+    multi_host_events: i64,
+    hosts: usize,
     plugins: Plugins,
     json: PathBuf,
     elastic_url: String,
@@ -139,6 +183,15 @@ fn validate(args: BenchArgs) -> Result<Plan> {
         latency_seconds: args.latency_seconds,
         done_rows: i64::try_from(args.done_rows)
             .map_err(|_| Error::config("--done-rows", "too large"))?,
+        skew_events: args.skew_events.into(),
+        skew_hot: args.skew_hot_aggregates.into(),
+        skew_hot_percent: args.skew_hot_percent.into(),
+        long_events: args.long_events.into(),
+        sweep_batch_sizes: args.sweep_batch_sizes.into_iter().map(i64::from).collect(),
+        sweep_events: args.sweep_events.into(),
+        sweep_ceilings: args.sweep_ceilings,
+        multi_host_events: args.multi_host_events.into(),
+        hosts: args.hosts as usize,
         plugins: Plugins {
             noop: component("noop")?,
             chronicle: component("chronicle_entries")?,
@@ -250,7 +303,8 @@ async fn run(plan: Plan) -> Result<()> {
 }
 
 /// Every measurement, in an order that keeps the table small while it matters: the drains run on
-/// a truncated table, the large-table run last.
+/// a truncated table, the large-table run last. The scale runs (skew, sweep, long drain, many
+/// hosts) come after the runtime probes, in `scale.rs`.
 async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Result<Report> {
     crate::db::migrate(pool).await?;
     sqlx::raw_sql(include_str!(
@@ -258,6 +312,7 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
     ))
     .execute(pool)
     .await?;
+    queue::create(pool).await?;
     let mut report = Report::new(plan, workload::server_version(pool).await?);
     let host = child::HostConfig {
         exe: std::env::current_exe().map_err(|e| anyhow::anyhow!("locating projector: {e}"))?,
@@ -266,18 +321,29 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
         batch_size: plan.batch_size,
         concurrency: plan.concurrency,
         work: work.to_path_buf(),
+        env: Vec::new(),
     };
     let n = plan.events;
-    let drain_timeout = Duration::from_secs(120) + Duration::from_millis(n as u64 * 5);
+    let drain_timeout = scale::drain_timeout(n);
+    let shape = Shape {
+        batch_size: plan.batch_size,
+        concurrency: plan.concurrency,
+    };
 
     info!(events = n, "raw SQL ceiling (empty table)");
-    workload::reset(pool).await?;
-    workload::seed(pool, Kind::Book, "bench_raw", n).await?;
-    let raw = workload::raw_drain(pool, "bench_raw", plan, drain_timeout).await?;
+    let raw = scale::own_statements_ceiling(pool, "bench_raw", n, shape).await?;
     report.push(Row::rate(
         "raw_sql_ceiling",
-        "raw SQL ceiling (claim + settle loop)",
+        "raw SQL ceiling, host's statements (claim + settle loop)",
         raw.rate(),
+    ));
+
+    info!(events = n, "raw queue ceiling (a table of its own)");
+    let queue = scale::queue_ceiling(pool, n, shape).await?;
+    report.push(Row::rate(
+        "raw_queue_ceiling",
+        "raw queue ceiling, own table (claim + ack loop)",
+        queue.rate(),
     ));
 
     info!(events = n, "projector, noop");
@@ -288,11 +354,9 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
         .drain(&projections, pool, "bench_noop", n, drain_timeout)
         .await?;
     report.push(
-        Row::rate("noop_drain", "projector drain, noop", noop.rate()).ratio_of(
-            "raw_sql_ceiling",
-            raw.rate(),
-            0.80,
-        ),
+        Row::rate("noop_drain", "projector drain, noop", noop.rate())
+            .ratio_of("raw_queue_ceiling", queue.rate(), 0.80)
+            .compared_to("raw_sql_ceiling", raw.rate()),
     );
 
     info!(events = n, "projector, chronicle-entries");
@@ -452,6 +516,11 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
         "µs",
     ));
 
+    scale::skewed(plan, pool, &host, &mut report).await?;
+    scale::sweep(plan, pool, &host, &mut report).await?;
+    scale::long_drain(plan, pool, &host, &mut report).await?;
+    scale::many_hosts(plan, pool, &host, &mut report).await?;
+
     info!(
         done_rows = plan.done_rows,
         events = n,
@@ -460,7 +529,7 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
     workload::reset(pool).await?;
     let seeded = workload::seed_done(pool, "bench_raw", plan.done_rows).await?;
     workload::seed(pool, Kind::Book, "bench_raw", n).await?;
-    let large = workload::raw_drain(pool, "bench_raw", plan, drain_timeout).await?;
+    let large = workload::raw_drain(pool, "bench_raw", n, shape, drain_timeout).await?;
     report.push(
         Row::rate(
             "raw_with_done_rows",

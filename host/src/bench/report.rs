@@ -1,60 +1,94 @@
-//! The benchmark's one table, printed and written as JSON (`projector-bench/1`) for comparing
+//! The benchmark's one table, printed and written as JSON (`projector-bench/2`) for comparing
 //! runs.
+//!
+//! A row may be compared with other rows of the same run: the first comparison is its ratio
+//! column (and the JSON's `compared_to`, `ratio`, `target_min_ratio`, `met`); further ones are
+//! printed under it and listed, with the first, in the JSON's `ratios`.
 
 use super::Plan;
 use serde_json::{json, Value};
 
-/// What a row is held to.
+/// The unit of [`Row::count`] rows.
+const COUNT: &str = "events";
+
+/// One comparison of a row with another row of the same run.
 #[derive(Debug, Clone)]
-enum Target {
-    /// `value / compared_to` must be at least this.
-    RatioAtLeast {
-        of: &'static str,
-        of_value: f64,
-        min: f64,
-    },
-    /// `value` must be at most this.
-    AtMost(f64),
+struct Comparison {
+    /// The key of the row compared with.
+    of: String,
+    /// Its value.
+    of_value: f64,
+    /// The ratio `value / of_value` the row is held to, if any.
+    min: Option<f64>,
+}
+
+impl Comparison {
+    fn ratio(&self, value: f64) -> Option<f64> {
+        (self.of_value > 0.0).then(|| value / self.of_value)
+    }
 }
 
 /// One measurement.
 #[derive(Debug, Clone)]
 pub struct Row {
-    key: &'static str,
+    key: String,
     label: String,
     value: f64,
     unit: &'static str,
-    target: Option<Target>,
+    /// The first is the row's primary comparison (the table's ratio column, the JSON's
+    /// `compared_to`); the others are printed under it.
+    comparisons: Vec<Comparison>,
+    at_most: Option<f64>,
     note: Option<String>,
 }
 
 impl Row {
     /// A throughput in events per second.
-    pub fn rate(key: &'static str, label: &str, value: f64) -> Row {
+    pub fn rate(key: impl Into<String>, label: &str, value: f64) -> Row {
         Row::value(key, label, value, "ev/s")
     }
 
+    /// A number of events (lost, duplicated, ...).
+    pub fn count(key: impl Into<String>, label: &str, value: i64) -> Row {
+        Row::value(key, label, value as f64, COUNT)
+    }
+
     /// Any value with its unit.
-    pub fn value(key: &'static str, label: &str, value: f64, unit: &'static str) -> Row {
+    pub fn value(key: impl Into<String>, label: &str, value: f64, unit: &'static str) -> Row {
         Row {
-            key,
+            key: key.into(),
             label: label.to_owned(),
             value,
             unit,
-            target: None,
+            comparisons: Vec::new(),
+            at_most: None,
             note: None,
         }
     }
 
     /// Held to at least `min` times the row `of` (whose value is `of_value`).
-    pub fn ratio_of(mut self, of: &'static str, of_value: f64, min: f64) -> Row {
-        self.target = Some(Target::RatioAtLeast { of, of_value, min });
+    pub fn ratio_of(mut self, of: impl Into<String>, of_value: f64, min: f64) -> Row {
+        self.comparisons.push(Comparison {
+            of: of.into(),
+            of_value,
+            min: Some(min),
+        });
+        self
+    }
+
+    /// Compared with the row `of` (whose value is `of_value`), without a target.
+    pub fn compared_to(mut self, of: impl Into<String>, of_value: f64) -> Row {
+        self.comparisons.push(Comparison {
+            of: of.into(),
+            of_value,
+            min: None,
+        });
         self
     }
 
     /// Held to at most `max`.
     pub fn at_most(mut self, max: f64) -> Row {
-        self.target = Some(Target::AtMost(max));
+        self.at_most = Some(max);
         self
     }
 
@@ -65,27 +99,24 @@ impl Row {
     }
 
     fn ratio(&self) -> Option<f64> {
-        match self.target {
-            Some(Target::RatioAtLeast { of_value, .. }) if of_value > 0.0 => {
-                Some(self.value / of_value)
-            }
-            _ => None,
-        }
+        self.comparisons.first().and_then(|c| c.ratio(self.value))
     }
 
     fn met(&self) -> Option<bool> {
-        match &self.target {
-            Some(Target::RatioAtLeast { min, .. }) => self.ratio().map(|r| r >= *min),
-            Some(Target::AtMost(max)) => Some(self.value <= *max),
-            None => None,
+        if let Some(Comparison { min: Some(min), .. }) = self.comparisons.first() {
+            return self.ratio().map(|r| r >= *min);
         }
+        self.at_most.map(|max| self.value <= max)
     }
 
     fn target_text(&self) -> String {
-        match &self.target {
-            Some(Target::RatioAtLeast { of, min, .. }) => format!("≥ {:.0} % of {of}", min * 100.0),
-            Some(Target::AtMost(max)) => format!("≤ {max} {}", self.unit),
-            None => String::new(),
+        match (self.comparisons.first(), self.at_most) {
+            (Some(c), _) => match c.min {
+                Some(min) => format!("≥ {:.0} % of {}", min * 100.0, c.of),
+                None => format!("of {}", c.of),
+            },
+            (None, Some(max)) => format!("≤ {max} {}", self.unit),
+            (None, None) => String::new(),
         }
     }
 }
@@ -128,6 +159,15 @@ impl Report {
                 "rate": plan.rate,
                 "latency_seconds": plan.latency_seconds,
                 "done_rows": plan.done_rows,
+                "skew_events": plan.skew_events,
+                "skew_hot_aggregates": plan.skew_hot,
+                "skew_hot_percent": plan.skew_hot_percent,
+                "long_events": plan.long_events,
+                "sweep_batch_sizes": plan.sweep_batch_sizes,
+                "sweep_events": plan.sweep_events,
+                "sweep_ceilings": plan.sweep_ceilings,
+                "multi_host_events": plan.multi_host_events,
+                "hosts": plan.hosts,
             }),
             machine: json!({
                 "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -172,17 +212,15 @@ impl Report {
         ));
         out.push_str(&format!("{}\n", "-".repeat(label_w + 14 + 8 + 28 + 12)));
         for r in &self.rows {
-            let value = if r.value >= 100.0 {
+            // Counts are whole numbers, and zero is one of them.
+            let value = if r.unit == COUNT || r.value >= 100.0 {
                 format!("{:.0} {}", r.value, r.unit)
             } else if r.value >= 1.0 {
                 format!("{:.2} {}", r.value, r.unit)
             } else {
                 format!("{:.4} {}", r.value, r.unit)
             };
-            let ratio = r
-                .ratio()
-                .map(|x| format!("{:.0} %", x * 100.0))
-                .unwrap_or_default();
+            let ratio = r.ratio().map(percent).unwrap_or_default();
             let met = match r.met() {
                 Some(true) => "yes",
                 Some(false) => "NO",
@@ -198,6 +236,16 @@ impl Report {
                 r.target_text(),
                 met
             ));
+            for c in r.comparisons.iter().skip(1) {
+                let ratio = c.ratio(r.value).map(percent).unwrap_or_default();
+                out.push_str(&format!(
+                    "{}  {:>14}  {:>8}  of {}\n",
+                    " ".repeat(label_w),
+                    "",
+                    ratio,
+                    c.of
+                ));
+            }
         }
         for r in self.rows.iter().filter(|r| r.note.is_some()) {
             out.push_str(&format!(
@@ -215,27 +263,29 @@ impl Report {
             .rows
             .iter()
             .map(|r| {
-                let (compared_to, target_min, target_max) = match &r.target {
-                    Some(Target::RatioAtLeast { of, min, .. }) => (Some(*of), Some(*min), None),
-                    Some(Target::AtMost(max)) => (None, None, Some(*max)),
-                    None => (None, None, None),
-                };
+                let first = r.comparisons.first();
+                let ratios: serde_json::Map<String, Value> = r
+                    .comparisons
+                    .iter()
+                    .map(|c| (c.of.clone(), json!(c.ratio(r.value))))
+                    .collect();
                 json!({
                     "key": r.key,
                     "label": r.label,
                     "value": r.value,
                     "unit": r.unit,
-                    "compared_to": compared_to,
+                    "compared_to": first.map(|c| c.of.as_str()),
                     "ratio": r.ratio(),
-                    "target_min_ratio": target_min,
-                    "target_max": target_max,
+                    "ratios": ratios,
+                    "target_min_ratio": first.and_then(|c| c.min),
+                    "target_max": r.at_most,
                     "met": r.met(),
                     "note": r.note,
                 })
             })
             .collect();
         json!({
-            "format": "projector-bench/1",
+            "format": "projector-bench/2",
             "started_at": self.started.to_rfc3339(),
             "finished_at": chrono::Utc::now().to_rfc3339(),
             "settings": self.settings,
@@ -243,4 +293,8 @@ impl Report {
             "results": results,
         })
     }
+}
+
+fn percent(ratio: f64) -> String {
+    format!("{:.0} %", ratio * 100.0)
 }

@@ -1,11 +1,11 @@
 //! The benchmark's events and the loops and queries that move and measure them.
 //!
-//! Seeded events look like the seeds' own (about 300 bytes of JSON), spread over `N / 10`
-//! aggregates so each aggregate has about ten events, interleaved the way independent writers
-//! interleave them (`aggregate = seq * 7919 mod aggregates`): per-aggregate ordering is on, as by
-//! default, and a batch of consecutive events never holds two of one aggregate.
+//! Seeded events look like the seeds' own (about 300 bytes of JSON). [`Spread::Uniform`] puts
+//! them on `N / 10` aggregates so each aggregate has about ten events, interleaved the way
+//! independent writers interleave them (`aggregate = i * 7919 mod aggregates`): per-aggregate
+//! ordering is on, as by default, and a batch of consecutive events never holds two of one
+//! aggregate. [`Spread::Skewed`] puts most of them on a few hot aggregates, interleaved too.
 
-use super::Plan;
 use crate::outbox::{claim, settle, Verdict};
 use crate::settings::{Grants, Ordering, ProjectionSpec, Tuning};
 use crate::{Error, Result};
@@ -31,17 +31,62 @@ pub async fn server_version(pool: &PgPool) -> Result<String> {
     )
 }
 
-/// Empties the outbox and the read model (no host runs at that point).
+/// Empties the outbox (with the per-aggregate heads table the host may keep beside it, which
+/// refers to it) and the read model. No host runs at that point.
 pub async fn reset(pool: &PgPool) -> Result<()> {
-    sqlx::raw_sql("TRUNCATE outbox_events; TRUNCATE chronicle_entries")
+    let heads: bool = sqlx::query_scalar("SELECT to_regclass('outbox_heads') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    let outbox = if heads {
+        "TRUNCATE outbox_events, outbox_heads"
+    } else {
+        "TRUNCATE outbox_events"
+    };
+    sqlx::raw_sql(&format!("{outbox}; TRUNCATE chronicle_entries"))
         .execute(pool)
         .await?;
     Ok(())
 }
 
-/// Inserts `n` pending events of `projection` in one statement, then refreshes the planner's
-/// statistics the way autovacuum eventually would.
+/// How seeded events fall on aggregates.
+#[derive(Debug, Clone, Copy)]
+pub enum Spread {
+    /// `N / 10` aggregates, about ten events each.
+    Uniform,
+    /// `percent` % of the events on `hot` aggregates (`hot-0` ..), each of the others on an
+    /// aggregate of its own (`cold-i`). Exactly `percent` % of every 100 consecutive events are
+    /// hot (`i * 7919 mod 100 < percent`), interleaved over the hot aggregates (`i mod hot`).
+    Skewed { hot: i64, percent: i64 },
+}
+
+impl Spread {
+    /// The SQL expression of event `i`'s aggregate id.
+    fn aggregate_sql(self, n: i64) -> String {
+        match self {
+            Spread::Uniform => format!("'book-' || ((i * 7919) % {})", (n / 10).max(1)),
+            Spread::Skewed { hot, percent } => format!(
+                "CASE WHEN (i * 7919) % 100 < {percent} THEN 'hot-' || (i % {hot})
+                      ELSE 'cold-' || i END"
+            ),
+        }
+    }
+}
+
+/// Inserts `n` pending events of `projection` in one statement, spread uniformly, then refreshes
+/// the planner's statistics the way autovacuum eventually would.
 pub async fn seed(pool: &PgPool, kind: Kind, projection: &str, n: i64) -> Result<()> {
+    seed_spread(pool, kind, projection, n, Spread::Uniform).await
+}
+
+/// [`seed`], with the events falling on aggregates as `spread` says.
+pub async fn seed_spread(
+    pool: &PgPool,
+    kind: Kind,
+    projection: &str,
+    n: i64,
+    spread: Spread,
+) -> Result<()> {
+    let aggregate = spread.aggregate_sql(n);
     let (event_type, payload) = match kind {
         Kind::Book => (
             "'book.updated'",
@@ -60,7 +105,7 @@ pub async fn seed(pool: &PgPool, kind: Kind, projection: &str, n: i64) -> Result
                 'chronicleEventId', gen_random_uuid(),
                 'actorUserId', 'user-' || (i % 50),
                 'entityType', 'book',
-                'entityId', 'book-' || ((i * 7919) % $3),
+                'entityId', a,
                 'eventType', 'BookRenamed',
                 'before', jsonb_build_object('title', 'An older title of book ' || i),
                 'after', jsonb_build_object('title', 'The newer title of book ' || i),
@@ -71,14 +116,12 @@ pub async fn seed(pool: &PgPool, kind: Kind, projection: &str, n: i64) -> Result
     };
     let statement = format!(
         "INSERT INTO outbox_events (projection, event_type, aggregate_type, aggregate_id, payload)
-         SELECT $1, {event_type}, 'book', 'book-' || ((i * 7919) % $3), {payload}
-         FROM generate_series(1, $2::bigint) AS i"
+         SELECT $1, {event_type}, 'book', a, {payload}
+         FROM (SELECT i, {aggregate} AS a FROM generate_series(1, $2::bigint) AS i) AS s"
     );
-    let aggregates = (n / 10).max(1);
     sqlx::query(&statement)
         .bind(projection)
         .bind(n)
-        .bind(aggregates)
         .execute(pool)
         .await?;
     sqlx::raw_sql("VACUUM ANALYZE outbox_events")
@@ -141,8 +184,28 @@ pub async fn wait_drained(
     projection: &str,
     n: i64,
     timeout: Duration,
-    mut alive: impl FnMut() -> Result<()>,
+    alive: impl FnMut() -> Result<()>,
 ) -> Result<Drain> {
+    wait_settled(pool, projection, n, timeout, alive).await?;
+    let drain = drained(pool, projection).await?;
+    if drain.events != n {
+        return Err(Error::Other(anyhow::anyhow!(
+            "`{projection}`: {} of {n} events done",
+            drain.events
+        )));
+    }
+    Ok(drain)
+}
+
+/// Waits until none of `projection`'s events is pending or processing. A failed event is an
+/// error (no benchmark plugin fails), and so is still waiting after `timeout` or `alive` failing.
+pub async fn wait_settled(
+    pool: &PgPool,
+    projection: &str,
+    n: i64,
+    timeout: Duration,
+    mut alive: impl FnMut() -> Result<()>,
+) -> Result<()> {
     let deadline = Instant::now() + timeout;
     loop {
         // Both probes use partial indexes: cheap enough not to disturb what they watch.
@@ -169,7 +232,7 @@ pub async fn wait_drained(
             )));
         }
         if !unfinished {
-            break;
+            return Ok(());
         }
         alive()?;
         if Instant::now() >= deadline {
@@ -179,6 +242,10 @@ pub async fn wait_drained(
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// `projection`'s done events and the time from its first claim to its last `done`.
+pub async fn drained(pool: &PgPool, projection: &str) -> Result<Drain> {
     let (done, seconds): (i64, Option<f64>) = sqlx::query_as(
         "SELECT count(*) FILTER (WHERE status = 'done'),
                 EXTRACT(EPOCH FROM max(done_at) - min(processing_started_at))::float8
@@ -188,26 +255,28 @@ pub async fn wait_drained(
     .bind(projection)
     .fetch_one(pool)
     .await?;
-    if done != n {
-        return Err(Error::Other(anyhow::anyhow!(
-            "`{projection}`: {done} of {n} events done"
-        )));
-    }
     Ok(Drain {
-        events: n,
+        events: done,
         seconds: seconds.unwrap_or(0.0),
     })
 }
 
+/// Batch size and claim loops of one run.
+#[derive(Debug, Clone, Copy)]
+pub struct Shape {
+    pub batch_size: i64,
+    pub concurrency: usize,
+}
+
 /// The spec the raw loop claims with: what the host would use at these settings.
-fn raw_spec(projection: &str, plan: &Plan) -> ProjectionSpec {
+fn raw_spec(projection: &str, shape: Shape) -> ProjectionSpec {
     ProjectionSpec {
         name: projection.to_owned(),
         plugin: Default::default(),
         ordering: Ordering::Aggregate,
         tuning: Tuning {
-            concurrency: plan.concurrency,
-            batch_size: plan.batch_size,
+            concurrency: shape.concurrency,
+            batch_size: shape.batch_size,
             ..Tuning::default()
         },
         config: Default::default(),
@@ -217,17 +286,18 @@ fn raw_spec(projection: &str, plan: &Plan) -> ProjectionSpec {
     }
 }
 
-/// The raw SQL ceiling: `concurrency` loops of the host's own claim and settle (every event a
-/// success), nothing else.
+/// The raw SQL ceiling: `shape.concurrency` loops of the host's own claim and settle (every event
+/// a success), nothing else, until `projection`'s `n` events are done.
 pub async fn raw_drain(
     pool: &PgPool,
     projection: &str,
-    plan: &Plan,
+    n: i64,
+    shape: Shape,
     timeout: Duration,
 ) -> Result<Drain> {
-    let spec = std::sync::Arc::new(raw_spec(projection, plan));
+    let spec = std::sync::Arc::new(raw_spec(projection, shape));
     let mut loops = tokio::task::JoinSet::new();
-    for i in 0..plan.concurrency {
+    for i in 0..shape.concurrency {
         let (pool, spec) = (pool.clone(), spec.clone());
         loops.spawn(async move {
             let worker = format!("bench-raw-{i}");
@@ -256,7 +326,59 @@ pub async fn raw_drain(
     while let Some(joined) = loops.join_next().await {
         joined.map_err(|e| anyhow::anyhow!("raw loop panicked: {e}"))??;
     }
-    wait_drained(pool, projection, plan.events, timeout, || Ok(())).await
+    wait_drained(pool, projection, n, timeout, || Ok(())).await
+}
+
+/// The rates of the first and the last tenth of a drained projection's `n` events, in `done_at`
+/// order. Each tenth is timed from the end of the tenth before it (the first from the drain's
+/// first claim) to its own last `done_at`, so the tenths' windows tile the drain.
+pub async fn tenths(pool: &PgPool, projection: &str, n: i64) -> Result<(f64, f64)> {
+    let k = (n / 10).max(1);
+    let (first, last): (Option<f64>, Option<f64>) = sqlx::query_as(
+        "WITH d AS (
+             SELECT done_at, row_number() OVER (ORDER BY done_at, seq) AS r
+             FROM outbox_events WHERE projection = $1 AND status = 'done'
+         )
+         SELECT EXTRACT(EPOCH FROM (SELECT done_at FROM d WHERE r = $2)
+                                   - (SELECT min(processing_started_at) FROM outbox_events
+                                      WHERE projection = $1))::float8,
+                EXTRACT(EPOCH FROM (SELECT done_at FROM d WHERE r = $3)
+                                   - (SELECT done_at FROM d WHERE r = $3 - $2))::float8",
+    )
+    .bind(projection)
+    .bind(k)
+    .bind(n)
+    .fetch_one(pool)
+    .await?;
+    let rate = |seconds: Option<f64>| k as f64 / seconds.unwrap_or(0.0).max(1e-9);
+    Ok((rate(first), rate(last)))
+}
+
+/// The most events of one aggregate a single claim of `projection` delivered (read from the
+/// fencing token each done row keeps), or `None` if the rows do not keep it.
+pub async fn longest_aggregate_run(pool: &PgPool, projection: &str) -> Result<Option<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT max(c) FROM (SELECT count(*) AS c FROM outbox_events
+                             WHERE projection = $1 AND claim_batch_id IS NOT NULL
+                             GROUP BY claim_batch_id, aggregate_id) AS per_batch",
+    )
+    .bind(projection)
+    .fetch_one(pool)
+    .await?)
+}
+
+/// The share of `projection`'s events that fall on its `top` busiest aggregates.
+pub async fn busiest_share(pool: &PgPool, projection: &str, top: i64) -> Result<f64> {
+    Ok(sqlx::query_scalar(
+        "SELECT coalesce(sum(c), 0)::float8 / greatest((SELECT count(*) FROM outbox_events
+                                                         WHERE projection = $1), 1)
+         FROM (SELECT count(*) AS c FROM outbox_events WHERE projection = $1
+               GROUP BY aggregate_id ORDER BY c DESC LIMIT $2) AS busiest",
+    )
+    .bind(projection)
+    .bind(top)
+    .fetch_one(pool)
+    .await?)
 }
 
 /// Checks that the chronicle run wrote one entry per event.

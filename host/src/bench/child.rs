@@ -163,6 +163,16 @@ impl Drop for Running {
     }
 }
 
+/// The host under test gets exactly the benchmark's settings, whatever this shell exports.
+fn without_shell_settings(cmd: &mut Command) {
+    for (key, _) in std::env::vars_os() {
+        let k = key.to_string_lossy();
+        if k.starts_with("OUTBOX_") || k.starts_with("ELASTIC_") || k == "DATABASE_URL" {
+            cmd.env_remove(&key);
+        }
+    }
+}
+
 fn free_port() -> Result<u16> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0")
         .map_err(|e| anyhow::anyhow!("finding a free port: {e}"))?;
@@ -192,9 +202,10 @@ impl HostConfig {
     /// Whether `projector run` (this binary) has the flag `--flag`: settings the bench passes
     /// through the environment are ignored by a host without them, and the report says so.
     pub fn run_has_flag(&self, flag: &str) -> Result<bool> {
-        let help = Command::new(&self.exe)
+        let mut cmd = Command::new(&self.exe);
+        without_shell_settings(&mut cmd);
+        let help = cmd
             .args(["run", "--help"])
-            .env_remove("DATABASE_URL")
             .stdin(Stdio::null())
             .output()
             .map_err(|e| anyhow::anyhow!("running {} run --help: {e}", self.exe.display()))?;
@@ -218,13 +229,7 @@ impl HostConfig {
         let log = self.work.join(format!("{label}.log"));
         let port = free_port()?;
         let mut cmd = Command::new(&self.exe);
-        // The host under test gets exactly the benchmark's settings, whatever this shell exports.
-        for (key, _) in std::env::vars_os() {
-            let k = key.to_string_lossy();
-            if k.starts_with("OUTBOX_") || k.starts_with("ELASTIC_") || k == "DATABASE_URL" {
-                cmd.env_remove(&key);
-            }
-        }
+        without_shell_settings(&mut cmd);
         cmd.arg("run")
             .arg("--config")
             .arg(&config)

@@ -220,7 +220,11 @@ impl Report {
             } else {
                 format!("{:.4} {}", r.value, r.unit)
             };
-            let ratio = r.ratio().map(percent).unwrap_or_default();
+            let min = r.comparisons.first().and_then(|c| c.min);
+            let ratio = r
+                .ratio()
+                .map(|x| percent_against(x, min))
+                .unwrap_or_default();
             let met = match r.met() {
                 Some(true) => "yes",
                 Some(false) => "NO",
@@ -237,7 +241,10 @@ impl Report {
                 met
             ));
             for c in r.comparisons.iter().skip(1) {
-                let ratio = c.ratio(r.value).map(percent).unwrap_or_default();
+                let ratio = c
+                    .ratio(r.value)
+                    .map(|x| percent_against(x, c.min))
+                    .unwrap_or_default();
                 out.push_str(&format!(
                     "{}  {:>14}  {:>8}  of {}\n",
                     " ".repeat(label_w),
@@ -295,6 +302,36 @@ impl Report {
     }
 }
 
-fn percent(ratio: f64) -> String {
-    format!("{:.0} %", ratio * 100.0)
+/// A ratio in whole percent, or with as many decimals as it takes to show which side of its
+/// target it is on (99.7 % against ≥ 100 % prints as 99.7 %, not 100 %).
+fn percent_against(ratio: f64, min: Option<f64>) -> String {
+    let pct = ratio * 100.0;
+    let decimals = (0..4)
+        .find(|&d| {
+            let scale = 10f64.powi(d);
+            let shown = (pct * scale).round() / scale;
+            min.is_none_or(|min| (shown >= min * 100.0) == (ratio >= min))
+        })
+        .unwrap_or(4) as usize;
+    format!("{pct:.decimals$} %")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::percent_against;
+
+    #[test]
+    fn a_ratio_just_under_its_target_does_not_print_as_meeting_it() {
+        assert_eq!(percent_against(0.997, Some(1.0)), "99.7 %");
+        assert_eq!(percent_against(0.99996, Some(1.0)), "99.996 %");
+        assert_eq!(percent_against(0.796, Some(0.8)), "79.6 %");
+    }
+
+    #[test]
+    fn other_ratios_print_in_whole_percent() {
+        assert_eq!(percent_against(1.004, Some(1.0)), "100 %");
+        assert_eq!(percent_against(0.81, Some(0.8)), "81 %");
+        assert_eq!(percent_against(0.997, None), "100 %");
+        assert_eq!(percent_against(1.2649, None), "126 %");
+    }
 }

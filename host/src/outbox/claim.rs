@@ -13,9 +13,15 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// With per-aggregate ordering: walks `outbox_heads`, O(batch) whatever the skew.
-pub const CLAIM_ORDERED_SQL: &str = include_str!("claim_ordered.sql");
+pub const CLAIM_ORDERED_SQL: &str = concat!(
+    include_str!("claim_ordered.sql"),
+    include_str!("claim_returning.sql")
+);
 /// Without ordering: the oldest due events.
-const CLAIM_UNORDERED_SQL: &str = include_str!("claim_unordered.sql");
+const CLAIM_UNORDERED_SQL: &str = concat!(
+    include_str!("claim_unordered.sql"),
+    include_str!("claim_returning.sql")
+);
 
 /// The most bytes an event's headers (as JSON text) may have.
 pub const MAX_HEADERS_BYTES: usize = 64 << 10;

@@ -31,13 +31,4 @@ SET status = 'processing',
     attempts = e.attempts + 1
 FROM candidates c
 WHERE e.seq = c.seq
-RETURNING e.seq, e.id,
-          CASE WHEN octet_length(e.event_type) <= $10 THEN e.event_type END,
-          CASE WHEN octet_length(e.aggregate_type) <= $10 THEN e.aggregate_type END,
-          CASE WHEN octet_length(e.aggregate_id) <= $10 THEN e.aggregate_id END,
-          CASE WHEN octet_length(c.payload_text) <= $8 THEN c.payload_text END,
-          CASE WHEN octet_length(e.headers::text) <= $9 THEN e.headers END,
-          e.occurred_at, e.attempts, c.previous_status = 'processing' AS reclaimed,
-          octet_length(c.payload_text)::int8, octet_length(e.headers::text)::int8,
-          octet_length(e.event_type)::int8, octet_length(e.aggregate_type)::int8,
-          octet_length(e.aggregate_id)::int8
+-- (RETURNING: claim_returning.sql, appended by claim.rs)

@@ -9,6 +9,10 @@
 //! - When a claim comes back empty the loop sleeps until a NOTIFY for its projection, the poll
 //!   interval, or shutdown, whichever comes first. The wake-up is armed *before* the claim so a
 //!   notification that arrives during the claim is not lost.
+//! - A loop also wakes when a retry it scheduled falls due: it remembers every retry time its
+//!   settles wrote (up to [`RetryWakeups::CAP`], the latest dropped first; the poll covers those),
+//!   not only the last batch's earliest, so a retry is not left to the poll because a later batch
+//!   came in between.
 
 use crate::metrics::Metrics;
 use crate::outbox::{claim, lease, settle, Claim};
@@ -51,8 +55,8 @@ impl Worker {
         let projection = self.spec.name.clone();
         let mut handler = Some(Handler::new(self.plugin.current()));
         let mut failures: u32 = 0;
-        // The earliest retry this loop scheduled: waking then beats waiting for the next poll.
-        let mut next_retry: Option<tokio::time::Instant> = None;
+        // The retries this loop scheduled: waking when one falls due beats waiting for the poll.
+        let mut retries = RetryWakeups::default();
         while !self.shutdown.is_cancelled() {
             let notified = self.wake.notified();
             tokio::pin!(notified);
@@ -74,10 +78,7 @@ impl Worker {
                     };
                     let (h, retry_in) = self.process(claim, handler_in).instrument(span).await;
                     handler = Some(h);
-                    if let Some(d) = retry_in {
-                        let at = tokio::time::Instant::now() + d;
-                        next_retry = Some(next_retry.map_or(at, |n| n.min(at)));
-                    }
+                    retries.schedule(tokio::time::Instant::now(), retry_in);
                     false
                 }
                 Ok(_) => {
@@ -92,16 +93,10 @@ impl Worker {
             };
             if idle {
                 // After repeated database errors back off up to 10 poll intervals.
-                let mut wait = self.poll_interval * failures.clamp(1, 10);
-                let now = tokio::time::Instant::now();
-                match next_retry {
-                    Some(at) if at <= now => {
-                        next_retry = None;
-                        wait = Duration::ZERO;
-                    }
-                    Some(at) => wait = wait.min(at - now),
-                    None => {}
-                }
+                let wait = retries.wait(
+                    tokio::time::Instant::now(),
+                    self.poll_interval * failures.clamp(1, 10),
+                );
                 tokio::select! {
                     _ = notified => {}
                     _ = tokio::time::sleep(wait) => {}
@@ -112,9 +107,9 @@ impl Worker {
         debug!(projection = %projection, "claim loop stopped");
     }
 
-    /// Handles one claimed batch end to end; gives the handler back with the shortest retry
-    /// delay it scheduled, if any.
-    async fn process(&self, claim: Claim, handler: Handler) -> (Handler, Option<Duration>) {
+    /// Handles one claimed batch end to end; gives the handler back with the retry delays it
+    /// scheduled.
+    async fn process(&self, claim: Claim, handler: Handler) -> (Handler, Vec<Duration>) {
         let started = Instant::now();
         let projection = self.spec.name.as_str();
         let tuning = &self.spec.tuning;
@@ -144,7 +139,7 @@ impl Worker {
                     {
                         warn!(projection, error = %e, "release failed; the batch will be reclaimed after its lease");
                     }
-                    return (handler, Some(self.poll_interval));
+                    return (handler, vec![self.poll_interval]);
                 }
             },
             None => None,
@@ -253,10 +248,10 @@ impl Worker {
             None => self.settle_with_retry(&claim, &verdicts, &version).await,
         };
         crate::telemetry::record_events(&claim, &verdicts, settled.as_deref());
-        let mut retry_in = None;
+        let mut retry_in = Vec::new();
         match settled {
             Some(settled) => {
-                retry_in = settled.iter().filter_map(|s| s.retry_in).min();
+                retry_in = settled.iter().filter_map(|s| s.retry_in).collect();
                 if settled.len() < claim.events.len() {
                     warn!(projection, claim_batch_id = %claim.batch_id, held = settled.len(), claimed = claim.events.len(),
                         "lease lost before settling: outcomes of rows reclaimed elsewhere were discarded");
@@ -410,5 +405,95 @@ impl Worker {
                 }
             }
         })
+    }
+}
+
+/// The retry times one loop's settles wrote, earliest first, so the loop wakes when each falls
+/// due rather than at the next poll.
+#[derive(Debug, Default)]
+struct RetryWakeups {
+    due: std::collections::BinaryHeap<std::cmp::Reverse<tokio::time::Instant>>,
+}
+
+impl RetryWakeups {
+    /// At most this many times are remembered; beyond it the latest are dropped (the poll, or a
+    /// wake-up for an earlier retry, picks those events up).
+    const CAP: usize = 1024;
+
+    /// Remembers retries `delays` after `now`.
+    fn schedule(&mut self, now: tokio::time::Instant, delays: impl IntoIterator<Item = Duration>) {
+        self.due
+            .extend(delays.into_iter().map(|d| std::cmp::Reverse(now + d)));
+        if self.due.len() > Self::CAP {
+            let mut kept = std::mem::take(&mut self.due).into_sorted_vec();
+            // Sorted ascending by `Reverse`: the latest times come first.
+            let excess = kept.len() - Self::CAP;
+            kept.drain(..excess);
+            self.due = kept.into();
+        }
+    }
+
+    /// How long an idle loop sleeps at `now`: zero when a retry has fallen due (forgetting
+    /// every one that has: the claim that follows takes all due events), otherwise until the
+    /// next retry or `poll`, whichever is sooner.
+    fn wait(&mut self, now: tokio::time::Instant, poll: Duration) -> Duration {
+        let mut fell_due = false;
+        while self.due.peek().is_some_and(|r| r.0 <= now) {
+            self.due.pop();
+            fell_due = true;
+        }
+        match self.due.peek() {
+            _ if fell_due => Duration::ZERO,
+            Some(r) => poll.min(r.0 - now),
+            None => poll,
+        }
+    }
+}
+
+#[cfg(test)]
+mod retry_wakeups {
+    use super::*;
+    use tokio::time::Instant;
+
+    const POLL: Duration = Duration::from_millis(200);
+
+    fn ms(n: u64) -> Duration {
+        Duration::from_millis(n)
+    }
+
+    #[test]
+    fn a_retry_scheduled_by_an_earlier_batch_still_wakes_the_loop() {
+        let t0 = Instant::now();
+        let mut r = RetryWakeups::default();
+        r.schedule(t0, [ms(80), ms(30)]);
+        // A later batch schedules a later retry: the earlier ones are kept.
+        r.schedule(t0 + ms(10), [ms(150)]);
+        assert_eq!(r.wait(t0 + ms(10), POLL), ms(20));
+        assert_eq!(r.wait(t0 + ms(30), POLL), Duration::ZERO);
+        // 30 ms fell due and was forgotten; 80 ms is next.
+        assert_eq!(r.wait(t0 + ms(30), POLL), ms(50));
+        assert_eq!(r.wait(t0 + ms(90), POLL), Duration::ZERO);
+        assert_eq!(r.wait(t0 + ms(90), POLL), ms(70));
+        assert_eq!(r.wait(t0 + ms(160), POLL), Duration::ZERO);
+        assert_eq!(r.wait(t0 + ms(160), POLL), POLL);
+    }
+
+    #[test]
+    fn retries_beyond_the_poll_wait_no_longer_than_the_poll() {
+        let t0 = Instant::now();
+        let mut r = RetryWakeups::default();
+        r.schedule(t0, [ms(5_000)]);
+        assert_eq!(r.wait(t0, POLL), POLL);
+    }
+
+    #[test]
+    fn past_the_cap_the_latest_retries_are_dropped() {
+        let t0 = Instant::now();
+        let mut r = RetryWakeups::default();
+        r.schedule(t0, (1..=RetryWakeups::CAP as u64 + 10).map(ms));
+        assert_eq!(r.due.len(), RetryWakeups::CAP);
+        assert_eq!(r.due.peek().map(|x| x.0), Some(t0 + ms(1)));
+        let latest = r.due.iter().map(|x| x.0).max();
+        assert_eq!(latest, Some(t0 + ms(RetryWakeups::CAP as u64)));
     }
 }

@@ -13,10 +13,10 @@
 mod common;
 
 use common::*;
-use projector::outbox::claim::{claim, CLAIM_ORDERED_SQL};
-use projector::outbox::settle::{settle, SETTLE_SQL};
-use projector::outbox::Verdict;
-use projector::settings::{Ordering, ProjectionSpec, Tuning};
+use projector_service::settings::{Ordering, ProjectionSpec, Tuning};
+use projector_store::outbox::claim::{claim, CLAIM_ORDERED_SQL};
+use projector_store::outbox::settle::{settle, SETTLE_SQL};
+use projector_store::outbox::Verdict;
 use serde_json::{json, Value};
 use sqlx::{Connection, PgConnection, Row};
 
@@ -55,7 +55,7 @@ fn spec(projection: &str, batch_size: i64) -> ProjectionSpec {
         },
         config: Default::default(),
         grants: Default::default(),
-        memory_limit: projector::plugin::limits::DEFAULT_MEMORY_BYTES,
+        memory_limit: projector_core::spec::DEFAULT_MEMORY_BYTES,
         sources: Default::default(),
     }
 }

@@ -5,8 +5,8 @@
 mod common;
 
 use common::*;
-use projector::outbox::{claim::claim, lease, settle::settle, Verdict};
-use projector::settings::{Ordering, ProjectionSpec, Tuning};
+use projector_service::settings::{Ordering, ProjectionSpec, Tuning};
+use projector_store::outbox::{claim::claim, lease, settle::settle, Verdict};
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,7 +31,7 @@ fn spec(projection: &str, ordering: Ordering) -> ProjectionSpec {
         },
         config: BTreeMap::new(),
         grants: Default::default(),
-        memory_limit: projector::plugin::limits::DEFAULT_MEMORY_BYTES,
+        memory_limit: projector_core::spec::DEFAULT_MEMORY_BYTES,
         sources: BTreeMap::new(),
     }
 }
@@ -286,7 +286,7 @@ async fn heads_of(pool: &sqlx::PgPool, projection: &str, aggregate: &str) -> i64
 
 #[tokio::test(flavor = "multi_thread")]
 async fn heads_follow_the_settle_and_the_sweep_removes_the_ones_left_empty() {
-    use projector::outbox::heads::sweep_empty;
+    use projector_store::outbox::heads::sweep_empty;
     let db = TestDb::new().await;
     db.migrate();
     let p = spec("heads", Ordering::Aggregate);

@@ -641,7 +641,7 @@ async fn whatever_a_session_is_left_holding_is_reset_before_the_connection_serve
     for (reset, pool) in [
         (
             true,
-            projector::sql_roles::restricted_pool(options.clone(), 1),
+            projector_store::sql_roles::restricted_pool(options.clone(), 1),
         ),
         // Positive control: the same pool without the reset keeps what was left.
         (

@@ -27,7 +27,7 @@
 mod common;
 
 use common::*;
-use projector::authoring::testkit;
+use projector_authoring::testkit;
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -66,7 +66,7 @@ fn plugin_only(component: &Path, dir: &Path) -> f64 {
         assert!(
             run.results
                 .iter()
-                .all(|r| r.verdict == projector::outbox::Verdict::Success),
+                .all(|r| r.verdict == projector_store::outbox::Verdict::Success),
             "every event succeeds"
         );
         per_event.push(run.handle_time.as_secs_f64() * 1e6 / EVENTS as f64);

@@ -189,7 +189,7 @@ async fn the_ambient_probe_detects_access_when_a_runtime_grants_it() {
     use wasmtime_wasi::{FsPerms, WasiCtx, WasiCtxView, WasiView};
 
     mod guest {
-        wasmtime::component::bindgen!({ path: "../wit", world: "plugin" });
+        wasmtime::component::bindgen!({ path: "wit", world: "plugin" });
     }
     use guest::projector::plugin::{config, log, types};
 

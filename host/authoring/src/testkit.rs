@@ -1,0 +1,558 @@
+//! The plugin test kit (`projector plugin test`): runs a plugin component over a file of events
+//! without Postgres or a search cluster.
+//!
+//! Invariants:
+//! - It is the real runtime with the outside world swapped out: the component is loaded and
+//!   validated by [`Runtime`] as `projector run` would (same limits, same bisection on traps,
+//!   same reason sanitising); only `log`, `sql` and `search` go to the in-memory stand-ins below
+//!   (see [`projector_runtime::stand_in`]), which record every call.
+//! - The stand-ins are not the sinks: the `sql` stand-in has no tables (`execute` answers 1 row
+//!   affected, `query` no rows) and the `search` stand-in is a map of documents with external
+//!   versions. What they prove is what the plugin *asks for* and how it classifies answers.
+//! - One event per `handle()` call, so every recorded call belongs to one event; an event whose
+//!   outcome is not `success` has its `sql` calls marked rolled back, as the host's savepoint
+//!   would.
+//! - Deterministic output for deterministic plugins: event defaults are fixed, nothing depends on
+//!   the clock, so an expectation file can pin calls as well as outcomes.
+
+use crate::Error;
+use projector_core::outbox::{Claim, ClaimedEvent, Verdict};
+use projector_core::spec::{Grants, Ordering, ProjectionSpec, Tuning};
+use projector_runtime::stand_in::{
+    validate_search, Action, BulkError, ItemResult, Level, Operation, SqlError, SqlErrorKind,
+    StandIn,
+};
+use projector_runtime::{limits, Handler, Runtime};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+/// `occurred_at` of an event whose line does not set one.
+pub const DEFAULT_OCCURRED_AT: &str = "2025-01-01T00:00:00.000000Z";
+
+/// How long one `handle()` call may run, as `OUTBOX_MAX_PROCESSING_SECONDS`' default.
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(60);
+
+/// One line of an events file (JSON Lines). Only `event_type` and `payload` are required.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventLine {
+    id: Option<Uuid>,
+    seq: Option<i64>,
+    event_type: String,
+    #[serde(default)]
+    aggregate_type: String,
+    #[serde(default)]
+    aggregate_id: String,
+    /// A JSON value (sent as its JSON text) or a string (sent as is, to test non-JSON payloads).
+    payload: Value,
+    occurred_at: Option<String>,
+    attempt: Option<i32>,
+    #[serde(default)]
+    headers: Vec<(String, String)>,
+}
+
+/// Reads an events file: one JSON object per non-blank line. Errors name the file and line.
+pub fn read_events(path: &Path) -> Result<Vec<ClaimedEvent>, Error> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::config("--events", format!("{}: cannot read: {e}", path.display())))?;
+    let mut events = Vec::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let n = i + 1;
+        let bad = |m: String| Error::config("--events", format!("{}:{n}: {m}", path.display()));
+        let e: EventLine = serde_json::from_str(line).map_err(|e| bad(e.to_string()))?;
+        let payload = match e.payload {
+            Value::String(s) => s,
+            other => other.to_string(),
+        };
+        let attempt = e.attempt.unwrap_or(1);
+        if attempt < 1 {
+            return Err(bad(format!("`attempt` must be at least 1, got {attempt}")));
+        }
+        events.push(ClaimedEvent {
+            seq: e.seq.unwrap_or(events.len() as i64 + 1),
+            id: e.id.unwrap_or_else(|| line_id(events.len() + 1)),
+            event_type: e.event_type,
+            aggregate_type: e.aggregate_type,
+            aggregate_id: e.aggregate_id,
+            payload,
+            headers: e.headers,
+            occurred_at: e
+                .occurred_at
+                .unwrap_or_else(|| DEFAULT_OCCURRED_AT.to_owned()),
+            attempt,
+            reclaimed: false,
+            too_large: None,
+        });
+    }
+    if events.is_empty() {
+        return Err(Error::config(
+            "--events",
+            format!("{}: no events (one JSON object per line)", path.display()),
+        ));
+    }
+    Ok(events)
+}
+
+/// The id of the `n`th event when its line gives none: `00000000-0000-4000-8000-<n>`.
+fn line_id(n: usize) -> Uuid {
+    Uuid::parse_str(&format!("00000000-0000-4000-8000-{n:012}")).expect("a valid uuid")
+}
+
+/// One capability call the plugin made, rendered as one line.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Call {
+    /// `log warn [event …] text`, `sql.execute "…" [params] -> 1`, `search.bulk …`.
+    pub text: String,
+    /// A `sql` call of an event whose outcome was not success: the host would roll it back.
+    pub rolled_back: bool,
+}
+
+/// What happened to one event.
+#[derive(Debug, Clone)]
+pub struct EventResult {
+    /// The event as the plugin saw it.
+    pub event: ClaimedEvent,
+    /// The outcome, as the host would record it.
+    pub verdict: Verdict,
+    /// The capability calls made while handling it, in order.
+    pub calls: Vec<Call>,
+}
+
+/// A test-kit run.
+#[derive(Debug)]
+pub struct Run {
+    /// `describe()`'s `name@version+sha256:…`.
+    pub plugin: String,
+    /// One per event, in file order.
+    pub results: Vec<EventResult>,
+    /// Time spent in `handle()` calls (including the stand-ins), summed over events.
+    pub handle_time: Duration,
+}
+
+/// The search stand-in's documents: (index, id) → (document, external version).
+type Documents = HashMap<(String, String), (Map<String, Value>, Option<i64>)>;
+
+/// The stand-ins' shared state: the calls recorded so far and the search documents.
+#[derive(Default)]
+struct Recorder {
+    calls: Vec<(Call, bool)>,
+    documents: Documents,
+}
+
+/// The in-memory capabilities. Clearly not the runtime: see the module doc.
+#[derive(Default)]
+struct TestKitStandIn {
+    state: Mutex<Recorder>,
+}
+
+impl TestKitStandIn {
+    fn record(&self, text: String, is_sql: bool) {
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.calls.push((
+            Call {
+                text,
+                rolled_back: false,
+            },
+            is_sql,
+        ));
+    }
+
+    fn take(&self) -> Vec<(Call, bool)> {
+        std::mem::take(&mut self.state.lock().unwrap_or_else(|p| p.into_inner()).calls)
+    }
+}
+
+/// A statement on one line, whitespace collapsed.
+fn one_line(statement: &str) -> String {
+    statement.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// The sql capability's parameter rule: a JSON array (or nothing).
+fn check_params(params: &str) -> Result<String, SqlError> {
+    let other = |message: String| SqlError {
+        kind: SqlErrorKind::Other,
+        code: String::new(),
+        message,
+    };
+    if params.trim().is_empty() {
+        return Ok("[]".into());
+    }
+    match serde_json::from_str::<Value>(params) {
+        Ok(v @ Value::Array(_)) => Ok(v.to_string()),
+        Ok(_) => Err(other("params must be a JSON array".into())),
+        Err(e) => Err(other(format!("params are not JSON: {e}"))),
+    }
+}
+
+impl StandIn for TestKitStandIn {
+    fn log(&self, level: Level, event_id: Option<&str>, message: &str) {
+        let level = match level {
+            Level::Trace => "trace",
+            Level::Debug => "debug",
+            Level::Info => "info",
+            Level::Warn => "warn",
+            Level::Error => "error",
+        };
+        let about = event_id
+            .map(|id| format!(" [event {id}]"))
+            .unwrap_or_default();
+        self.record(format!("log {level}{about} {message}"), false);
+    }
+
+    fn sql_query(&self, statement: &str, params: &str) -> Result<String, SqlError> {
+        let result = check_params(params);
+        let (shown, answer) = match &result {
+            Ok(p) => (p.clone(), Ok("[]".to_owned())),
+            Err(e) => (params.to_owned(), Err(e.clone())),
+        };
+        let outcome = match &answer {
+            Ok(rows) => rows.clone(),
+            Err(e) => format!("error {:?}: {}", e.kind, e.message),
+        };
+        self.record(
+            format!("sql.query \"{}\" {shown} -> {outcome}", one_line(statement)),
+            true,
+        );
+        answer
+    }
+
+    fn sql_execute(&self, statement: &str, params: &str) -> Result<u64, SqlError> {
+        let (shown, answer) = match check_params(params) {
+            Ok(p) => (p, Ok(1)),
+            Err(e) => (params.to_owned(), Err(e)),
+        };
+        let outcome = match &answer {
+            Ok(n) => n.to_string(),
+            Err(e) => format!("error {:?}: {}", e.kind, e.message),
+        };
+        self.record(
+            format!(
+                "sql.execute \"{}\" {shown} -> {outcome}",
+                one_line(statement)
+            ),
+            true,
+        );
+        answer
+    }
+
+    fn search_bulk(&self, operations: &[Operation]) -> Result<Vec<ItemResult>, BulkError> {
+        let ops: Vec<String> = operations.iter().map(render_operation).collect();
+        let grants = Grants {
+            search_indices: vec!["*".into()],
+            ..Grants::default()
+        };
+        let answer = validate_search(operations, &grants, "test").map(|()| {
+            let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+            operations
+                .iter()
+                .map(|op| apply(&mut state.documents, op))
+                .collect::<Vec<_>>()
+        });
+        let outcome = match &answer {
+            Ok(items) => items
+                .iter()
+                .map(|i| match i.error_type.as_str() {
+                    "" => i.status.to_string(),
+                    t => format!("{} {t}", i.status),
+                })
+                .collect::<Vec<_>>()
+                .join(", "),
+            Err(e) => format!("error {e:?}"),
+        };
+        self.record(
+            format!("search.bulk [{}] -> [{outcome}]", ops.join("; ")),
+            false,
+        );
+        answer
+    }
+}
+
+fn render_operation(op: &Operation) -> String {
+    let action = match op.action {
+        Action::Index => "index",
+        Action::Create => "create",
+        Action::Update => "update",
+        Action::Delete => "delete",
+    };
+    let mut text = format!("{action} {}/{}", op.index, op.id);
+    if let Some(v) = op.version {
+        text.push_str(&format!(" v{v}"));
+    }
+    if let Some(doc) = &op.document {
+        // Compact, so a pretty-printed document stays on one line.
+        match serde_json::from_str::<Value>(doc) {
+            Ok(v) => text.push_str(&format!(" {v}")),
+            Err(_) => text.push_str(&format!(" {doc:?}")),
+        }
+    }
+    text
+}
+
+/// One operation against the in-memory documents, answered as OpenSearch would.
+fn apply(docs: &mut Documents, op: &Operation) -> ItemResult {
+    let item = |status: u16, error_type: &str, reason: &str| ItemResult {
+        status,
+        error_type: error_type.into(),
+        error_reason: reason.into(),
+    };
+    let conflict = || {
+        item(
+            409,
+            "version_conflict_engine_exception",
+            "version conflict, current version is newer or equal",
+        )
+    };
+    let key = (op.index.clone(), op.id.clone());
+    let existing = docs.get(&key);
+    let stale = match (existing.and_then(|(_, v)| *v), op.version) {
+        (Some(current), Some(new)) => new <= current,
+        _ => false,
+    };
+    let document = || match op.document.as_deref().map(serde_json::from_str::<Value>) {
+        Some(Ok(Value::Object(m))) => m,
+        _ => Map::new(), // validated before: cannot happen
+    };
+    match op.action {
+        Action::Index if stale => conflict(),
+        Action::Index => {
+            let created = existing.is_none();
+            docs.insert(key, (document(), op.version));
+            item(if created { 201 } else { 200 }, "", "")
+        }
+        Action::Create if existing.is_some() => conflict(),
+        Action::Create => {
+            docs.insert(key, (document(), op.version));
+            item(201, "", "")
+        }
+        Action::Update => match docs.get_mut(&key) {
+            None => item(404, "document_missing_exception", "document missing"),
+            Some((doc, _)) => {
+                doc.extend(document());
+                item(200, "", "")
+            }
+        },
+        Action::Delete if existing.is_none() => item(404, "", ""),
+        Action::Delete if stale => conflict(),
+        Action::Delete => {
+            docs.remove(&key);
+            item(200, "", "")
+        }
+    }
+}
+
+/// Loads `plugin` with the stand-ins and runs it over `events`, one event per call.
+pub fn run(
+    plugin: &Path,
+    events: Vec<ClaimedEvent>,
+    config: BTreeMap<String, String>,
+    projection: &str,
+) -> Result<Run, Error> {
+    let bytes = std::fs::read(plugin).map_err(|e| Error::Plugin {
+        path: plugin.to_path_buf(),
+        message: format!("cannot read: {e}"),
+    })?;
+    let runtime =
+        Runtime::new().map_err(|e| anyhow::anyhow!("starting the WebAssembly runtime: {e:#}"))?;
+    let spec = test_spec(projection, plugin, config);
+    let stand_in = Arc::new(TestKitStandIn::default());
+    let loaded = runtime
+        .load_with_stand_in(&spec, &bytes, plugin, stand_in.clone())
+        .map_err(|e| match e {
+            // wasmtime's messages may span lines (a hex dump); a usage error is one line.
+            Error::Plugin { path, message } => Error::Plugin {
+                path,
+                message: one_line(&message),
+            },
+            other => other,
+        })?;
+    stand_in.take(); // anything logged while loading belongs to no event
+    let label = loaded.version_label.clone();
+    let mut handler = Handler::new(loaded);
+    let mut results = Vec::with_capacity(events.len());
+    let mut handle_time = Duration::ZERO;
+    for event in events {
+        let claim = Claim {
+            batch_id: Uuid::new_v4(),
+            projection: projection.to_owned(),
+            events: vec![event.clone()],
+        };
+        let started = Instant::now();
+        let (mut verdicts, _report) = handler.handle(&claim, DEFAULT_DEADLINE);
+        handle_time += started.elapsed();
+        let verdict = verdicts.pop().expect("one verdict per event");
+        let failed = !matches!(verdict, Verdict::Success);
+        let calls = stand_in
+            .take()
+            .into_iter()
+            .map(|(mut call, is_sql)| {
+                call.rolled_back = is_sql && failed;
+                call
+            })
+            .collect();
+        results.push(EventResult {
+            event,
+            verdict,
+            calls,
+        });
+    }
+    Ok(Run {
+        plugin: label,
+        results,
+        handle_time,
+    })
+}
+
+/// A projection that grants every capability: the stand-ins answer them all.
+fn test_spec(projection: &str, plugin: &Path, config: BTreeMap<String, String>) -> ProjectionSpec {
+    ProjectionSpec {
+        name: projection.to_owned(),
+        plugin: PathBuf::from(plugin),
+        ordering: Ordering::Aggregate,
+        tuning: Tuning {
+            concurrency: 1,
+            batch_size: 1,
+            events_per_aggregate: 1,
+            lease: DEFAULT_DEADLINE,
+            max_processing: DEFAULT_DEADLINE,
+            max_attempts: 1,
+            base_backoff: Duration::from_secs(1),
+            max_backoff: Duration::from_secs(1),
+            max_payload_bytes: usize::MAX,
+            unknown_event_types: Default::default(),
+        },
+        config,
+        grants: Grants {
+            search_indices: vec!["*".into()],
+            sql_tables: vec!["(test kit)".into()],
+            ..Grants::default()
+        },
+        memory_limit: limits::DEFAULT_MEMORY_BYTES,
+        sources: BTreeMap::new(),
+    }
+}
+
+/// `success`, `transient REASON: MESSAGE` or `deterministic REASON: MESSAGE`.
+pub fn render_verdict(v: &Verdict, with_message: bool) -> String {
+    let (kind, reason, message) = match v {
+        Verdict::Success => return "success".into(),
+        Verdict::Deferred => return "deferred".into(),
+        Verdict::Transient { reason, message } => ("transient", reason, message),
+        Verdict::Deterministic { reason, message } => ("deterministic", reason, message),
+    };
+    if with_message {
+        format!("{kind} {reason}: {message}")
+    } else {
+        format!("{kind} {reason}")
+    }
+}
+
+impl Run {
+    /// The human-readable transcript: a banner saying this is the test kit, then per event its
+    /// outcome and recorded calls, then a summary.
+    pub fn transcript(&self) -> String {
+        let mut out = String::new();
+        out.push_str(
+            "projector plugin test: TEST KIT run with in-memory stand-ins for log, sql and search \
+             (no Postgres, no search cluster; not the projector runtime's sinks)\n",
+        );
+        out.push_str(&format!("plugin {}\n", self.plugin));
+        let (mut ok, mut transient, mut deterministic) = (0, 0, 0);
+        for (i, r) in self.results.iter().enumerate() {
+            match r.verdict {
+                Verdict::Success => ok += 1,
+                Verdict::Transient { .. } => transient += 1,
+                Verdict::Deterministic { .. } => deterministic += 1,
+                Verdict::Deferred => {}
+            }
+            out.push_str(&format!(
+                "event {} {} {}: {}\n",
+                i + 1,
+                r.event.id,
+                r.event.event_type,
+                render_verdict(&r.verdict, true)
+            ));
+            for call in &r.calls {
+                let note = if call.rolled_back {
+                    "  (rolled back: the outcome is not success)"
+                } else {
+                    ""
+                };
+                out.push_str(&format!("  call {}{note}\n", call.text));
+            }
+        }
+        let n = self.results.len().max(1) as f64;
+        out.push_str(&format!(
+            "{} events: {ok} success, {transient} transient, {deterministic} deterministic; \
+             handle() {:.1} µs per event\n",
+            self.results.len(),
+            self.handle_time.as_secs_f64() * 1e6 / n
+        ));
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn op(action: Action, id: &str, version: Option<i64>) -> Operation {
+        Operation {
+            action,
+            index: "books".into(),
+            id: id.into(),
+            document: (!matches!(action, Action::Delete)).then(|| r#"{"t": 1}"#.into()),
+            version,
+        }
+    }
+
+    #[test]
+    fn the_search_stand_in_answers_like_the_cluster() {
+        let mut docs = HashMap::new();
+        let status = |docs: &mut _, o| apply(docs, &o).status;
+        assert_eq!(status(&mut docs, op(Action::Index, "a", Some(2))), 201);
+        assert_eq!(status(&mut docs, op(Action::Index, "a", Some(2))), 409);
+        assert_eq!(status(&mut docs, op(Action::Index, "a", Some(3))), 200);
+        assert_eq!(status(&mut docs, op(Action::Create, "a", None)), 409);
+        assert_eq!(status(&mut docs, op(Action::Update, "b", None)), 404);
+        assert_eq!(status(&mut docs, op(Action::Delete, "a", Some(1))), 409);
+        assert_eq!(status(&mut docs, op(Action::Delete, "a", Some(4))), 200);
+        assert_eq!(status(&mut docs, op(Action::Delete, "a", Some(5))), 404);
+    }
+
+    #[test]
+    fn events_lines_default_and_errors_name_the_line() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("e.jsonl");
+        std::fs::write(
+            &path,
+            "{\"event_type\": \"a.b\", \"payload\": {\"x\": 1}}\n\n{\"event_type\": \"a.c\", \"payload\": \"raw\", \"seq\": 9}\n",
+        )
+        .unwrap();
+        let events = read_events(&path).unwrap();
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[0].id.to_string(),
+            "00000000-0000-4000-8000-000000000001"
+        );
+        assert_eq!(events[0].payload, r#"{"x":1}"#);
+        assert_eq!((events[1].seq, events[1].payload.as_str()), (9, "raw"));
+        std::fs::write(
+            &path,
+            "{\"event_type\": \"a.b\", \"payload\": 1}\n{\"evnt_type\": 1}\n",
+        )
+        .unwrap();
+        let err = read_events(&path).unwrap_err().to_string();
+        assert!(
+            err.starts_with("--events: ") && err.contains("e.jsonl:2: unknown field `evnt_type`"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,547 @@
+//! `projector bench`: projector measured against its ceilings, side by side in one run.
+//!
+//! Absolute numbers drift between runs on a shared machine, so every throughput is reported next
+//! to the ceiling it is bound by, measured minutes apart in the same run:
+//!
+//! - two **raw ceilings** at the same batch size and concurrency, no plugin, no metrics: the
+//!   host's own claim and settle statements (`outbox/claim.sql`, `outbox/settle.sql`, through the
+//!   same Rust functions) driven by a minimal loop, and an independent claim + ack loop on a job
+//!   table of its own (`queue.rs`), which a slow outbox statement does not lower;
+//! - **projector** (a child `projector run`, so its RSS is its own) draining the same number of
+//!   events with `noop`, then `chronicle-entries` (`sql` capability), then `search-index` into the
+//!   search server, next to that server's own `_bulk` ceiling driven directly;
+//! - **pickup latency**, insert to `done`, at a fixed offered rate (LISTEN/NOTIFY wake-ups);
+//! - the plugin runtime in-process: cached load, instantiate, call cost per event;
+//! - at scale (`scale.rs`): a skewed stream against a uniform one, a batch-size sweep, the first
+//!   and last tenth of a long drain, several hosts against one;
+//! - the raw claim loop again with millions of `done` rows in the table.
+//!
+//! Invariants: everything happens in a database of its own (`projector_bench_<random>`, created
+//! from `DATABASE_URL`'s server and dropped at the end, with the roles the `sql` projection
+//! created), so the database `DATABASE_URL` names is never touched. Drain rates are computed from
+//! the rows themselves (first `processing_started_at` to last `done_at`), so the host's start-up
+//! and the harness's polling are not part of them. A run where any event does not end `done` is
+//! an error, not a number (the multi-host run counts lost and duplicated events instead, and
+//! holds them to zero).
+#![deny(missing_docs)]
+
+mod child;
+mod probes;
+mod queue;
+mod report;
+mod scale;
+mod workload;
+
+use clap::Args;
+use projector_core::{Error, Result};
+use projector_service::settings::Database;
+use report::{Report, Row};
+use sqlx::{Connection, PgConnection, PgPool};
+use std::path::{Path, PathBuf};
+use tracing::info;
+use workload::{Kind, Shape};
+
+/// Arguments of `projector bench`.
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    /// Events per drain measurement (raw ceiling, noop, chronicle-entries, search-index).
+    #[arg(long, default_value_t = 200_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub events: u32,
+    /// Events for the search runs (the `_bulk` ceiling and search-index). Smaller than --events
+    /// by default: the search server, not projector, bounds them (osmem-server takes a few
+    /// thousand documents per second at best), and 200k would not fit the 10-minute budget.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub search_events: u32,
+    /// Events per batch, for the raw loop and the host alike.
+    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub batch_size: u32,
+    /// Claim loops, for the raw loop and the host alike.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
+    /// Offered rate of the pickup-latency run, events per second.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub rate: u32,
+    /// How long the pickup-latency run offers events, seconds.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub latency_seconds: u32,
+    /// `done` rows in the table for the large-table claim run.
+    #[arg(long, default_value_t = 5_000_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub done_rows: u64,
+    /// Events of the skewed-stream runs (and of the uniform drain they are compared with).
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub skew_events: u32,
+    /// Hot aggregates of the skewed stream.
+    #[arg(long, default_value_t = 20, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub skew_hot_aggregates: u32,
+    /// Percentage of the skewed stream's events on its hot aggregates (the rest are on one
+    /// aggregate each).
+    #[arg(long, default_value_t = 95, value_parser = clap::value_parser!(u32).range(0..=100))]
+    pub skew_hot_percent: u32,
+    /// Events of the long drain (over events/10 aggregates), read in tenths.
+    #[arg(long, default_value_t = 500_000, value_parser = clap::value_parser!(u32).range(20..))]
+    pub long_events: u32,
+    /// Batch sizes of the sweep, comma-separated.
+    #[arg(long, value_delimiter = ',', default_value = "50,100,500,1000",
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub sweep_batch_sizes: Vec<u32>,
+    /// Events per drain of the sweep.
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub sweep_events: u32,
+    /// Whether each batch size of the sweep also gets its two raw ceilings (two more drains per
+    /// batch size).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    pub sweep_ceilings: bool,
+    /// Events of the multi-host runs (one host, then --hosts hosts, on the same events).
+    #[arg(long, default_value_t = 100_000, value_parser = clap::value_parser!(u32).range(1..))]
+    pub multi_host_events: u32,
+    /// Hosts of the multi-host run, each with --concurrency claim loops.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=16))]
+    pub hosts: u32,
+    /// Where the `noop`, `chronicle_entries` and `search_index` components are.
+    #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
+    pub plugins_dir: PathBuf,
+    /// Where the JSON report is written.
+    #[arg(long, default_value = "bench-results.json")]
+    pub json: PathBuf,
+    /// The search server (OpenSearch/Elasticsearch API) for the search-index runs.
+    #[arg(long, env = "ELASTIC_URL")]
+    pub elastic_url: Option<String>,
+    /// A server to benchmark on (a database of its own is created there and dropped after).
+    #[command(flatten)]
+    pub db: Database,
+}
+
+/// Everything a run needs, validated.
+struct Plan {
+    events: i64,
+    search_events: i64,
+    batch_size: i64,
+    concurrency: usize,
+    rate: u32,
+    latency_seconds: u32,
+    done_rows: i64,
+    skew_events: i64,
+    skew_hot: i64,
+    skew_hot_percent: i64,
+    long_events: i64,
+    sweep_batch_sizes: Vec<i64>,
+    sweep_events: i64,
+    sweep_ceilings: bool,
+    multi_host_events: i64,
+    hosts: usize,
+    plugins: Plugins,
+    json: PathBuf,
+    elastic_url: String,
+    admin_url: String,
+}
+
+/// The three components the runs load.
+pub(crate) struct Plugins {
+    noop: PathBuf,
+    chronicle: PathBuf,
+    search: PathBuf,
+}
+
+/// `projector bench`.
+pub fn command(args: BenchArgs) -> Result<()> {
+    projector_service::run::init_logging(projector_service::settings::LogFormat::Text);
+    let plan = validate(args)?;
+    projector_service::run::tokio_runtime().block_on(run(plan))
+}
+
+fn validate(args: BenchArgs) -> Result<Plan> {
+    let admin_url = args.db.url()?.to_owned();
+    let elastic_url = args
+        .elastic_url
+        .filter(|u| !u.trim().is_empty())
+        .ok_or_else(|| {
+            Error::config(
+                "ELASTIC_URL",
+                "not set: the search-index runs need a search server (pass --elastic-url or set \
+                 ELASTIC_URL; scripts/bench starts osmem-server)",
+            )
+        })?;
+    let component = |name: &str| -> Result<PathBuf> {
+        let path = args.plugins_dir.join(format!("{name}.wasm"));
+        if !path.is_file() {
+            return Err(Error::config(
+                "--plugins-dir",
+                format!(
+                    "no {} (build the plugins: cargo build --manifest-path plugins/Cargo.toml \
+                     --target wasm32-wasip2 --release)",
+                    path.display()
+                ),
+            ));
+        }
+        std::path::absolute(&path).map_err(|e| Error::config("--plugins-dir", e.to_string()))
+    };
+    Ok(Plan {
+        events: args.events.into(),
+        search_events: args.search_events.into(),
+        batch_size: args.batch_size.into(),
+        concurrency: args.concurrency as usize,
+        rate: args.rate,
+        latency_seconds: args.latency_seconds,
+        done_rows: i64::try_from(args.done_rows)
+            .map_err(|_| Error::config("--done-rows", "too large"))?,
+        skew_events: args.skew_events.into(),
+        skew_hot: args.skew_hot_aggregates.into(),
+        skew_hot_percent: args.skew_hot_percent.into(),
+        long_events: args.long_events.into(),
+        sweep_batch_sizes: args.sweep_batch_sizes.into_iter().map(i64::from).collect(),
+        sweep_events: args.sweep_events.into(),
+        sweep_ceilings: args.sweep_ceilings,
+        multi_host_events: args.multi_host_events.into(),
+        hosts: args.hosts as usize,
+        plugins: Plugins {
+            noop: component("noop")?,
+            chronicle: component("chronicle_entries")?,
+            search: component("search_index")?,
+        },
+        json: args.json,
+        elastic_url: elastic_url.trim_end_matches('/').to_owned(),
+        admin_url,
+    })
+}
+
+/// `url` with its database (the path) replaced by `database`, keeping any query string.
+fn with_database(url: &str, database: &str) -> String {
+    let (base, query) = match url.split_once('?') {
+        Some((base, query)) => (base, Some(query)),
+        None => (url, None),
+    };
+    let authority_start = base.find("://").map_or(0, |i| i + 3);
+    let authority_end = base[authority_start..]
+        .find('/')
+        .map_or(base.len(), |i| authority_start + i);
+    match query {
+        Some(query) => format!("{}/{database}?{query}", &base[..authority_end]),
+        None => format!("{}/{database}", &base[..authority_end]),
+    }
+}
+
+/// The bench's own database, dropped (with the roles its `sql` projection made) on `drop_all`.
+struct BenchDb {
+    admin_url: String,
+    name: String,
+    url: String,
+}
+
+impl BenchDb {
+    async fn create(admin_url: &str) -> Result<BenchDb> {
+        let name = format!(
+            "projector_bench_{}",
+            &uuid::Uuid::new_v4().simple().to_string()[..12]
+        );
+        let mut admin = PgConnection::connect(admin_url)
+            .await
+            .map_err(|e| Error::Connect(format!("cannot connect: {e}")))?;
+        sqlx::raw_sql(&format!("CREATE DATABASE {name}"))
+            .execute(&mut admin)
+            .await
+            .map_err(|e| {
+                Error::config(
+                    "DATABASE_URL",
+                    format!("cannot create the benchmark's database (needs CREATEDB): {e}"),
+                )
+            })?;
+        admin.close().await.ok();
+        let url = with_database(admin_url, &name);
+        Ok(BenchDb {
+            admin_url: admin_url.to_owned(),
+            name,
+            url,
+        })
+    }
+
+    async fn drop_all(self, pool: PgPool) {
+        let roles: Vec<String> = sqlx::query_scalar("SELECT role::text FROM projector_sql_roles")
+            .fetch_all(&pool)
+            .await
+            .unwrap_or_default();
+        for role in &roles {
+            let _ = sqlx::raw_sql(&format!("DROP OWNED BY \"{role}\""))
+                .execute(&pool)
+                .await;
+        }
+        pool.close().await;
+        let Ok(mut admin) = PgConnection::connect(&self.admin_url).await else {
+            return;
+        };
+        let drop = format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name);
+        if let Err(e) = sqlx::raw_sql(&drop).execute(&mut admin).await {
+            tracing::warn!(database = %self.name, error = %e, "could not drop the benchmark's database");
+        }
+        for role in &roles {
+            let _ = sqlx::raw_sql(&format!("DROP ROLE IF EXISTS \"{role}\""))
+                .execute(&mut admin)
+                .await;
+        }
+    }
+}
+
+async fn run(plan: Plan) -> Result<()> {
+    let work = std::env::temp_dir().join(format!("projector-bench-{}", std::process::id()));
+    std::fs::create_dir_all(&work)
+        .map_err(|e| anyhow::anyhow!("creating {}: {e}", work.display()))?;
+    let db = BenchDb::create(&plan.admin_url).await?;
+    info!(database = %db.name, "benchmark database created");
+    let pool = projector_store::db::connect(&db.url, plan.concurrency as u32 + 6).await?;
+    let result = measure(&plan, &db, &pool, &work).await;
+    db.drop_all(pool).await;
+    let _ = std::fs::remove_dir_all(&work);
+    let report = result?;
+    print!("{}", report.table());
+    let json = serde_json::to_string_pretty(&report.json()).expect("serialisable");
+    std::fs::write(&plan.json, json + "\n").map_err(|e| {
+        Error::config(
+            "--json",
+            format!("cannot write {}: {e}", plan.json.display()),
+        )
+    })?;
+    println!("JSON report: {}", plan.json.display());
+    Ok(())
+}
+
+/// Every measurement, in an order that keeps the table small while it matters: the drains run on
+/// a truncated table, the large-table run last. The scale runs (skew, sweep, long drain, many
+/// hosts) come after the runtime probes, in `scale.rs`.
+async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Result<Report> {
+    projector_store::db::migrate(pool).await?;
+    sqlx::raw_sql(include_str!(
+        "../../../examples/migrations/0001_chronicle.sql"
+    ))
+    .execute(pool)
+    .await?;
+    queue::create(pool).await?;
+    let mut report = Report::new(plan, workload::server_version(pool).await?);
+    let host = child::HostConfig {
+        exe: std::env::current_exe().map_err(|e| anyhow::anyhow!("locating projector: {e}"))?,
+        database_url: db.url.clone(),
+        elastic_url: plan.elastic_url.clone(),
+        batch_size: plan.batch_size,
+        concurrency: plan.concurrency,
+        work: work.to_path_buf(),
+        env: Vec::new(),
+    };
+    let n = plan.events;
+    let drain_timeout = scale::drain_timeout(n);
+    let shape = Shape {
+        batch_size: plan.batch_size,
+        concurrency: plan.concurrency,
+    };
+
+    info!(events = n, "raw SQL ceiling (empty table)");
+    let raw = scale::own_statements_ceiling(pool, "bench_raw", n, shape).await?;
+    report.push(Row::rate(
+        "raw_sql_ceiling",
+        "raw SQL ceiling, host's statements (claim + settle loop)",
+        raw.rate(),
+    ));
+
+    info!(events = n, "raw queue ceiling (a table of its own)");
+    let queue = scale::queue_ceiling(pool, n, shape).await?;
+    report.push(Row::rate(
+        "raw_queue_ceiling",
+        "raw queue ceiling, own table (claim + ack loop)",
+        queue.rate(),
+    ));
+
+    info!(events = n, "projector, noop");
+    workload::reset(pool).await?;
+    workload::seed(pool, Kind::Book, "bench_noop", n).await?;
+    let projections = [child::Projection::noop("bench_noop", &plan.plugins)];
+    let (noop, noop_rss) = host
+        .drain(&projections, pool, "bench_noop", n, drain_timeout)
+        .await?;
+    report.push(
+        Row::rate("noop_drain", "projector drain, noop", noop.rate())
+            .ratio_of("raw_queue_ceiling", queue.rate(), 0.80)
+            .compared_to("raw_sql_ceiling", raw.rate()),
+    );
+
+    info!(events = n, "projector, chronicle-entries");
+    workload::reset(pool).await?;
+    workload::seed(pool, Kind::Chronicle, "bench_chronicle", n).await?;
+    let projections = [child::Projection::chronicle(
+        "bench_chronicle",
+        &plan.plugins,
+    )];
+    let (chronicle, _) = host
+        .drain(&projections, pool, "bench_chronicle", n, drain_timeout)
+        .await?;
+    workload::check_chronicle(pool, n).await?;
+    report.push(
+        Row::rate(
+            "chronicle_drain",
+            "projector drain, chronicle-entries (sql)",
+            chronicle.rate(),
+        )
+        .ratio_of("raw_sql_ceiling", raw.rate(), 0.50),
+    );
+
+    let ns = plan.search_events;
+    info!(events = ns, "search server _bulk ceiling");
+    workload::reset(pool).await?;
+    workload::seed(pool, Kind::Book, "bench_search", ns).await?;
+    // Fresh indices of this run's own (the server may keep older runs' documents and versions).
+    let suffix = db.name.trim_start_matches("projector_bench_");
+    let (ceiling_index, host_index) = (
+        format!("bench-ceiling-{suffix}"),
+        format!("bench-index-{suffix}"),
+    );
+    let docs = workload::search_documents(pool, "bench_search").await?;
+    let bulk = probes::bulk_ceiling(&plan.elastic_url, &ceiling_index, docs, plan).await?;
+    report.push(Row::rate(
+        "search_bulk_ceiling",
+        "search server _bulk ceiling (direct)",
+        bulk,
+    ));
+
+    info!(
+        events = ns,
+        "projector, search-index (three projections loaded)"
+    );
+    let projections = [
+        child::Projection::noop("bench_noop", &plan.plugins),
+        child::Projection::chronicle("bench_chronicle", &plan.plugins),
+        child::Projection::search("bench_search", &host_index, &plan.plugins),
+    ];
+    let (search, rss3) = host
+        .drain(&projections, pool, "bench_search", ns, drain_timeout)
+        .await?;
+    probes::delete_index(&plan.elastic_url, &ceiling_index).await;
+    probes::delete_index(&plan.elastic_url, &host_index).await;
+    report.push(
+        Row::rate(
+            "search_drain",
+            "projector drain, search-index",
+            search.rate(),
+        )
+        .ratio_of("search_bulk_ceiling", bulk, 0.70),
+    );
+
+    info!(
+        rate = plan.rate,
+        seconds = plan.latency_seconds,
+        "pickup latency"
+    );
+    workload::reset(pool).await?;
+    let projections = [child::Projection::noop("bench_latency", &plan.plugins)];
+    let latency = host
+        .latency(&projections, pool, "bench_latency", plan)
+        .await?;
+    report.push(Row::value(
+        "offered_rate",
+        "pickup run: offered rate achieved",
+        latency.achieved_rate,
+        "ev/s",
+    ));
+    report.push(
+        Row::value(
+            "pickup_p50_ms",
+            "pickup latency insert→done p50",
+            latency.p50_ms,
+            "ms",
+        )
+        .at_most(50.0),
+    );
+    report.push(
+        Row::value(
+            "pickup_p99_ms",
+            "pickup latency insert→done p99",
+            latency.p99_ms,
+            "ms",
+        )
+        .at_most(50.0),
+    );
+    report.push(Row::value(
+        "pickup_max_ms",
+        "pickup latency insert→done max",
+        latency.max_ms,
+        "ms",
+    ));
+
+    report.push(
+        Row::value(
+            "rss_noop_mib",
+            "host peak RSS, noop run",
+            noop_rss.peak_mib,
+            "MiB",
+        )
+        .at_most(100.0),
+    );
+    report.push(
+        Row::value(
+            "rss_three_mib",
+            "host peak RSS, three projections (search run)",
+            rss3.peak_mib,
+            "MiB",
+        )
+        .at_most(100.0),
+    );
+
+    info!("plugin runtime probes (in-process)");
+    let p = probes::plugin_probes(&plan.plugins, work, plan.batch_size as usize).await?;
+    report.push(Row::value(
+        "plugin_compile_ms",
+        "plugin load, compiling (noop)",
+        p.compile_ms,
+        "ms",
+    ));
+    report.push(Row::value(
+        "plugin_cached_load_ms",
+        "plugin load, compiled-cache hit (noop)",
+        p.cached_load_ms,
+        "ms",
+    ));
+    report.push(
+        Row::value(
+            "instantiate_ms",
+            "plugin instantiate (from the cached InstancePre)",
+            p.instantiate_ms,
+            "ms",
+        )
+        .at_most(1.0),
+    );
+    report.push(Row::value(
+        "call_us_per_event",
+        "plugin call per event (noop, one batch)",
+        p.per_event_us,
+        "µs",
+    ));
+    report.push(Row::value(
+        "call_us_single",
+        "plugin call, batch of one event (noop)",
+        p.single_call_us,
+        "µs",
+    ));
+
+    scale::skewed(plan, pool, &host, &mut report).await?;
+    scale::sweep(plan, pool, &host, &mut report).await?;
+    scale::long_drain(plan, pool, &host, &mut report).await?;
+    scale::many_hosts(plan, pool, &host, &mut report).await?;
+
+    info!(
+        done_rows = plan.done_rows,
+        events = n,
+        "raw claim loop with done rows present"
+    );
+    workload::reset(pool).await?;
+    let seeded = workload::seed_done(pool, "bench_raw", plan.done_rows).await?;
+    workload::seed(pool, Kind::Book, "bench_raw", n).await?;
+    let large = workload::raw_drain(pool, "bench_raw", n, shape, drain_timeout).await?;
+    report.push(
+        Row::rate(
+            "raw_with_done_rows",
+            &format!("raw claim loop, {} done rows present", plan.done_rows),
+            large.rate(),
+        )
+        .ratio_of("raw_sql_ceiling", raw.rate(), 0.90)
+        .note(&format!(
+            "done rows seeded in {:.1} s",
+            seeded.as_secs_f64()
+        )),
+    );
+    Ok(report)
+}

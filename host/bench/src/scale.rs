@@ -1,0 +1,472 @@
+//! Throughput at scale: the runs that show where a drain stops growing with its batch, with the
+//! skew of its stream, with its length and with its hosts.
+//!
+//! - **skewed stream**: most events on a few hot aggregates, ordering on, against a uniform drain
+//!   of the same count; once with `OUTBOX_EVENTS_PER_AGGREGATE` = the batch size, once with the
+//!   host's default;
+//! - **batch-size sweep**: a noop drain per batch size, each next to its two raw ceilings;
+//! - **long drain**: the rate of the first and of the last tenth of a long drain;
+//! - **many hosts**: one host, then several on the same database, on the same events, with every
+//!   transition into `done` logged by a trigger so that lost and duplicated events are counted
+//!   from the rows, not inferred from the rates.
+//!
+//! Every run starts from a truncated outbox seeded in one statement, as the other drains do.
+
+use super::child::{HostConfig, Projection};
+use super::report::{Report, Row};
+use super::workload::{self, Drain, Kind, Shape, Spread};
+use super::{queue, Plan};
+use projector_core::Result;
+use sqlx::PgPool;
+use std::time::Duration;
+use tracing::info;
+
+/// How long a drain of `n` events may take before the run is an error.
+pub fn drain_timeout(n: i64) -> Duration {
+    Duration::from_secs(120) + Duration::from_millis(n as u64 * 5)
+}
+
+/// A skewed drain may be far slower than a uniform one (that is what it measures).
+fn skew_timeout(n: i64) -> Duration {
+    Duration::from_secs(120) + Duration::from_millis(n as u64 * 50)
+}
+
+/// The host's own claim and settle loop on `n` fresh events of `projection`.
+pub async fn own_statements_ceiling(
+    pool: &PgPool,
+    projection: &str,
+    n: i64,
+    shape: Shape,
+) -> Result<Drain> {
+    workload::reset(pool).await?;
+    workload::seed(pool, Kind::Book, projection, n).await?;
+    workload::raw_drain(pool, projection, n, shape, drain_timeout(n)).await
+}
+
+/// The independent claim + ack loop on `n` fresh jobs of its own table.
+pub async fn queue_ceiling(pool: &PgPool, n: i64, shape: Shape) -> Result<Drain> {
+    queue::seed(pool, n).await?;
+    queue::drain(pool, n, shape, drain_timeout(n)).await
+}
+
+/// A child host with `noop` draining `n` fresh events of `projection` spread as `spread`.
+async fn noop_drain(
+    host: &HostConfig,
+    plan: &Plan,
+    pool: &PgPool,
+    projection: &str,
+    n: i64,
+    spread: Spread,
+    timeout: Duration,
+) -> Result<(Drain, super::child::Memory)> {
+    workload::reset(pool).await?;
+    workload::seed_spread(pool, Kind::Book, projection, n, spread).await?;
+    let projections = [Projection::noop(projection, &plan.plugins)];
+    host.drain(&projections, pool, projection, n, timeout).await
+}
+
+/// The host setting the skewed run passes through the environment.
+const EVENTS_PER_AGGREGATE: &str = "OUTBOX_EVENTS_PER_AGGREGATE";
+
+/// The skewed stream against a uniform drain of the same count.
+pub async fn skewed(
+    plan: &Plan,
+    pool: &PgPool,
+    host: &HostConfig,
+    report: &mut Report,
+) -> Result<()> {
+    let n = plan.skew_events;
+    let (hot, percent) = (plan.skew_hot, plan.skew_hot_percent);
+    info!(
+        events = n,
+        "projector, noop, uniform (the skewed runs' reference)"
+    );
+    let (uniform, _) = noop_drain(
+        host,
+        plan,
+        pool,
+        "bench_uniform",
+        n,
+        Spread::Uniform,
+        drain_timeout(n),
+    )
+    .await?;
+    report.push(Row::rate(
+        "skew_uniform_drain",
+        &format!(
+            "projector drain, noop, {n} events on {} aggregates",
+            (n / 10).max(1)
+        ),
+        uniform.rate(),
+    ));
+    let supported = host.run_has_flag("events-per-aggregate")?;
+    let runs = [
+        ("skew_drain", Some(plan.batch_size)),
+        ("skew_drain_default", None),
+    ];
+    for (key, per_aggregate) in runs {
+        info!(
+            events = n,
+            hot,
+            percent,
+            ?per_aggregate,
+            "projector, noop, skewed stream"
+        );
+        let host = match per_aggregate {
+            Some(k) => host.with_env(EVENTS_PER_AGGREGATE, &k.to_string()),
+            None => host.clone(),
+        };
+        let projection = "bench_skew";
+        workload::reset(pool).await?;
+        let spread = Spread::Skewed { hot, percent };
+        workload::seed_spread(pool, Kind::Book, projection, n, spread).await?;
+        let share = workload::busiest_share(pool, projection, hot).await?;
+        let projections = [Projection::noop(projection, &plan.plugins)];
+        let (skew, _) = host
+            .drain(&projections, pool, projection, n, skew_timeout(n))
+            .await?;
+        let longest = workload::longest_aggregate_run(pool, projection).await?;
+        let setting = match per_aggregate {
+            Some(k) if supported => format!("{EVENTS_PER_AGGREGATE}={k}"),
+            Some(k) => format!(
+                "{EVENTS_PER_AGGREGATE}={k} passed, but this host has no --events-per-aggregate: \
+                 ignored"
+            ),
+            None => format!("{EVENTS_PER_AGGREGATE} not set (the host's default)"),
+        };
+        let label = match per_aggregate {
+            Some(k) => format!(
+                "projector drain, noop, skewed ({percent} % on {hot} aggregates), \
+                 events_per_aggregate {k}"
+            ),
+            None => format!(
+                "projector drain, noop, skewed ({percent} % on {hot} aggregates), \
+                 events_per_aggregate default"
+            ),
+        };
+        let row = Row::rate(key, &label, skew.rate());
+        let row = match per_aggregate {
+            Some(_) => row.ratio_of("skew_uniform_drain", uniform.rate(), 0.50),
+            None => row.compared_to("skew_uniform_drain", uniform.rate()),
+        };
+        report.push(row.note(&format!(
+            "{n} events, {:.1} % of them on the {hot} busiest aggregates; {setting}; longest run \
+             of one aggregate in a batch: {}",
+            share * 100.0,
+            longest.map_or("(unknown)".to_owned(), |l| l.to_string()),
+        )));
+    }
+    Ok(())
+}
+
+/// A noop drain per batch size, each next to its raw ceilings (unless `--sweep-ceilings false`).
+pub async fn sweep(
+    plan: &Plan,
+    pool: &PgPool,
+    host: &HostConfig,
+    report: &mut Report,
+) -> Result<()> {
+    let n = plan.sweep_events;
+    for &batch_size in &plan.sweep_batch_sizes {
+        let shape = Shape {
+            batch_size,
+            concurrency: plan.concurrency,
+        };
+        let (sql_key, queue_key) = (
+            format!("sweep_b{batch_size}_raw_sql"),
+            format!("sweep_b{batch_size}_raw_queue"),
+        );
+        let mut ceilings = None;
+        if plan.sweep_ceilings {
+            info!(events = n, batch_size, "sweep: raw SQL ceiling");
+            let sql = own_statements_ceiling(pool, "bench_raw", n, shape).await?;
+            report.push(Row::rate(
+                sql_key.clone(),
+                &format!("sweep, batch {batch_size}: raw SQL ceiling (host's statements)"),
+                sql.rate(),
+            ));
+            info!(events = n, batch_size, "sweep: raw queue ceiling");
+            let queue = queue_ceiling(pool, n, shape).await?;
+            report.push(Row::rate(
+                queue_key.clone(),
+                &format!("sweep, batch {batch_size}: raw queue ceiling (own table)"),
+                queue.rate(),
+            ));
+            ceilings = Some((sql.rate(), queue.rate()));
+        }
+        info!(events = n, batch_size, "sweep: projector, noop");
+        let (noop, _) = noop_drain(
+            &host.with_batch_size(batch_size),
+            plan,
+            pool,
+            "bench_sweep",
+            n,
+            Spread::Uniform,
+            drain_timeout(n),
+        )
+        .await?;
+        let mut row = Row::rate(
+            format!("sweep_b{batch_size}_noop"),
+            &format!("sweep, batch {batch_size}: projector drain, noop"),
+            noop.rate(),
+        );
+        if let Some((sql, queue)) = ceilings {
+            row = row.compared_to(queue_key, queue).compared_to(sql_key, sql);
+        }
+        report.push(row);
+    }
+    Ok(())
+}
+
+/// One long noop drain, read in tenths.
+pub async fn long_drain(
+    plan: &Plan,
+    pool: &PgPool,
+    host: &HostConfig,
+    report: &mut Report,
+) -> Result<()> {
+    let n = plan.long_events;
+    info!(events = n, "projector, noop, long drain");
+    let projection = "bench_long";
+    let (drain, memory) = noop_drain(
+        host,
+        plan,
+        pool,
+        projection,
+        n,
+        Spread::Uniform,
+        drain_timeout(n),
+    )
+    .await?;
+    let (first, last) = workload::tenths(pool, projection, n).await?;
+    report.push(
+        Row::rate(
+            "long_drain",
+            &format!(
+                "long drain, noop, {n} events on {} aggregates: whole",
+                (n / 10).max(1)
+            ),
+            drain.rate(),
+        )
+        .note(&format!(
+            "drained in {:.1} s; host peak RSS {:.1} MiB",
+            drain.seconds, memory.peak_mib
+        )),
+    );
+    report.push(Row::rate(
+        "long_first_tenth",
+        "long drain: first tenth of the events (by done_at)",
+        first,
+    ));
+    report.push(
+        Row::rate(
+            "long_last_tenth",
+            "long drain: last tenth of the events (by done_at)",
+            last,
+        )
+        .ratio_of("long_first_tenth", first, 0.80),
+    );
+    Ok(())
+}
+
+/// Records every transition of an outbox row into `done` (statement-level, from the transition
+/// tables: one insert per settling statement). A second transition of one `seq` is an event
+/// applied twice; a seeded event with none is an event lost.
+const DONE_LOG: &str = "
+CREATE TABLE bench_done_log (
+    seq        bigint      NOT NULL,
+    claimed_by text,
+    logged_at  timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+CREATE FUNCTION bench_log_done() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO bench_done_log (seq, claimed_by)
+    SELECT n.seq, n.claimed_by
+    FROM bench_new n JOIN bench_old o ON o.seq = n.seq
+    WHERE n.status = 'done' AND o.status <> 'done';
+    RETURN NULL;
+END $$;
+CREATE TRIGGER bench_log_done AFTER UPDATE ON outbox_events
+    REFERENCING OLD TABLE AS bench_old NEW TABLE AS bench_new
+    FOR EACH STATEMENT EXECUTE FUNCTION bench_log_done();
+";
+
+const DROP_DONE_LOG: &str = "
+DROP TRIGGER bench_log_done ON outbox_events;
+DROP FUNCTION bench_log_done();
+DROP TABLE bench_done_log;
+";
+
+/// Shows the done log counts a second application before trusting its zero: an event taken to
+/// `done`, back to `pending` and to `done` again (in a transaction rolled back) must be logged
+/// twice.
+async fn check_done_log(pool: &PgPool) -> Result<()> {
+    let mut tx = pool.begin().await?;
+    let logged: i64 = sqlx::query_scalar(
+        "WITH e AS (INSERT INTO outbox_events (projection, event_type, aggregate_id, payload)
+                    VALUES ('bench_done_log_check', 'check', 'check', '{}') RETURNING seq)
+         SELECT seq FROM e",
+    )
+    .fetch_one(&mut *tx)
+    .await?;
+    for status in ["done", "pending", "done"] {
+        sqlx::query("UPDATE outbox_events SET status = $2 WHERE seq = $1")
+            .bind(logged)
+            .bind(status)
+            .execute(&mut *tx)
+            .await?;
+    }
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM bench_done_log WHERE seq = $1")
+        .bind(logged)
+        .fetch_one(&mut *tx)
+        .await?;
+    tx.rollback().await?;
+    if count != 2 {
+        return Err(projector_core::Error::Other(anyhow::anyhow!(
+            "the multi-host run's done log recorded {count} of 2 transitions into done"
+        )));
+    }
+    Ok(())
+}
+
+/// What the done log says about one multi-host run.
+struct Tally {
+    /// Seeded events with no transition into `done`, or not `done` now.
+    lost: i64,
+    /// Transitions into `done` beyond the first of their event.
+    duplicated: i64,
+    /// Events delivered more than once (`attempts > 1`): a lease lost or a batch handed back.
+    redelivered: i64,
+    /// Events settled `done` per worker id.
+    per_host: Vec<(String, i64)>,
+}
+
+async fn tally(pool: &PgPool, projection: &str, n: i64) -> Result<Tally> {
+    // Statistics first: without them the planner takes the fresh log for a few rows and joins
+    // it to the outbox with a nested loop (100,000 × 100,000 comparisons at the defaults).
+    sqlx::raw_sql("ANALYZE bench_done_log")
+        .execute(pool)
+        .await?;
+    let (done_once, redelivered): (i64, i64) = sqlx::query_as(
+        "WITH logged AS (SELECT DISTINCT seq FROM bench_done_log)
+         SELECT count(*) FILTER (WHERE o.status = 'done' AND l.seq IS NOT NULL),
+                count(*) FILTER (WHERE o.attempts > 1)
+         FROM outbox_events o LEFT JOIN logged l ON l.seq = o.seq
+         WHERE o.projection = $1",
+    )
+    .bind(projection)
+    .fetch_one(pool)
+    .await?;
+    let duplicated: i64 =
+        sqlx::query_scalar("SELECT count(*) - count(DISTINCT seq) FROM bench_done_log")
+            .fetch_one(pool)
+            .await?;
+    let per_host: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT coalesce(claimed_by, '?'), count(*) FROM bench_done_log GROUP BY 1 ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await?;
+    Ok(Tally {
+        lost: n - done_once,
+        duplicated,
+        redelivered,
+        per_host,
+    })
+}
+
+/// One host, then `plan.hosts` hosts, draining the same events on one database.
+pub async fn many_hosts(
+    plan: &Plan,
+    pool: &PgPool,
+    host: &HostConfig,
+    report: &mut Report,
+) -> Result<()> {
+    let n = plan.multi_host_events;
+    let projection = "bench_hosts";
+    sqlx::raw_sql(DONE_LOG).execute(pool).await?;
+    if let Err(e) = check_done_log(pool).await {
+        let _ = sqlx::raw_sql(DROP_DONE_LOG).execute(pool).await;
+        return Err(e);
+    }
+    let mut runs = Vec::new();
+    for hosts in [1, plan.hosts] {
+        info!(events = n, hosts, "projector, noop, hosts on one database");
+        workload::reset(pool).await?;
+        sqlx::raw_sql("TRUNCATE bench_done_log")
+            .execute(pool)
+            .await?;
+        workload::seed(pool, Kind::Book, projection, n).await?;
+        let projections = [Projection::noop(projection, &plan.plugins)];
+        let result = host
+            .drain_hosts(&projections, pool, projection, n, hosts, drain_timeout(n))
+            .await;
+        let result = match result {
+            Ok((drain, _)) => tally(pool, projection, n).await.map(|t| (drain, t)),
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(run) => runs.push((hosts, run)),
+            Err(e) => {
+                let _ = sqlx::raw_sql(DROP_DONE_LOG).execute(pool).await;
+                return Err(e);
+            }
+        }
+    }
+    sqlx::raw_sql(DROP_DONE_LOG).execute(pool).await?;
+
+    let loops = plan.concurrency;
+    let (_, (one, one_tally)) = &runs[0];
+    let (hosts, (many, many_tally)) = &runs[1];
+    let shares = |t: &Tally| {
+        t.per_host
+            .iter()
+            .map(|(host, count)| format!("{host} {count}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    report.push(Row::rate(
+        "one_host_drain",
+        &format!("1 host × {loops} loops, noop, {n} events"),
+        one.rate(),
+    ));
+    report.push(
+        Row::rate(
+            "many_hosts_drain",
+            &format!("{hosts} hosts × {loops} loops, noop, the same {n} events"),
+            many.rate(),
+        )
+        .ratio_of("one_host_drain", one.rate(), 1.0)
+        .note(&format!(
+            "done per host: {}; delivered more than once: {} (1 host: {})",
+            shares(many_tally),
+            many_tally.redelivered,
+            one_tally.redelivered
+        )),
+    );
+    report.push(
+        Row::count(
+            "hosts_lost",
+            &format!("events lost, 1 and {hosts} hosts"),
+            one_tally.lost + many_tally.lost,
+        )
+        .at_most(0.0)
+        .note(&format!(
+            "1 host: {}, {hosts} hosts: {} (seeded events not done, or done without a logged \
+             transition)",
+            one_tally.lost, many_tally.lost
+        )),
+    );
+    report.push(
+        Row::count(
+            "hosts_duplicated",
+            &format!("events done twice, 1 and {hosts} hosts"),
+            one_tally.duplicated + many_tally.duplicated,
+        )
+        .at_most(0.0)
+        .note(&format!(
+            "1 host: {}, {hosts} hosts: {} (second transitions into done)",
+            one_tally.duplicated, many_tally.duplicated
+        )),
+    );
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! Connecting to Postgres and applying the migrations in `../migrations`.
+//!
+//! Connection problems at start-up are configuration errors (exit 2) that name `DATABASE_URL`
+//! but never print its password.
+
+use crate::{Error, Result};
+use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
+use sqlx::Connection;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// How long start-up waits for the database to answer.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The embedded migrations (`migrations/*.sql` at the repository root).
+pub static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("../../migrations");
+
+/// Opens a pool of at most `max_connections` and checks that the server answers.
+pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool> {
+    let options = PgConnectOptions::from_str(url)
+        .map_err(|e| Error::Connect(format!("not a valid postgres URL: {e}")))?
+        .application_name("projector");
+    let where_ = format!(
+        "{}:{}/{}",
+        options.get_host(),
+        options.get_port(),
+        options.get_database().unwrap_or("")
+    );
+    // One direct connection first: a refused or unresolvable server fails at once instead of
+    // after the pool's acquire timeout.
+    let probe = tokio::time::timeout(CONNECT_TIMEOUT, PgConnection::connect_with(&options))
+        .await
+        .map_err(|_| {
+            Error::Connect(format!(
+                "cannot connect to {where_}: no answer within {CONNECT_TIMEOUT:?}"
+            ))
+        })?
+        .map_err(|e| Error::Connect(format!("cannot connect to {where_}: {e}")))?;
+    probe.close().await.ok();
+    PgPoolOptions::new()
+        .max_connections(max_connections)
+        .min_connections(1)
+        .acquire_timeout(CONNECT_TIMEOUT)
+        .connect_with(options)
+        .await
+        .map_err(|e| Error::Connect(format!("cannot connect to {where_}: {e}")))
+}
+
+/// Applies every pending migration. A database already at the latest migration is left alone
+/// without asking for any privilege, so a host whose role owns nothing (see docs/security.md)
+/// starts on a database its administrator migrated.
+pub async fn migrate(pool: &PgPool) -> Result<()> {
+    let result = match up_to_date(pool).await {
+        Ok(true) => return Ok(()),
+        Ok(false) => MIGRATOR.run(pool).await.map_err(Error::from),
+        Err(e) => Err(e.into()),
+    };
+    let denied = |e: &sqlx::Error| matches!(e, sqlx::Error::Database(db) if db.code().as_deref() == Some("42501"));
+    match result {
+        Err(Error::Database(e)) | Err(Error::Migrate(sqlx::migrate::MigrateError::Execute(e)))
+            if denied(&e) =>
+        {
+            let user: String = sqlx::query_scalar("SELECT current_user::text")
+                .fetch_one(pool)
+                .await
+                .unwrap_or_else(|_| "ROLE".into());
+            Err(Error::config(
+                "DATABASE_URL",
+                format!(
+                    "the database role `{user}` may not read or apply projector's migrations ({e}): \
+                     run `projector migrate --config FILE --host-role {user}` once as the database \
+                     owner (see docs/security.md)"
+                ),
+            ))
+        }
+        other => other,
+    }
+}
+
+/// Whether every embedded migration is recorded as applied (and nothing else is).
+async fn up_to_date(pool: &PgPool) -> sqlx::Result<bool> {
+    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+        .fetch_one(pool)
+        .await?;
+    if !exists {
+        return Ok(false);
+    }
+    let applied: Vec<i64> =
+        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
+            .fetch_all(pool)
+            .await?;
+    let embedded: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
+    Ok(applied == embedded)
+}

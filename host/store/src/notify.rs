@@ -1,0 +1,37 @@
+//! Waking the hosts: one channel, the projection name as payload.
+//!
+//! Invariants:
+//! - [`CHANNEL`] is the channel migration 0001's insert trigger notifies; the two must agree
+//!   (`host/tests` checks a NOTIFY from an insert reaches a listener on it).
+//! - A notification sent inside a transaction is delivered only when it commits, so a host never
+//!   wakes for a change it cannot see yet. Every notify here takes the caller's connection or
+//!   transaction for that reason.
+
+use sqlx::PgConnection;
+
+/// The channel the outbox trigger and every wake-up below notify.
+pub const CHANNEL: &str = "projector_outbox";
+
+/// The channel a plugin version change is announced on, with the projection name as payload:
+/// every host reloads that projection's active version.
+pub const PLUGINS_CHANNEL: &str = "projector_plugins";
+
+/// Tells every host that `projection`'s active plugin version changed.
+pub async fn plugins(conn: &mut PgConnection, projection: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(PLUGINS_CHANNEL)
+        .bind(projection)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
+/// Wakes the hosts running `projection` (when the surrounding transaction commits).
+pub async fn projection(conn: &mut PgConnection, projection: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT pg_notify($1, $2)")
+        .bind(CHANNEL)
+        .bind(projection)
+        .execute(conn)
+        .await?;
+    Ok(())
+}

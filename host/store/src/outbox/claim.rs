@@ -1,0 +1,228 @@
+//! Claiming: the only way a row enters `processing` (see `claim_ordered.sql` and
+//! `claim_unordered.sql`).
+//!
+//! Input bounds hold before a row is read into host memory: a payload over
+//! `max_payload_bytes`, headers over [`MAX_HEADERS_BYTES`], or an event type, aggregate type or
+//! aggregate id over [`MAX_NAME_BYTES`] come back from the claim as `NULL` with their size, and
+//! the event carries why it is refused (`too_large`) instead of its content.
+
+use super::{Claim, ClaimedEvent};
+use chrono::{DateTime, SecondsFormat, Utc};
+use projector_core::spec::{Ordering, ProjectionSpec};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// With per-aggregate ordering: walks `outbox_heads`, O(batch) whatever the skew.
+pub const CLAIM_ORDERED_SQL: &str = concat!(
+    include_str!("claim_ordered.sql"),
+    include_str!("claim_returning.sql")
+);
+/// Without ordering: the oldest due events.
+const CLAIM_UNORDERED_SQL: &str = concat!(
+    include_str!("claim_unordered.sql"),
+    include_str!("claim_returning.sql")
+);
+
+/// The most bytes an event's headers (as JSON text) may have.
+pub const MAX_HEADERS_BYTES: usize = 64 << 10;
+
+/// The most bytes an event type, aggregate type or aggregate id may have.
+pub const MAX_NAME_BYTES: usize = 1024;
+
+/// The columns `claim_*.sql` return, in order: seq, id, event_type, aggregate_type, aggregate_id,
+/// payload as text, headers, occurred_at, attempts, reclaimed.
+pub(crate) type Row = (
+    i64,
+    Uuid,
+    String,
+    String,
+    String,
+    String,
+    serde_json::Value,
+    DateTime<Utc>,
+    i32,
+    bool,
+);
+
+fn headers(value: serde_json::Value) -> Vec<(String, String)> {
+    match value {
+        serde_json::Value::Object(map) => map
+            .into_iter()
+            .map(|(k, v)| match v {
+                serde_json::Value::String(s) => (k, s),
+                other => (k, other.to_string()),
+            })
+            .collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// One returned row as the event a plugin sees.
+pub(crate) fn to_event(row: Row) -> ClaimedEvent {
+    let (
+        seq,
+        id,
+        event_type,
+        aggregate_type,
+        aggregate_id,
+        payload,
+        hdrs,
+        occurred_at,
+        attempt,
+        reclaimed,
+    ) = row;
+    ClaimedEvent {
+        seq,
+        id,
+        event_type,
+        aggregate_type,
+        aggregate_id,
+        payload,
+        headers: headers(hdrs),
+        occurred_at: occurred_at.to_rfc3339_opts(SecondsFormat::Micros, true),
+        attempt,
+        reclaimed,
+        too_large: None,
+    }
+}
+
+/// What `claim_*.sql` return: the [`Row`] columns, each bounded field `NULL` when over its bound,
+/// then the byte sizes of payload, headers, event type, aggregate type and aggregate id.
+type BoundedRow = (
+    i64,
+    Uuid,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<serde_json::Value>,
+    DateTime<Utc>,
+    i32,
+    bool,
+    i64,
+    i64,
+    i64,
+    i64,
+    i64,
+);
+
+/// The event a claimed row becomes, or, when a field is over its bound, an event carrying only
+/// its identity and why the host refuses it.
+fn bounded_event(row: BoundedRow, max_payload: usize) -> ClaimedEvent {
+    let (
+        seq,
+        id,
+        event_type,
+        aggregate_type,
+        aggregate_id,
+        payload,
+        hdrs,
+        occurred_at,
+        attempt,
+        reclaimed,
+        payload_bytes,
+        headers_bytes,
+        type_bytes,
+        agg_type_bytes,
+        agg_id_bytes,
+    ) = row;
+    let bound = |reason: &'static str, what: &str, size: i64, limit_name: &str, limit: usize| {
+        (
+            reason,
+            format!(
+                "{what} of {size} bytes is over {limit_name} ({limit}); the event was not read"
+            ),
+        )
+    };
+    let too_large = if payload.is_none() {
+        Some(bound(
+            "payload_too_large",
+            "payload",
+            payload_bytes,
+            "max_payload_bytes",
+            max_payload,
+        ))
+    } else if hdrs.is_none() {
+        Some(bound(
+            "headers_too_large",
+            "headers",
+            headers_bytes,
+            "the headers bound",
+            MAX_HEADERS_BYTES,
+        ))
+    } else if event_type.is_none() {
+        Some(bound(
+            "event_type_too_long",
+            "event type",
+            type_bytes,
+            "the name bound",
+            MAX_NAME_BYTES,
+        ))
+    } else if aggregate_type.is_none() {
+        Some(bound(
+            "aggregate_type_too_long",
+            "aggregate type",
+            agg_type_bytes,
+            "the name bound",
+            MAX_NAME_BYTES,
+        ))
+    } else if aggregate_id.is_none() {
+        Some(bound(
+            "aggregate_id_too_long",
+            "aggregate id",
+            agg_id_bytes,
+            "the name bound",
+            MAX_NAME_BYTES,
+        ))
+    } else {
+        None
+    };
+    let mut event = to_event((
+        seq,
+        id,
+        event_type.unwrap_or_default(),
+        aggregate_type.unwrap_or_default(),
+        aggregate_id.unwrap_or_default(),
+        payload.unwrap_or_default(),
+        hdrs.unwrap_or(serde_json::Value::Null),
+        occurred_at,
+        attempt,
+        reclaimed,
+    ));
+    event.too_large = too_large;
+    event
+}
+
+/// Claims the next batch of `spec`'s projection for `worker_id`. Returns an empty claim when
+/// nothing is due.
+pub async fn claim(pool: &PgPool, spec: &ProjectionSpec, worker_id: &str) -> sqlx::Result<Claim> {
+    let batch_id = Uuid::new_v4();
+    let statement = match spec.ordering {
+        Ordering::Aggregate => CLAIM_ORDERED_SQL,
+        Ordering::None => CLAIM_UNORDERED_SQL,
+    };
+    let rows: Vec<BoundedRow> = sqlx::query_as(statement)
+        .bind(&spec.name)
+        .bind(spec.tuning.batch_size)
+        .bind(worker_id)
+        .bind(batch_id)
+        .bind(spec.tuning.events_per_aggregate)
+        .bind(spec.tuning.max_attempts)
+        .bind(spec.tuning.lease.as_secs_f64())
+        .bind(spec.tuning.max_payload_bytes.min(i32::MAX as usize) as i32)
+        .bind(MAX_HEADERS_BYTES as i32)
+        .bind(MAX_NAME_BYTES as i32)
+        .fetch_all(pool)
+        .await?;
+    let max_payload = spec.tuning.max_payload_bytes;
+    let mut events: Vec<ClaimedEvent> = rows
+        .into_iter()
+        .map(|r| bounded_event(r, max_payload))
+        .collect();
+    events.sort_by_key(|e| e.seq);
+    Ok(Claim {
+        batch_id,
+        projection: spec.name.clone(),
+        events,
+    })
+}

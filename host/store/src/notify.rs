@@ -1,8 +1,8 @@
 //! Waking the hosts: one channel, the projection name as payload.
 //!
 //! Invariants:
-//! - [`CHANNEL`] is the channel migration 0001's insert trigger notifies; the two must agree
-//!   (`host/tests` checks a NOTIFY from an insert reaches a listener on it).
+//! - [`CHANNEL`] is the channel migration 0001's insert trigger notifies (`pg_notify` there names
+//!   it literally): the two must agree.
 //! - A notification sent inside a transaction is delivered only when it commits, so a host never
 //!   wakes for a change it cannot see yet. Every notify here takes the caller's connection or
 //!   transaction for that reason.
@@ -34,4 +34,18 @@ pub async fn projection(conn: &mut PgConnection, projection: &str) -> sqlx::Resu
         .execute(conn)
         .await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_insert_trigger_notifies_the_channel_the_hosts_listen_on() {
+        let migration = include_str!("../../../migrations/0001_outbox_events.sql");
+        let sent = format!("pg_notify('{}',", super::CHANNEL);
+        assert!(
+            migration.contains(&sent),
+            "migration 0001 does not send {sent}"
+        );
+        assert!(!migration.contains(&format!("pg_notify('{}',", super::PLUGINS_CHANNEL)));
+    }
 }

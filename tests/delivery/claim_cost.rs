@@ -1,0 +1,316 @@
+//! What a claim and a settle cost, read from the plans the server runs: Postgres's own buffer
+//! counts (`EXPLAIN (ANALYZE, BUFFERS)`) for the generic plan, the one a running host gets after
+//! five executions of a prepared statement. Buffer counts do not depend on the machine's load,
+//! so these are ratios a test can hold, unlike timings.
+//!
+//! - The ordered claim costs O(batch) whatever the skew: ten times the backlog on the same 20
+//!   aggregates leaves its cost flat, and so does a long finished history behind them. The
+//!   backlog-walking claim it replaced is measured alongside as the positive control: its cost
+//!   grows with the backlog, so the measurement can see growth.
+//! - The settle's cost is linear in the batch: no plan node compares every outcome with every
+//!   claimed row (the generic plan of the old statement did, 250,000 comparisons for 500).
+
+use crate::common;
+
+use common::*;
+use projector_service::settings::{Ordering, ProjectionSpec, Tuning};
+use projector_store::outbox::claim::{claim, CLAIM_ORDERED_SQL};
+use projector_store::outbox::settle::{settle, SETTLE_SQL};
+use projector_store::outbox::Verdict;
+use serde_json::{json, Value};
+use sqlx::{Connection, PgConnection, Row};
+
+/// The claim this project used before `outbox_heads` (3d50a68): it walks the backlog in seq
+/// order and asks, per row, whether an earlier row of its aggregate is unfinished. Read-only here.
+const BACKLOG_WALK_SQL: &str = "\
+SELECT o.seq
+FROM outbox_events o
+WHERE o.projection = $1
+  AND o.status IN ('pending', 'processing')
+  AND (   (o.status = 'pending' AND o.next_retry_at <= now())
+       OR (o.status = 'processing' AND o.lease_expires_at < now() AND o.attempts < 5))
+  AND NOT EXISTS (
+          SELECT 1
+          FROM outbox_events p
+          WHERE p.projection = o.projection
+            AND p.aggregate_id = o.aggregate_id
+            AND p.seq < o.seq
+            AND p.status NOT IN ('done', 'skipped'))
+ORDER BY o.seq + 0
+LIMIT $2";
+
+/// The settle statement before this change (3d50a68), the positive control of the settle's
+/// measurement: with the join the planner once chose for it, the outcomes are compared with the
+/// claimed rows pairwise in a join filter, which the measurement must see.
+const OLD_SETTLE_SQL: &str = include_str!("../fixtures/settle_before_heads.sql");
+
+fn spec(projection: &str, batch_size: i64) -> ProjectionSpec {
+    ProjectionSpec {
+        name: projection.to_owned(),
+        plugin: "unused.wasm".into(),
+        ordering: Ordering::Aggregate,
+        tuning: Tuning {
+            batch_size,
+            ..Tuning::default()
+        },
+        config: Default::default(),
+        grants: Default::default(),
+        memory_limit: projector_core::spec::DEFAULT_MEMORY_BYTES,
+        sources: Default::default(),
+    }
+}
+
+/// What one execution of a plan cost: buffers touched (hit or read) and the most rows any node
+/// threw away after comparing them in a join filter.
+#[derive(Debug, Clone, Copy)]
+struct Cost {
+    buffers: i64,
+    join_filter_removed: i64,
+}
+
+fn walk(node: &Value, cost: &mut Cost) {
+    let n = |k: &str| node.get(k).and_then(Value::as_i64).unwrap_or(0);
+    cost.join_filter_removed = cost
+        .join_filter_removed
+        .max(n("Rows Removed by Join Filter"));
+    for child in node
+        .get("Plans")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
+        walk(child, cost);
+    }
+}
+
+/// Runs `execute` (an `EXECUTE` of a statement prepared on `conn`) under `EXPLAIN (ANALYZE,
+/// BUFFERS)` with the generic plan, in a transaction that is rolled back.
+async fn cost(conn: &mut PgConnection, execute: &str) -> Cost {
+    cost_with(conn, execute, "").await
+}
+
+/// [`cost`] with `settings` (`SET LOCAL ...;` statements) applied first.
+async fn cost_with(conn: &mut PgConnection, execute: &str, settings: &str) -> Cost {
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "SET LOCAL plan_cache_mode = force_generic_plan; {settings}"
+    ))
+    .execute(&mut *tx)
+    .await
+    .unwrap();
+    let row = sqlx::query(&format!(
+        "EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {execute}"
+    ))
+    .fetch_one(&mut *tx)
+    .await
+    .unwrap();
+    let plan: Value = row.get(0);
+    tx.rollback().await.unwrap();
+    let top = &plan[0]["Plan"];
+    let mut c = Cost {
+        buffers: top["Shared Hit Blocks"].as_i64().unwrap()
+            + top["Shared Read Blocks"].as_i64().unwrap(),
+        join_filter_removed: 0,
+    };
+    walk(top, &mut c);
+    c
+}
+
+async fn prepare(conn: &mut PgConnection) {
+    sqlx::raw_sql(&format!(
+        "PREPARE ordered_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4) AS {CLAIM_ORDERED_SQL}"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE backlog_walk(text, int8) AS {BACKLOG_WALK_SQL}"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE settle(uuid, bigint[], text[], text[], text[], float8[], int, text) AS {SETTLE_SQL}"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE settle_forced(uuid, bigint[], text[], text[], text[], float8[], int, text) AS {SETTLE_SQL}"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE old_settle(uuid, bigint[], text[], text[], text[], float8[], int, text) AS {OLD_SETTLE_SQL}"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+}
+
+const CLAIM_100: &str =
+    "EXECUTE ordered_claim('hot', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
+const WALK_100: &str = "EXECUTE backlog_walk('hot', 100)";
+
+async fn add_hot_events(db: &TestDb, n: usize) {
+    let events: Vec<NewEvent> = (0..n)
+        .map(|i| NewEvent::new("hot", format!("hot-{}", i % 20), json!({"n": i})))
+        .collect();
+    for chunk in events.chunks(5_000) {
+        insert_events(&db.pool, chunk).await;
+    }
+    sqlx::raw_sql("ANALYZE outbox_events; ANALYZE outbox_heads")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ordered_claim_costs_the_batch_not_the_backlog_or_the_history() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    prepare(&mut conn).await;
+
+    // 2,000 events on 20 aggregates, then ten times that on the same 20.
+    add_hot_events(&db, 2_000).await;
+    let claim_small = cost(&mut conn, CLAIM_100).await;
+    let walk_small = cost(&mut conn, WALK_100).await;
+    add_hot_events(&db, 18_000).await;
+    let claim_big = cost(&mut conn, CLAIM_100).await;
+    let walk_big = cost(&mut conn, WALK_100).await;
+    eprintln!(
+        "buffers per claim of 100, backlog 2,000 -> 20,000 on 20 aggregates: ordered claim {} -> {}, backlog walk (control) {} -> {}",
+        claim_small.buffers, claim_big.buffers, walk_small.buffers, walk_big.buffers
+    );
+    assert!(
+        walk_big.buffers > 5 * walk_small.buffers,
+        "control: the backlog walk should cost ~10x with 10x the backlog, measured {} -> {}",
+        walk_small.buffers,
+        walk_big.buffers
+    );
+    assert!(
+        claim_big.buffers * 2 < claim_small.buffers * 3,
+        "the ordered claim grew with the backlog: {} -> {} buffers",
+        claim_small.buffers,
+        claim_big.buffers
+    );
+
+    // A long finished history behind the same aggregates: settle 6,000 of them (300 each).
+    let mut p = spec("hot", 1_000);
+    p.tuning.events_per_aggregate = 50;
+    let mut settled = 0;
+    while settled < 6_000 {
+        let c = claim(&db.pool, &p, "w").await.unwrap();
+        assert!(
+            !c.events.is_empty(),
+            "the claim came back empty after {settled}"
+        );
+        let verdicts = vec![Verdict::Success; c.events.len()];
+        settle(&db.pool, &c, &verdicts, &p.tuning, "v")
+            .await
+            .unwrap();
+        settled += c.events.len();
+    }
+    let claim_after = cost(&mut conn, CLAIM_100).await;
+    eprintln!(
+        "buffers per claim of 100 after {settled} events of those aggregates were settled: {}",
+        claim_after.buffers
+    );
+    assert!(
+        claim_after.buffers * 2 < claim_small.buffers * 3,
+        "the ordered claim grew with the finished history: {} -> {} buffers",
+        claim_small.buffers,
+        claim_after.buffers
+    );
+}
+
+/// The settle of a claimed batch, as an `EXECUTE` of the prepared `settle` with every outcome
+/// `success`.
+async fn settle_statement(db: &TestDb, projection: &str, batch: i64) -> String {
+    let c = claim(&db.pool, &spec(projection, batch), "w")
+        .await
+        .unwrap();
+    assert_eq!(c.events.len() as i64, batch);
+    let seqs: Vec<String> = c.events.iter().map(|e| e.seq.to_string()).collect();
+    let n = c.events.len();
+    format!(
+        "EXECUTE settle('{}', '{{{}}}', '{{{}}}', '{{{}}}', '{{{}}}', '{{{}}}', 5, 'v')",
+        c.batch_id,
+        seqs.join(","),
+        vec!["success"; n].join(","),
+        vec!["NULL"; n].join(","),
+        vec!["NULL"; n].join(","),
+        vec!["0"; n].join(","),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_settle_costs_what_its_batch_holds_in_the_generic_plan() {
+    let db = TestDb::new().await;
+    db.migrate();
+    for (projection, n) in [("small", 100), ("large", 1_000)] {
+        let events: Vec<NewEvent> = (0..2 * n)
+            .map(|i| NewEvent::new(projection, format!("agg-{}", i % n), json!({"n": i})))
+            .collect();
+        insert_events(&db.pool, &events).await;
+    }
+    sqlx::raw_sql("ANALYZE outbox_events; ANALYZE outbox_heads")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    prepare(&mut conn).await;
+    let small = settle_statement(&db, "small", 100).await;
+    let large = settle_statement(&db, "large", 1_000).await;
+    let small = cost(&mut conn, &small).await;
+    let large_cost = cost(&mut conn, &large).await;
+    // The plan shape the old statement's generic plan got (the planner's choice then, forced
+    // here by taking hash and merge joins away): the claimed rows outside, the outcomes inside,
+    // matched by a join filter. The new statement, forced the same way, must still find each
+    // row by its key. (Generic plans are cached per statement: these come after the others.)
+    let forcing = "SET LOCAL enable_hashjoin = off; SET LOCAL enable_mergejoin = off;";
+    let control = cost_with(
+        &mut conn,
+        &large.replace("EXECUTE settle(", "EXECUTE old_settle("),
+        forcing,
+    )
+    .await;
+    let forced = cost_with(
+        &mut conn,
+        &large.replace("EXECUTE settle(", "EXECUTE settle_forced("),
+        forcing,
+    )
+    .await;
+    eprintln!(
+        "without hash or merge joins: the settle before this change (3d50a68) dropped {} rows in a join filter, this one {}",
+        control.join_filter_removed, forced.join_filter_removed
+    );
+    assert!(
+        control.join_filter_removed >= 100_000,
+        "control: a pairwise join filter should drop ~1,000,000 rows, measured {}",
+        control.join_filter_removed
+    );
+    assert!(
+        forced.join_filter_removed <= 1_000,
+        "without hash joins the settle compares outcomes with rows pairwise: {} rows dropped",
+        forced.join_filter_removed
+    );
+    let large = large_cost;
+    eprintln!(
+        "settle, generic plan: batch 100 {} buffers (join filter dropped at most {} rows), batch 1,000 {} buffers (at most {})",
+        small.buffers, small.join_filter_removed, large.buffers, large.join_filter_removed
+    );
+    assert!(
+        large.join_filter_removed <= 1_000,
+        "a node of the settle compared outcomes with rows pairwise: {} rows dropped by a join filter for a batch of 1,000",
+        large.join_filter_removed
+    );
+    assert!(
+        large.buffers < 15 * small.buffers,
+        "the settle's cost grew faster than its batch: {} buffers for 100, {} for 1,000",
+        small.buffers,
+        large.buffers
+    );
+}

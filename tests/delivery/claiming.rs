@@ -1,0 +1,376 @@
+//! Claim-level invariants, driven through the library's own claim/settle/lease statements on a
+//! real Postgres: fencing of late acks, reclaim of expired leases, and per-aggregate ordering
+//! between concurrent claimers.
+
+use crate::common;
+
+use common::*;
+use projector_service::settings::{Ordering, ProjectionSpec, Tuning};
+use projector_store::outbox::{claim::claim, lease, settle::settle, Verdict};
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+fn spec(projection: &str, ordering: Ordering) -> ProjectionSpec {
+    ProjectionSpec {
+        name: projection.to_owned(),
+        plugin: PathBuf::from("unused.wasm"),
+        ordering,
+        tuning: Tuning {
+            concurrency: 1,
+            batch_size: 100,
+            events_per_aggregate: 1,
+            lease: Duration::from_secs(30),
+            max_processing: Duration::from_secs(60),
+            max_attempts: 5,
+            base_backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_millis(500),
+            max_payload_bytes: 1 << 20,
+            unknown_event_types: Default::default(),
+        },
+        config: BTreeMap::new(),
+        grants: Default::default(),
+        memory_limit: projector_core::spec::DEFAULT_MEMORY_BYTES,
+        sources: BTreeMap::new(),
+    }
+}
+
+fn success() -> serde_json::Value {
+    json!({"outcome": "success"})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn late_ack_of_a_reclaimed_claim_changes_nothing() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let p = spec("fenced", Ordering::Aggregate);
+    let events: Vec<NewEvent> = (0..3)
+        .map(|i| NewEvent::new("fenced", format!("agg-{i}"), success()))
+        .collect();
+    insert_events(&db.pool, &events).await;
+
+    // Worker A claims, then stalls past its lease (GC pause, SIGSTOP, slow plugin).
+    let a = claim(&db.pool, &p, "worker-a").await.unwrap();
+    assert_eq!(a.events.len(), 3);
+    sqlx::query("UPDATE outbox_events SET lease_expires_at = now() - interval '1 second'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+
+    // Worker B reclaims the stuck rows: a new fencing token, the attempt counted again.
+    let b = claim(&db.pool, &p, "worker-b").await.unwrap();
+    assert_eq!(b.events.len(), 3);
+    assert!(
+        b.events.iter().all(|e| e.reclaimed && e.attempt == 2),
+        "{:?}",
+        b.events
+    );
+    assert_ne!(a.batch_id, b.batch_id);
+
+    // A wakes up and acks with its stale claim: nothing changes, not even the lease.
+    let failing = vec![
+        Verdict::Deterministic {
+            reason: "late".into(),
+            message: "stale".into()
+        };
+        3
+    ];
+    let late = settle(&db.pool, &a, &failing, &p.tuning, "v-a")
+        .await
+        .unwrap();
+    assert!(
+        late.is_empty(),
+        "a fenced-off ack settles nothing: {late:?}"
+    );
+    assert_eq!(
+        lease::renew(&db.pool, a.batch_id, p.tuning.lease)
+            .await
+            .unwrap(),
+        0
+    );
+    let rows = common::events(&db.pool, "fenced").await;
+    assert!(rows.iter().all(|r| r.status == "processing"
+        && r.claimed_by.as_deref() == Some("worker-b")
+        && r.claim_batch_id == Some(b.batch_id)
+        && r.error_reason.is_none()));
+
+    // B's ack lands.
+    let ok = settle(
+        &db.pool,
+        &b,
+        &[Verdict::Success, Verdict::Success, Verdict::Success],
+        &p.tuning,
+        "v-b",
+    )
+    .await
+    .unwrap();
+    assert_eq!(ok.len(), 3);
+    // And A acking again after B finished still changes nothing.
+    assert!(settle(&db.pool, &a, &failing, &p.tuning, "v-a")
+        .await
+        .unwrap()
+        .is_empty());
+    let rows = common::events(&db.pool, "fenced").await;
+    for r in &rows {
+        assert_eq!(r.status, "done");
+        assert_eq!(r.projection_version.as_deref(), Some("v-b"));
+        assert_eq!(r.claimed_by.as_deref(), Some("worker-b"));
+        assert_eq!(r.attempts, 2);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_aggregate_has_at_most_one_event_in_flight_and_a_failure_blocks_the_rest() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let p = spec("ordered", Ordering::Aggregate);
+    // Three events of aggregate X interleaved with two of Y.
+    let events = vec![
+        NewEvent::new("ordered", "X", success()),
+        NewEvent::new("ordered", "Y", success()),
+        NewEvent::new("ordered", "X", success()),
+        NewEvent::new("ordered", "Y", success()),
+        NewEvent::new("ordered", "X", success()),
+    ];
+    let ids = insert_events(&db.pool, &events).await;
+
+    let first = claim(&db.pool, &p, "w1").await.unwrap();
+    let claimed: Vec<_> = first.events.iter().map(|e| e.id).collect();
+    assert_eq!(
+        claimed,
+        vec![ids[0], ids[1]],
+        "only the head of each aggregate"
+    );
+    // A concurrent claimer finds nothing: every aggregate's head is in flight.
+    assert!(claim(&db.pool, &p, "w2").await.unwrap().events.is_empty());
+
+    // X's head fails terminally, Y's succeeds.
+    let verdicts = vec![
+        Verdict::Deterministic {
+            reason: "bad_payload".into(),
+            message: "no".into(),
+        },
+        Verdict::Success,
+    ];
+    settle(&db.pool, &first, &verdicts, &p.tuning, "v")
+        .await
+        .unwrap();
+    let second = claim(&db.pool, &p, "w2").await.unwrap();
+    let claimed: Vec<_> = second.events.iter().map(|e| e.id).collect();
+    assert_eq!(
+        claimed,
+        vec![ids[3]],
+        "Y continues; X is blocked behind its failed event"
+    );
+    settle(&db.pool, &second, &[Verdict::Success], &p.tuning, "v")
+        .await
+        .unwrap();
+    assert!(claim(&db.pool, &p, "w1").await.unwrap().events.is_empty());
+
+    // With ordering = "none" the blocked events are claimable.
+    let unordered = claim(&db.pool, &spec("ordered", Ordering::None), "w3")
+        .await
+        .unwrap();
+    let claimed: Vec<_> = unordered.events.iter().map(|e| e.id).collect();
+    assert_eq!(claimed, vec![ids[2], ids[4]]);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn transient_failures_come_back_after_their_backoff_and_exhaust_into_failed() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let mut p = spec("retry", Ordering::Aggregate);
+    p.tuning.max_attempts = 2;
+    p.tuning.base_backoff = Duration::from_millis(300);
+    p.tuning.max_backoff = Duration::from_millis(300);
+    insert_events(&db.pool, &[NewEvent::new("retry", "A", success())]).await;
+
+    let c1 = claim(&db.pool, &p, "w").await.unwrap();
+    let s = settle(
+        &db.pool,
+        &c1,
+        &[Verdict::transient("es_connect", "down")],
+        &p.tuning,
+        "v",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s[0].status, "pending");
+    let delay = s[0].retry_in.expect("a retry delay").as_secs_f64();
+    assert!(
+        (delay - 0.3).abs() < 0.001,
+        "base = max = 300ms leaves no room for jitter: {delay}"
+    );
+    // Not due yet.
+    assert!(claim(&db.pool, &p, "w").await.unwrap().events.is_empty());
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let c2 = claim(&db.pool, &p, "w").await.unwrap();
+    assert_eq!(c2.events.len(), 1);
+    assert_eq!(c2.events[0].attempt, 2);
+    let s = settle(
+        &db.pool,
+        &c2,
+        &[Verdict::transient("es_connect", "still down")],
+        &p.tuning,
+        "v",
+    )
+    .await
+    .unwrap();
+    assert_eq!(s[0].status, "failed");
+    let row = &common::events(&db.pool, "retry").await[0];
+    assert_eq!(row.failure_kind.as_deref(), Some("attempts_exhausted"));
+    assert_eq!(row.error_reason.as_deref(), Some("es_connect"));
+    assert_eq!(row.error.as_deref(), Some("still down"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stuck_rows_on_their_last_attempt_are_failed_by_the_sweep_and_released_rows_give_the_attempt_back(
+) {
+    let db = TestDb::new().await;
+    db.migrate();
+    let mut p = spec("stuck", Ordering::None);
+    p.tuning.max_attempts = 1;
+    insert_events(
+        &db.pool,
+        &[
+            NewEvent::new("stuck", "A", success()),
+            NewEvent::new("stuck", "B", success()),
+        ],
+    )
+    .await;
+
+    let c = claim(&db.pool, &p, "w").await.unwrap();
+    assert_eq!(c.events.len(), 2);
+    sqlx::query("UPDATE outbox_events SET lease_expires_at = now() - interval '1 second' WHERE aggregate_id = 'A'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    // The expired row used its only attempt: the claim leaves it, the sweep fails it.
+    assert!(claim(&db.pool, &p, "other")
+        .await
+        .unwrap()
+        .events
+        .is_empty());
+    let swept = lease::sweep_exhausted(&db.pool, &p).await.unwrap();
+    assert_eq!(swept, vec![c.events[0].seq]);
+    // The live one is released at shutdown: pending again, attempt given back, claimable.
+    assert_eq!(lease::release(&db.pool, "w", None).await.unwrap(), 1);
+    let rows = common::events(&db.pool, "stuck").await;
+    assert_eq!(
+        (rows[0].status.as_str(), rows[0].error_reason.as_deref()),
+        ("failed", Some("lease_expired"))
+    );
+    assert_eq!(
+        (
+            rows[1].status.as_str(),
+            rows[1].attempts,
+            rows[1].claim_batch_id
+        ),
+        ("pending", 0, None)
+    );
+    assert_eq!(claim(&db.pool, &p, "other").await.unwrap().events.len(), 1);
+}
+
+/// How many heads `projection` has for `aggregate` (0 or 1).
+async fn heads_of(pool: &sqlx::PgPool, projection: &str, aggregate: &str) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM outbox_heads WHERE projection = $1 AND aggregate_id = $2",
+    )
+    .bind(projection)
+    .bind(aggregate)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heads_follow_the_settle_and_the_sweep_removes_the_ones_left_empty() {
+    use projector_store::outbox::heads::sweep_empty;
+    let db = TestDb::new().await;
+    db.migrate();
+    let p = spec("heads", Ordering::Aggregate);
+    insert_events(
+        &db.pool,
+        &[
+            NewEvent::new("heads", "settled", success()),
+            NewEvent::new("heads", "by-hand", success()),
+            NewEvent::new("heads", "by-hand", success()),
+            NewEvent::new("heads", "waiting", success()),
+        ],
+    )
+    .await;
+    for aggregate in ["settled", "by-hand", "waiting"] {
+        assert_eq!(
+            heads_of(&db.pool, "heads", aggregate).await,
+            1,
+            "{aggregate}: inserted, so it has a head"
+        );
+    }
+
+    // A settle that finishes an aggregate's last event removes its head.
+    let c = claim(&db.pool, &p, "w").await.unwrap();
+    let settled: Vec<_> = c.events.iter().map(|e| e.aggregate_id.clone()).collect();
+    assert!(settled.contains(&"settled".to_owned()), "{settled:?}");
+    let verdicts: Vec<Verdict> = c
+        .events
+        .iter()
+        .map(|e| match e.aggregate_id.as_str() {
+            "waiting" => Verdict::transient("es_connect", "down"),
+            _ => Verdict::Success,
+        })
+        .collect();
+    settle(&db.pool, &c, &verdicts, &p.tuning, "v")
+        .await
+        .unwrap();
+    assert_eq!(
+        heads_of(&db.pool, "heads", "settled").await,
+        0,
+        "its only event is done"
+    );
+    assert_eq!(
+        heads_of(&db.pool, "heads", "by-hand").await,
+        1,
+        "one of its two events is left"
+    );
+    assert_eq!(
+        heads_of(&db.pool, "heads", "waiting").await,
+        1,
+        "its event waits for a retry"
+    );
+
+    // Finished other than by a settle (by hand here; an operator skip or a rebuild's supersede
+    // alike): the head is left behind, and the sweep removes it, but not one with an event left.
+    sqlx::query(
+        "UPDATE outbox_events SET status = 'done', done_at = now() WHERE aggregate_id = 'by-hand'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        heads_of(&db.pool, "heads", "by-hand").await,
+        1,
+        "control: left behind before the sweep"
+    );
+    let removed = sweep_empty(&db.pool, "heads", 1000).await.unwrap();
+    assert_eq!(removed, 1);
+    assert_eq!(heads_of(&db.pool, "heads", "by-hand").await, 0);
+    assert_eq!(
+        heads_of(&db.pool, "heads", "waiting").await,
+        1,
+        "an aggregate with an unfinished event keeps its head"
+    );
+
+    // Made unfinished again by hand: the head comes back, and the claim finds the event.
+    sqlx::query("UPDATE outbox_events SET status = 'pending', attempts = 0, next_retry_at = now() WHERE aggregate_id = 'settled'")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(heads_of(&db.pool, "heads", "settled").await, 1);
+    let again = claim(&db.pool, &p, "w").await.unwrap();
+    assert!(
+        again.events.iter().any(|e| e.aggregate_id == "settled"),
+        "{:?}",
+        again.events
+    );
+}

@@ -1,0 +1,15 @@
+//! Operating the host: the admin API, operator transitions, rebuilds, monitoring rules and dashboards, tracing, plugin-author tools, and the bench smoke run.
+//!
+//! One test binary per area: each file below is one scenario family, sharing `common` (the
+//! throwaway Postgres cluster, child hosts, plugins built once per binary).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod admin_api;
+mod bench_smoke;
+mod monitoring;
+mod operations;
+mod plugin_authoring;
+mod rebuild;
+mod tracing;

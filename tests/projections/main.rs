@@ -1,0 +1,16 @@
+//! The projections and their plugins: the three seed projections (search index, chronicle, query cache), the `sql` capability, hot swaps, the compiled-code cache, the examples, the cost of a plugin call.
+//!
+//! One test binary per area: each file below is one scenario family, sharing `common` (the
+//! throwaway Postgres cluster, child hosts, plugins built once per binary).
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod chronicle_entries;
+mod compiled_cache;
+mod examples;
+mod hot_swap;
+mod plugin_cost;
+mod query_cache;
+mod search_index;
+mod sql_capability;

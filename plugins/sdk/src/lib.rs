@@ -40,7 +40,7 @@
 //! that never calls [`sql`] builds to a component without the `sql` import and loads without
 //! the `sql` grant.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 // The bindings below name this crate by its path (`::projector_plugin_sdk::...`) so that the
 // export macro, which expands in the plugin's crate, finds them; this makes the same path work

@@ -34,11 +34,26 @@ const PYTHON_APP: &str = include_str!("templates/python/app.py");
 const RUST_SDK_DIR: &str = "vendor/projector-plugin-sdk";
 /// The Rust SDK's files (its `wit/plugin.wit` is [`CONTRACT`]).
 const RUST_SDK: &[(&str, &str)] = &[
-    ("Cargo.toml", include_str!("../../../plugins/sdk/Cargo.toml")),
-    ("src/lib.rs", include_str!("../../../plugins/sdk/src/lib.rs")),
-    ("src/reason.rs", include_str!("../../../plugins/sdk/src/reason.rs")),
-    ("src/search.rs", include_str!("../../../plugins/sdk/src/search.rs")),
-    ("src/sql.rs", include_str!("../../../plugins/sdk/src/sql.rs")),
+    (
+        "Cargo.toml",
+        include_str!("../../../plugins/sdk/Cargo.toml"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../../plugins/sdk/src/lib.rs"),
+    ),
+    (
+        "src/reason.rs",
+        include_str!("../../../plugins/sdk/src/reason.rs"),
+    ),
+    (
+        "src/search.rs",
+        include_str!("../../../plugins/sdk/src/search.rs"),
+    ),
+    (
+        "src/sql.rs",
+        include_str!("../../../plugins/sdk/src/sql.rs"),
+    ),
 ];
 const PYTHON_SDK: &str = include_str!("../../../plugins/sdk/python/projector_plugin_sdk.py");
 

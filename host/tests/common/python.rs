@@ -20,7 +20,13 @@ pub fn componentize_py_command() -> Command {
 /// install it if it is missing.
 pub fn componentize_py(world: &str, module_dir: &Path, module: &str, out: &Path) -> PathBuf {
     let sdk = repo_root().join("plugins/sdk/python");
-    build(&repo_root().join("wit"), world, &[module_dir, &sdk], module, out)
+    build(
+        &repo_root().join("wit"),
+        world,
+        &[module_dir, &sdk],
+        module,
+        out,
+    )
 }
 
 /// [`componentize_py`] against the WIT in `wit` (a scaffolded project's own `wit/`), with

@@ -1,18 +1,14 @@
 //! `stamp`: a simple sql projection built twice (`stamp-v1`, `stamp-v2`) to show plugin version
 //! swaps. It records, for every event, which plugin version applied it:
 //! `INSERT INTO stamps (event_id, seq, version) ...` (a second delivery of an event fails on the
-//! primary key, so "applied exactly once" is checked by the database itself).
+//! primary key, so "applied exactly once" is checked by the database itself). A failed insert is
+//! answered as the SDK maps database errors.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "sql-plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
-use projector::plugin::sql::execute;
-use projector::plugin::types::Failure;
+use projector_plugin_sdk::{sql, success, Event, Guest, Outcome, PluginInfo};
 
 struct Stamp;
+
+const STAMP: &str = "INSERT INTO stamps (event_id, seq, version) VALUES ($1::uuid, $2, $3)";
 
 impl Guest for Stamp {
     fn describe() -> PluginInfo {
@@ -26,26 +22,14 @@ impl Guest for Stamp {
     fn handle(events: Vec<Event>) -> Vec<Outcome> {
         events
             .iter()
-            .map(|e| {
-                let params = format!(
-                    "[\"{}\", {}, \"{}\"]",
-                    e.id,
-                    e.seq,
-                    env!("CARGO_PKG_VERSION")
-                );
-                match execute(
-                    "INSERT INTO stamps (event_id, seq, version) VALUES ($1::uuid, $2, $3)",
-                    &params,
-                ) {
-                    Ok(_) => Outcome::Success,
-                    Err(err) => Outcome::Deterministic(Failure {
-                        reason: "stamp_failed".into(),
-                        message: err.message,
-                    }),
-                }
-            })
+            .map(
+                |e| match sql::execute(STAMP, &(&e.id, e.seq, env!("CARGO_PKG_VERSION"))) {
+                    Ok(_) => success(),
+                    Err(err) => err.outcome(),
+                },
+            )
             .collect()
     }
 }
 
-export!(Stamp);
+projector_plugin_sdk::export!(Stamp);

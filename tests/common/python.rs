@@ -14,14 +14,23 @@ pub fn componentize_py_command() -> Command {
     cmd
 }
 
-/// Builds `module` (a Python module in `module_dir`) against `world` of the repository's
-/// `wit/plugin.wit` into `out`, and returns `out`. Panics with componentize-py's output if the
-/// build fails, or with how to install it if it is missing.
+/// Builds `module` (a Python module in `module_dir`, which may import the repository's plugin
+/// SDK, `plugins/sdk/python`) against `world` of the repository's `wit/plugin.wit` into `out`,
+/// and returns `out`. Panics with componentize-py's output if the build fails, or with how to
+/// install it if it is missing.
 pub fn componentize_py(world: &str, module_dir: &Path, module: &str, out: &Path) -> PathBuf {
-    componentize_py_with(&repo_root().join("wit"), world, module_dir, module, out)
+    let sdk = repo_root().join("plugins/sdk/python");
+    build(
+        &repo_root().join("wit"),
+        world,
+        &[module_dir, &sdk],
+        module,
+        out,
+    )
 }
 
-/// [`componentize_py`] against the WIT in `wit` (a scaffolded project's own `wit/`).
+/// [`componentize_py`] against the WIT in `wit` (a scaffolded project's own `wit/`), with
+/// `module_dir` (the project, holding its vendored SDK) as the only Python path.
 pub fn componentize_py_with(
     wit: &Path,
     world: &str,
@@ -29,11 +38,16 @@ pub fn componentize_py_with(
     module: &str,
     out: &Path,
 ) -> PathBuf {
-    let output = componentize_py_command()
-        .arg("-d")
-        .arg(wit)
-        .args(["-w", world, "componentize", "-p"])
-        .arg(module_dir)
+    build(wit, world, &[module_dir], module, out)
+}
+
+fn build(wit: &Path, world: &str, python_path: &[&Path], module: &str, out: &Path) -> PathBuf {
+    let mut cmd = componentize_py_command();
+    cmd.arg("-d").arg(wit).args(["-w", world, "componentize"]);
+    for dir in python_path {
+        cmd.arg("-p").arg(dir);
+    }
+    let output = cmd
         .arg(module)
         .arg("-o")
         .arg(out)

@@ -11,6 +11,7 @@ mod compiled_cache;
 mod examples;
 mod hot_swap;
 mod plugin_cost;
+mod plugin_sdk;
 mod query_cache;
 mod search_index;
 mod sql_capability;

@@ -8,28 +8,20 @@ action context) into the read model `chronicle_entries` through the host's `sql`
 - Payload (camelCase): `chronicleEventId`, `actorUserId`, `entityType`, `entityId`, `eventType`,
   `before`, `after`, `occurredAt`, `requestId`, `reason`. A missing actor or entity (or id, type,
   time) is a deterministic `bad_payload`: the chronicle would lose its accountability.
-- Database errors map to outcomes: serialization failures, timeouts and connection errors are
-  transient; permission and other errors are deterministic.
+- Database errors map to outcomes as the plugin SDK maps them (plugins/sdk/python,
+  `projector_plugin_sdk`): serialization failures, timeouts and connection errors are transient;
+  permission and other errors are deterministic, a value Postgres refuses as data is bad_payload.
 
-Build (from the repository root):
-    componentize-py -d wit -w sql-plugin componentize -p examples/python/chronicle_entries app \
-        -o chronicle_entries_py.wasm
+Build (from the repository root; the second `-p` is the SDK's directory):
+    componentize-py -d wit -w sql-plugin componentize -p examples/python/chronicle_entries \
+        -p plugins/sdk/python app -o chronicle_entries_py.wasm
 """
 
 import json
 
-from componentize_py_types import Err
+import projector_plugin_sdk as sdk
 from wit_world import exports
-from wit_world.imports import sql
-from wit_world.imports.types import (
-    Event,
-    Failure,
-    Outcome,
-    Outcome_Deterministic,
-    Outcome_Success,
-    Outcome_Transient,
-    PluginInfo,
-)
+from wit_world.imports.types import Event, Outcome, PluginInfo
 
 UPSERT = """
 INSERT INTO chronicle_entries (id, actor_user_id, entity_type, entity_id, event_type, summary,
@@ -42,26 +34,6 @@ ON CONFLICT (id) DO UPDATE SET
     request_id = EXCLUDED.request_id, reason = EXCLUDED.reason"""
 
 REQUIRED = ["chronicleEventId", "actorUserId", "entityType", "entityId", "eventType", "occurredAt"]
-
-TRANSIENT = {
-    sql.ErrorKind.SERIALIZATION_FAILURE: "sql_serialization",
-    sql.ErrorKind.TIMEOUT: "sql_timeout",
-    sql.ErrorKind.CONNECTION: "sql_connection",
-}
-
-
-def deterministic(reason: str, message: str) -> Outcome:
-    return Outcome_Deterministic(Failure(reason, message))
-
-
-def from_sql(e: sql.SqlError) -> Outcome:
-    message = f"{e.message} ({e.code})"
-    if e.kind in TRANSIENT:
-        return Outcome_Transient(Failure(TRANSIENT[e.kind], message))
-    if e.kind == sql.ErrorKind.PERMISSION_DENIED:
-        return deterministic("sql_permission", message)
-    return deterministic("sql_error", message)
-
 
 def text(payload: dict, key: str):
     """A non-blank string field, else None."""
@@ -80,10 +52,10 @@ def project(event: Event) -> Outcome:
     except ValueError:
         p = None
     if not isinstance(p, dict):
-        return deterministic("bad_payload", "payload is not a JSON object")
+        return sdk.deterministic(sdk.BAD_PAYLOAD, "payload is not a JSON object")
     missing = [key for key in REQUIRED if text(p, key) is None]
     if missing:
-        return deterministic("bad_payload", "missing " + ", ".join(missing))
+        return sdk.deterministic(sdk.BAD_PAYLOAD, "missing " + ", ".join(missing))
     actor, entity_type, entity_id, event_type = (
         p["actorUserId"], p["entityType"], p["entityId"], p["eventType"])
     params = [
@@ -100,10 +72,10 @@ def project(event: Event) -> Outcome:
         text(p, "reason"),
     ]
     try:
-        sql.execute(UPSERT, json.dumps(params))
-    except Err as e:
-        return from_sql(e.value)
-    return Outcome_Success()
+        sdk.execute(UPSERT, params)
+    except sdk.Failed as failed:
+        return failed.outcome
+    return sdk.success()
 
 
 class Projection(exports.Projection):

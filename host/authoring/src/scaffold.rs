@@ -1,9 +1,15 @@
 //! `projector plugin new`: writes a ready-to-build plugin project.
 //!
 //! What it writes (Rust / Python):
-//! - `wit/deps/projector-plugin/plugin.wit`: the contract this host speaks (a copy of the
-//!   repository's `wit/plugin.wit`), and `wit/world.wit`: the world `projection`, which includes
-//!   `projector:plugin/plugin@0.1.0` and imports the chosen capabilities.
+//! - the plugin SDK, vendored: for Rust `vendor/projector-plugin-sdk/` (a copy of the
+//!   repository's `plugins/sdk` crate, with the contract this host speaks in its `wit/`), for
+//!   Python `projector_plugin_sdk.py` (`plugins/sdk/python`). A copy rather than a path into the
+//!   repository: the project lives anywhere, builds offline, and the SDK it was written against
+//!   stays with it.
+//! - Python only: `wit/deps/projector-plugin/plugin.wit` (the contract, a copy of the repository's
+//!   `wit/plugin.wit`) and `wit/world.wit`, the world `projection` componentize-py builds against,
+//!   which includes `projector:plugin/plugin@0.1.0` and imports the chosen capabilities. A Rust
+//!   component gets its bindings from the SDK and imports the capabilities its code calls.
 //! - the handler (`src/lib.rs` with `Cargo.toml` and `rust-toolchain.toml`, or `app.py`),
 //! - `migrations/0001_<table>.sql` when the plugin uses `sql`,
 //! - its test: `tests/events.jsonl` and `tests/expected.jsonl` for `projector plugin test`,
@@ -23,6 +29,33 @@ const RUST_LIB: &str = include_str!("templates/rust/lib.rs");
 const RUST_CARGO: &str = include_str!("templates/rust/Cargo.toml");
 const RUST_TOOLCHAIN: &str = include_str!("templates/rust/rust-toolchain.toml");
 const PYTHON_APP: &str = include_str!("templates/python/app.py");
+
+/// Where the Rust SDK is vendored in a project.
+const RUST_SDK_DIR: &str = "vendor/projector-plugin-sdk";
+/// The Rust SDK's files (its `wit/plugin.wit` is [`CONTRACT`]).
+const RUST_SDK: &[(&str, &str)] = &[
+    (
+        "Cargo.toml",
+        include_str!("../../../plugins/sdk/Cargo.toml"),
+    ),
+    (
+        "src/lib.rs",
+        include_str!("../../../plugins/sdk/src/lib.rs"),
+    ),
+    (
+        "src/reason.rs",
+        include_str!("../../../plugins/sdk/src/reason.rs"),
+    ),
+    (
+        "src/search.rs",
+        include_str!("../../../plugins/sdk/src/search.rs"),
+    ),
+    (
+        "src/sql.rs",
+        include_str!("../../../plugins/sdk/src/sql.rs"),
+    ),
+];
+const PYTHON_SDK: &str = include_str!("../../../plugins/sdk/python/projector_plugin_sdk.py");
 
 /// componentize-py's release the Python route is tested with (see `scripts/lib/setup.sh`).
 pub const COMPONENTIZE_PY_VERSION: &str = "0.25.1";
@@ -235,11 +268,6 @@ pub fn write(
     let (events, expected) = test_files(name, &capabilities);
     let render = |t: &str| render(t, name, &capabilities);
     let mut files: Vec<(PathBuf, String)> = vec![
-        (
-            "wit/deps/projector-plugin/plugin.wit".into(),
-            CONTRACT.to_owned(),
-        ),
-        ("wit/world.wit".into(), render(WORLD)),
         ("tests/events.jsonl".into(), events),
         ("tests/expected.jsonl".into(), expected),
         ("README.md".into(), readme(name, lang, &capabilities)),
@@ -250,8 +278,19 @@ pub fn write(
             files.push(("rust-toolchain.toml".into(), RUST_TOOLCHAIN.to_owned()));
             files.push(("src/lib.rs".into(), render(RUST_LIB)));
             files.push((".gitignore".into(), "/target\n".into()));
+            let sdk = Path::new(RUST_SDK_DIR);
+            for (path, text) in RUST_SDK {
+                files.push((sdk.join(path), (*text).to_owned()));
+            }
+            files.push((sdk.join("wit/plugin.wit"), CONTRACT.to_owned()));
         }
         Lang::Python => {
+            files.push((
+                "wit/deps/projector-plugin/plugin.wit".into(),
+                CONTRACT.to_owned(),
+            ));
+            files.push(("wit/world.wit".into(), render(WORLD)));
+            files.push(("projector_plugin_sdk.py".into(), PYTHON_SDK.to_owned()));
             files.push(("app.py".into(), render(PYTHON_APP)));
             files.push((".gitignore".into(), format!("__pycache__/\n/{name}.wasm\n")));
         }

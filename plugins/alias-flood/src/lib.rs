@@ -8,14 +8,8 @@
 //! The aliasing is made with `unsafe` on purpose: safe code cannot produce it, a hand-written
 //! component can. The buffer is leaked, so the plugin never frees it twice.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
-use projector::plugin::config::get;
-use projector::plugin::types::Failure;
+use projector_plugin_sdk::config::get;
+use projector_plugin_sdk::{Event, Failure, Guest, Outcome, PluginInfo};
 
 struct AliasFlood;
 
@@ -52,4 +46,4 @@ impl Guest for AliasFlood {
     }
 }
 
-export!(AliasFlood);
+projector_plugin_sdk::export!(AliasFlood);

@@ -7,14 +7,8 @@
 //! aim it at what a leak would really reach: `connect` (comma-separated `host:port`s, e.g. the
 //! test's Postgres and a listener the test opened) and `read` (comma-separated file paths).
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
-use projector::plugin::config::get;
-use projector::plugin::types::Failure;
+use projector_plugin_sdk::config::get;
+use projector_plugin_sdk::{deterministic, success, Event, Guest, Outcome, PluginInfo};
 use std::io::Write;
 
 struct Ambient;
@@ -81,16 +75,13 @@ impl Guest for Ambient {
             .iter()
             .map(|_| {
                 if found.is_empty() {
-                    Outcome::Success
+                    success()
                 } else {
-                    Outcome::Deterministic(Failure {
-                        reason: "ambient_authority".into(),
-                        message: found.join(", "),
-                    })
+                    deterministic("ambient_authority", found.join(", "))
                 }
             })
             .collect()
     }
 }
 
-export!(Ambient);
+projector_plugin_sdk::export!(Ambient);

@@ -8,21 +8,18 @@
 //!   `actorUserId`, `entityType`, `entityId`, `eventType`, `before`, `after`, `occurredAt`,
 //!   `requestId`, `reason`. A missing actor or entity (or id, type, time) is a deterministic
 //!   `bad_payload`: the chronicle would lose its accountability.
-//! - Database errors map to outcomes: serialization failures, timeouts and connection errors are
-//!   transient; permission and other errors are deterministic.
+//! - Database errors map to outcomes as the SDK maps them (`projector_plugin_sdk::sql`):
+//!   serialization failures, timeouts and connection errors are transient; permission and other
+//!   errors are deterministic, a value Postgres refuses as data (a malformed `occurredAt`) is
+//!   `bad_payload`.
 //! - One statement per batch: the valid events of a batch are upserted together (one round trip,
 //!   not one per event). If that statement fails, every event in it is charged with the error;
 //!   the host then rolls the batch back and re-runs it one event per call (see
 //!   `Handler::handle_in_transaction`), so only the culprit keeps its failure.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "sql-plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
-use projector::plugin::sql::{execute, ErrorKind, SqlError};
-use projector::plugin::types::Failure;
+use projector_plugin_sdk::{
+    deterministic, reason, sql, success, Event, Guest, Outcome, PluginInfo,
+};
 use serde_json::{json, Value};
 
 const UPSERT: &str = "\
@@ -51,29 +48,6 @@ ON CONFLICT (id) DO UPDATE SET
 
 struct ChronicleEntries;
 
-fn deterministic(reason: &str, message: String) -> Outcome {
-    Outcome::Deterministic(Failure {
-        reason: reason.into(),
-        message,
-    })
-}
-
-fn from_sql(e: SqlError) -> Outcome {
-    let failure = |reason: &str| Failure {
-        reason: reason.into(),
-        message: format!("{} ({})", e.message, e.code),
-    };
-    match e.kind {
-        ErrorKind::SerializationFailure => Outcome::Transient(failure("sql_serialization")),
-        ErrorKind::Timeout => Outcome::Transient(failure("sql_timeout")),
-        ErrorKind::Connection => Outcome::Transient(failure("sql_connection")),
-        ErrorKind::PermissionDenied => Outcome::Deterministic(failure("sql_permission")),
-        ErrorKind::UniqueViolation | ErrorKind::Other => {
-            Outcome::Deterministic(failure("sql_error"))
-        }
-    }
-}
-
 fn text<'a>(p: &'a Value, key: &str) -> Option<&'a str> {
     p.get(key)
         .and_then(Value::as_str)
@@ -86,8 +60,8 @@ fn entry(event: &Event) -> Result<Value, Outcome> {
         Ok(v @ Value::Object(_)) => v,
         _ => {
             return Err(deterministic(
-                "bad_payload",
-                "payload is not a JSON object".into(),
+                reason::BAD_PAYLOAD,
+                "payload is not a JSON object",
             ))
         }
     };
@@ -107,7 +81,7 @@ fn entry(event: &Event) -> Result<Value, Outcome> {
     let occurred_at = need("occurredAt");
     if !missing.is_empty() {
         return Err(deterministic(
-            "bad_payload",
+            reason::BAD_PAYLOAD,
             format!("missing {}", missing.join(", ")),
         ));
     }
@@ -154,15 +128,12 @@ impl Guest for ChronicleEntries {
         }
         let written = match rows.len() {
             0 => Ok(0),
-            1 => execute(UPSERT, &rows[0].to_string()),
-            _ => execute(
-                UPSERT_MANY,
-                &Value::Array(vec![Value::Array(rows)]).to_string(),
-            ),
+            1 => sql::execute(UPSERT, &rows[0]),
+            _ => sql::execute(UPSERT_MANY, &(rows,)),
         };
         let result = match written {
-            Ok(_) => Outcome::Success,
-            Err(e) => from_sql(e),
+            Ok(_) => success(),
+            Err(e) => e.outcome(),
         };
         outcomes
             .into_iter()
@@ -171,4 +142,4 @@ impl Guest for ChronicleEntries {
     }
 }
 
-export!(ChronicleEntries);
+projector_plugin_sdk::export!(ChronicleEntries);

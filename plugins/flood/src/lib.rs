@@ -8,14 +8,8 @@
 //! - `reason`: the failure's reason (default `flood`).
 //! - `message_bytes`: the failure message's size in bytes (default 5), padded like log lines.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
-use projector::plugin::log::{log, Level};
-use projector::plugin::types::Failure;
+use projector_plugin_sdk::log::{log, Level};
+use projector_plugin_sdk::{deterministic, success, transient, Event, Guest, Outcome, PluginInfo};
 use serde_json::Value;
 
 struct Flood;
@@ -36,7 +30,8 @@ fn padded(prefix: &str, bytes: usize) -> String {
 
 fn run(event: &Event) -> Outcome {
     let script: Value = serde_json::from_str(&event.payload).unwrap_or(Value::Null);
-    let number = |key: &str, default: u64| script.get(key).and_then(Value::as_u64).unwrap_or(default);
+    let number =
+        |key: &str, default: u64| script.get(key).and_then(Value::as_u64).unwrap_or(default);
     let lines = number("log_lines", 0);
     let line_bytes = number("log_bytes", 100) as usize;
     for n in 0..lines {
@@ -46,18 +41,19 @@ fn run(event: &Event) -> Outcome {
             &padded(&format!("flood {} {n} ", event.id), line_bytes),
         );
     }
-    let failure = || Failure {
-        reason: script
-            .get("reason")
-            .and_then(Value::as_str)
-            .unwrap_or("flood")
-            .to_owned(),
-        message: padded("flood ", number("message_bytes", 5) as usize),
-    };
-    match script.get("outcome").and_then(Value::as_str).unwrap_or("success") {
-        "transient" => Outcome::Transient(failure()),
-        "deterministic" => Outcome::Deterministic(failure()),
-        _ => Outcome::Success,
+    let reason = script
+        .get("reason")
+        .and_then(Value::as_str)
+        .unwrap_or("flood");
+    let message = || padded("flood ", number("message_bytes", 5) as usize);
+    match script
+        .get("outcome")
+        .and_then(Value::as_str)
+        .unwrap_or("success")
+    {
+        "transient" => transient(reason, message()),
+        "deterministic" => deterministic(reason, message()),
+        _ => success(),
     }
 }
 
@@ -75,4 +71,4 @@ impl Guest for Flood {
     }
 }
 
-export!(Flood);
+projector_plugin_sdk::export!(Flood);

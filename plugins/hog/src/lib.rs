@@ -1,12 +1,7 @@
 //! `hog`: allocates without bound in `handle`, to show that the host's memory cap stops it inside
 //! the sandbox (`plugin_oom`) without disturbing other projections.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
+use projector_plugin_sdk::{Event, Guest, Outcome, PluginInfo};
 
 struct Hog;
 
@@ -25,10 +20,13 @@ impl Guest for Hog {
             // Touch every page so the memory is really used.
             hoard.push(vec![1u8; 1 << 20]);
             if hoard.len() == usize::MAX {
-                return events.iter().map(|_| Outcome::Success).collect();
+                return events
+                    .iter()
+                    .map(|_| projector_plugin_sdk::success())
+                    .collect();
             }
         }
     }
 }
 
-export!(Hog);
+projector_plugin_sdk::export!(Hog);

@@ -1,12 +1,7 @@
 //! `noop`: answers `success` for every event and touches nothing. It measures the host's own
 //! cost (claim, call, ack) without any sink in the way.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
+use projector_plugin_sdk::{success, Event, Guest, Outcome, PluginInfo};
 
 struct Noop;
 
@@ -20,8 +15,8 @@ impl Guest for Noop {
     }
 
     fn handle(events: Vec<Event>) -> Vec<Outcome> {
-        events.iter().map(|_| Outcome::Success).collect()
+        events.iter().map(|_| success()).collect()
     }
 }
 
-export!(Noop);
+projector_plugin_sdk::export!(Noop);

@@ -49,20 +49,15 @@
 //! transaction commits (and drops it with the event's savepoint if the event fails), and once per
 //! key per transaction.
 //!
-//! Database errors map to outcomes as in `chronicle-entries` (serialization failures and
-//! deadlocks, timeouts, connection errors transient; permission and other errors deterministic),
-//! except data exceptions (SQLSTATE class 22: a malformed timestamp, an out-of-range number),
-//! which are the payload's fault: `bad_payload`.
+//! Database errors map to outcomes as the SDK maps them (`projector_plugin_sdk::sql`:
+//! serialization failures and deadlocks, timeouts, connection errors transient; permission and
+//! other errors deterministic), data exceptions (SQLSTATE class 22: a malformed timestamp, an
+//! out-of-range number) included, which are the payload's fault: `bad_payload`.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "sql-plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
-use projector::plugin::log::{log, Level};
-use projector::plugin::sql::{execute, query, ErrorKind, SqlError};
-use projector::plugin::types::Failure;
+use projector_plugin_sdk::log::{log, Level};
+use projector_plugin_sdk::sql::{self, execute};
+use projector_plugin_sdk::{deterministic, reason, success, Event, Guest, Outcome, PluginInfo};
+use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 /// The channel API caches listen on.
@@ -145,49 +140,6 @@ fn nullable_int(n: Option<i64>) -> Option<String> {
 /// An event's processing either runs to its end or stops early with an outcome.
 type Step<T> = Result<T, Outcome>;
 
-fn deterministic(reason: &str, message: impl Into<String>) -> Outcome {
-    Outcome::Deterministic(Failure {
-        reason: reason.into(),
-        message: message.into(),
-    })
-}
-
-fn from_sql(e: SqlError) -> Outcome {
-    let failure = |reason: &str| Failure {
-        reason: reason.into(),
-        message: format!("{} ({})", e.message, e.code),
-    };
-    match e.kind {
-        ErrorKind::SerializationFailure => Outcome::Transient(failure("sql_serialization")),
-        ErrorKind::Timeout => Outcome::Transient(failure("sql_timeout")),
-        ErrorKind::Connection => Outcome::Transient(failure("sql_connection")),
-        ErrorKind::PermissionDenied => Outcome::Deterministic(failure("sql_permission")),
-        ErrorKind::Other if e.code.starts_with("22") => {
-            Outcome::Deterministic(failure("bad_payload"))
-        }
-        ErrorKind::UniqueViolation | ErrorKind::Other => {
-            Outcome::Deterministic(failure("sql_error"))
-        }
-    }
-}
-
-fn exec(statement: &str, params: Value) -> Step<u64> {
-    execute(statement, &params.to_string()).map_err(from_sql)
-}
-
-fn rows(statement: &str, params: Value) -> Step<Vec<Map<String, Value>>> {
-    let text = query(statement, &params.to_string()).map_err(from_sql)?;
-    let rows: Vec<Value> = serde_json::from_str(&text)
-        .map_err(|e| deterministic("sql_error", format!("rows are not JSON: {e}")))?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|r| match r {
-            Value::Object(m) => Some(m),
-            _ => None,
-        })
-        .collect())
-}
-
 /// Reads a payload's fields, collecting every problem so `bad_payload` names them all.
 struct Payload {
     fields: Map<String, Value>,
@@ -201,7 +153,10 @@ impl Payload {
                 fields,
                 problems: Vec::new(),
             }),
-            _ => Err(deterministic("bad_payload", "payload is not a JSON object")),
+            _ => Err(deterministic(
+                reason::BAD_PAYLOAD,
+                "payload is not a JSON object",
+            )),
         }
     }
 
@@ -251,7 +206,7 @@ impl Payload {
         if self.problems.is_empty() {
             Ok(())
         } else {
-            Err(deterministic("bad_payload", self.problems.join("; ")))
+            Err(deterministic(reason::BAD_PAYLOAD, self.problems.join("; ")))
         }
     }
 }
@@ -287,10 +242,12 @@ struct Target<'a> {
     request_id: Option<String>,
 }
 
-/// The locked row of a position that exists.
+/// The locked row of a position that exists ([`CURRENT`]'s columns).
+#[derive(Deserialize)]
 struct Current {
     last_event_seq: i64,
     deleted: bool,
+    #[serde(rename = "assignment_history")]
     history: Vec<Value>,
     /// The event's occurredAt, normalised by Postgres.
     at: String,
@@ -363,37 +320,14 @@ fn apply(event: &Event) -> Step<Outcome> {
 }
 
 fn lock_job_level(tenant: &str, job_level: &str) -> Step<()> {
-    exec(
-        LOCK_JOB_LEVEL,
-        json!([format!("query-cache/job-level/{tenant}/{job_level}")]),
-    )
-    .map(|_| ())
+    let key = format!("query-cache/job-level/{tenant}/{job_level}");
+    execute(LOCK_JOB_LEVEL, &(key,))?;
+    Ok(())
 }
 
 fn current(t: &Target) -> Step<Option<Current>> {
-    let Some(row) = rows(CURRENT, json!([t.tenant, t.code, t.occurred_at]))?
-        .into_iter()
-        .next()
-    else {
-        return Ok(None);
-    };
-    let corrupt = || deterministic("sql_error", "position_cache row has an unexpected shape");
-    Ok(Some(Current {
-        last_event_seq: row
-            .get("last_event_seq")
-            .and_then(Value::as_i64)
-            .ok_or_else(corrupt)?,
-        deleted: row.get("deleted").and_then(Value::as_bool).unwrap_or(false),
-        history: match row.get("assignment_history") {
-            Some(Value::Array(entries)) => entries.clone(),
-            _ => return Err(corrupt()),
-        },
-        at: row
-            .get("at")
-            .and_then(Value::as_str)
-            .ok_or_else(corrupt)?
-            .to_owned(),
-    }))
+    let rows = sql::query(CURRENT, &json!([t.tenant, t.code, t.occurred_at]))?;
+    Ok(rows.into_iter().next())
 }
 
 fn apply_change(t: &Target, change: Change) -> Step<Outcome> {
@@ -409,7 +343,7 @@ fn apply_change(t: &Target, change: Change) -> Step<Outcome> {
                     row.last_event_seq
                 ),
             );
-            return Ok(Outcome::Success);
+            return Ok(success());
         }
     }
     let unknown = || {
@@ -433,9 +367,9 @@ fn apply_change(t: &Target, change: Change) -> Step<Outcome> {
             if let Some(level) = &job_level {
                 lock_job_level(&t.tenant, level)?;
             }
-            exec(
+            execute(
                 CREATE,
-                json!([
+                &json!([
                     t.tenant,
                     t.code,
                     title,
@@ -459,9 +393,9 @@ fn apply_change(t: &Target, change: Change) -> Step<Outcome> {
             if let Some(level) = &job_level {
                 lock_job_level(&t.tenant, level)?;
             }
-            exec(
+            execute(
                 UPDATE,
-                json!([
+                &json!([
                     t.tenant,
                     t.code,
                     title,
@@ -475,11 +409,11 @@ fn apply_change(t: &Target, change: Change) -> Step<Outcome> {
         }
         Change::Deleted => {
             if found.ok_or_else(unknown)?.deleted {
-                return Ok(Outcome::Success);
+                return Ok(success());
             }
-            exec(
+            execute(
                 DELETE,
-                json!([t.tenant, t.code, t.occurred_at, seq, t.request_id]),
+                &json!([t.tenant, t.code, t.occurred_at, seq, t.request_id]),
             )?
         }
         Change::Filled {
@@ -491,7 +425,7 @@ fn apply_change(t: &Target, change: Change) -> Step<Outcome> {
                 return Err(deleted());
             }
             if row.history.iter().any(|e| e["assignmentId"] == *assignment) {
-                return Ok(Outcome::Success);
+                return Ok(success());
             }
             row.history.push(json!({
                 "assignmentId": assignment,
@@ -518,16 +452,19 @@ fn apply_change(t: &Target, change: Change) -> Step<Outcome> {
                 ));
             };
             if !entry["closedAt"].is_null() {
-                return Ok(Outcome::Success);
+                return Ok(success());
             }
             entry["closedAt"] = json!(at);
             write_history(t, &row)?
         }
     };
     if changed > 0 {
-        exec(NOTIFY, json!([CHANNEL, format!("{}:{}", t.tenant, t.code)]))?;
+        execute(
+            NOTIFY,
+            &json!([CHANNEL, format!("{}:{}", t.tenant, t.code)]),
+        )?;
     }
-    Ok(Outcome::Success)
+    Ok(success())
 }
 
 fn write_history(t: &Target, row: &Current) -> Step<u64> {
@@ -536,9 +473,9 @@ fn write_history(t: &Target, row: &Current) -> Step<u64> {
         .iter()
         .filter(|e| e["closedAt"].is_null())
         .count();
-    exec(
+    let written = execute(
         WRITE_HISTORY,
-        json!([
+        &json!([
             t.tenant,
             t.code,
             row.history,
@@ -547,7 +484,8 @@ fn write_history(t: &Target, row: &Current) -> Step<u64> {
             t.occurred_at,
             t.request_id
         ]),
-    )
+    )?;
+    Ok(written)
 }
 
 fn new_job_level_version(
@@ -557,17 +495,20 @@ fn new_job_level_version(
     version: i64,
 ) -> Step<Outcome> {
     lock_job_level(tenant, job_level)?;
-    exec(
+    execute(
         UPSERT_JOB_LEVEL,
-        json!([tenant, job_level, version, event.seq]),
+        &json!([tenant, job_level, version, event.seq]),
     )?;
-    let positions = exec(BUMP_POSITIONS, json!([tenant, job_level, version, CHANNEL]))?;
+    let positions = execute(
+        BUMP_POSITIONS,
+        &json!([tenant, job_level, version, CHANNEL]),
+    )?;
     log(
         Level::Debug,
         Some(&event.id),
         &format!("job level {tenant}:{job_level} version {version}: {positions} positions changed"),
     );
-    Ok(Outcome::Success)
+    Ok(success())
 }
 
 impl Guest for QueryCache {
@@ -590,4 +531,4 @@ impl Guest for QueryCache {
 
 struct QueryCache;
 
-export!(QueryCache);
+projector_plugin_sdk::export!(QueryCache);

@@ -1,12 +1,7 @@
 //! `runaway`: never returns from `handle` (a tight loop with no host calls), to show that the
 //! host's epoch deadline interrupts it (`plugin_timeout`) without disturbing other projections.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
+use projector_plugin_sdk::{Event, Guest, Outcome, PluginInfo};
 
 struct Runaway;
 
@@ -27,4 +22,4 @@ impl Guest for Runaway {
     }
 }
 
-export!(Runaway);
+projector_plugin_sdk::export!(Runaway);

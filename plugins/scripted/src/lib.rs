@@ -16,14 +16,9 @@
 //!
 //! A payload that is not a JSON object with a known `outcome` is a deterministic `bad_payload`.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
-use projector::plugin::log::{log, Level};
-use projector::plugin::types::Failure;
+use projector_plugin_sdk::log::{log, Level};
+use projector_plugin_sdk::{config, deterministic, reason, transient};
+use projector_plugin_sdk::{Event, Guest, Outcome, PluginInfo};
 use serde_json::Value;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -36,12 +31,23 @@ fn now_micros() -> u128 {
         .unwrap_or(0)
 }
 
-fn failure(script: &Value, default_reason: &str) -> Failure {
+/// The scripted failure's reason and message, `default_reason` when the script names none.
+fn failure(script: &Value, default_reason: &'static str) -> (String, String) {
     let text = |key: &str| script.get(key).and_then(Value::as_str).map(str::to_owned);
-    Failure {
-        reason: text("reason").unwrap_or_else(|| default_reason.to_owned()),
-        message: text("message").unwrap_or_else(|| format!("scripted {default_reason}")),
-    }
+    (
+        text("reason").unwrap_or_else(|| default_reason.to_owned()),
+        text("message").unwrap_or_else(|| format!("scripted {default_reason}")),
+    )
+}
+
+fn scripted_transient(script: &Value) -> Outcome {
+    let (reason, message) = failure(script, reason::ES_CONNECT);
+    transient(&reason, message)
+}
+
+fn scripted_deterministic(script: &Value) -> Outcome {
+    let (reason, message) = failure(script, reason::BAD_PAYLOAD);
+    deterministic(&reason, message)
 }
 
 /// The outcome for one event; `None` means "return the wrong number of outcomes".
@@ -49,10 +55,10 @@ fn run(event: &Event) -> Option<Outcome> {
     let script: Value = match serde_json::from_str(&event.payload) {
         Ok(v @ Value::Object(_)) => v,
         _ => {
-            return Some(Outcome::Deterministic(Failure {
-                reason: "bad_payload".into(),
-                message: format!("payload of {} is not a JSON object", event.id),
-            }))
+            return Some(deterministic(
+                reason::BAD_PAYLOAD,
+                format!("payload of {} is not a JSON object", event.id),
+            ))
         }
     };
     let logged = script.get("log").and_then(Value::as_bool).unwrap_or(false);
@@ -66,19 +72,19 @@ fn run(event: &Event) -> Option<Outcome> {
     if let Some(ms) = script.get("sleep_ms").and_then(Value::as_u64) {
         std::thread::sleep(Duration::from_millis(ms));
     }
-    let configured = projector::plugin::config::get("outcome");
+    let configured = config::get("outcome");
     let chosen = match script.get("outcome").and_then(Value::as_str).unwrap_or("") {
         "from_config" => configured.as_deref().unwrap_or("config_missing"),
         other => other,
     };
     let outcome = match chosen {
-        "config_missing" => Some(Outcome::Deterministic(Failure {
-            reason: "bad_config".into(),
-            message: "the projection's config has no `outcome`".into(),
-        })),
+        "config_missing" => Some(deterministic(
+            reason::BAD_CONFIG,
+            "the projection's config has no `outcome`",
+        )),
         "success" => Some(Outcome::Success),
-        "transient" => Some(Outcome::Transient(failure(&script, "es_connect"))),
-        "deterministic" => Some(Outcome::Deterministic(failure(&script, "bad_payload"))),
+        "transient" => Some(scripted_transient(&script)),
+        "deterministic" => Some(scripted_deterministic(&script)),
         "transient_then_success" => {
             let fail_times = script
                 .get("fail_times")
@@ -87,7 +93,7 @@ fn run(event: &Event) -> Option<Outcome> {
             if u64::from(event.attempt) > fail_times {
                 Some(Outcome::Success)
             } else {
-                Some(Outcome::Transient(failure(&script, "es_connect")))
+                Some(scripted_transient(&script))
             }
         }
         "trap" => panic!("scripted trap for event {}", event.id),
@@ -98,10 +104,10 @@ fn run(event: &Event) -> Option<Outcome> {
             }
         }
         "wrong_count" => None,
-        other => Some(Outcome::Deterministic(Failure {
-            reason: "bad_payload".into(),
-            message: format!("unknown scripted outcome {other:?}"),
-        })),
+        other => Some(deterministic(
+            reason::BAD_PAYLOAD,
+            format!("unknown scripted outcome {other:?}"),
+        )),
     };
     if logged {
         log(
@@ -141,4 +147,4 @@ impl Guest for Scripted {
     }
 }
 
-export!(Scripted);
+projector_plugin_sdk::export!(Scripted);

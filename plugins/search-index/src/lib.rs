@@ -19,44 +19,22 @@
 //! a success. A delete leaves a versioned tombstone, so an older event re-delivered after it
 //! does not bring the document back.
 //!
-//! Outcomes: one bulk request per batch. Per item: 2xx, 404 on delete and 409 are `success`; 429
-//! is transient `es_429`; 5xx transient `es_5xx`; 400 (mapping or parsing) deterministic
-//! `es_mapping`; any other 4xx deterministic `es_rejected`. A request that fails whole: server
-//! unreachable → transient `es_connect`; 429 / 5xx → transient `es_429` / `es_5xx`; 401/403 →
-//! transient `es_auth` (credentials are fixed by an operator, not by the event); other statuses
-//! → deterministic `es_status`; an index outside the grant → deterministic `es_forbidden`.
-//! Before anything is sent: a payload that is not a JSON object, misses its required field or
-//! has an unknown event type → deterministic `bad_payload`; no `index` → deterministic
-//! `bad_config`.
+//! Outcomes: one bulk request per batch, its answers classified by the SDK
+//! (`projector_plugin_sdk::search`): per item, 2xx, 404 on delete and 409 are `success`; 429,
+//! 408 and 5xx transient (`es_429`, `es_timeout`, `es_5xx`); 400 (mapping or parsing)
+//! deterministic `es_mapping`; any other 4xx deterministic `es_rejected`. A request that fails
+//! whole: server unreachable → transient `es_connect`; 429 / 408 / 5xx as for an item; 401/403
+//! → transient `es_auth` (credentials are fixed by an operator, not by the event); other
+//! statuses → deterministic `es_status`; an index outside the grant → deterministic
+//! `es_forbidden`. Before anything is sent: a payload that is not a JSON object, misses its
+//! required field or has an unknown event type → deterministic `bad_payload`; no `index` →
+//! deterministic `bad_config`.
 
-wit_bindgen::generate!({
-    path: "../../wit",
-    world: "search-plugin",
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
-use projector::plugin::config;
-use projector::plugin::log::{log, Level};
-use projector::plugin::search::{self, Action, BulkError, ItemResult, Operation};
-use projector::plugin::types::Failure;
+use projector_plugin_sdk::search::{self, Action, Operation};
+use projector_plugin_sdk::{config, deterministic, reason, Event, Guest, Outcome, PluginInfo};
 use serde_json::{Map, Value};
 
 struct SearchIndex;
-
-fn failure(reason: &str, message: impl Into<String>) -> Failure {
-    Failure {
-        reason: reason.into(),
-        message: message.into(),
-    }
-}
-
-fn deterministic(reason: &str, message: impl Into<String>) -> Outcome {
-    Outcome::Deterministic(failure(reason, message))
-}
-
-fn transient(reason: &str, message: impl Into<String>) -> Outcome {
-    Outcome::Transient(failure(reason, message))
-}
 
 /// The field a document of `entity` cannot do without.
 fn required_field(entity: &str) -> Option<&'static str> {
@@ -70,7 +48,8 @@ fn required_field(entity: &str) -> Option<&'static str> {
 
 /// The bulk operation for `event`, or why it has none.
 fn operation(event: &Event, index: &str) -> Result<Operation, Outcome> {
-    let bad = |why: String| deterministic("bad_payload", format!("{}: {why}", event.event_type));
+    let bad =
+        |why: String| deterministic(reason::BAD_PAYLOAD, format!("{}: {why}", event.event_type));
     let (entity, action) = event
         .event_type
         .split_once('.')
@@ -115,53 +94,6 @@ fn operation(event: &Event, index: &str) -> Result<Operation, Outcome> {
     }
 }
 
-/// What the server's answer for one operation means for its event.
-fn item_outcome(event: &Event, op: &Operation, item: &ItemResult) -> Outcome {
-    let detail = || {
-        format!(
-            "{} {}/{}: {} {}: {}",
-            item.status, op.index, op.id, event.event_type, item.error_type, item.error_reason
-        )
-    };
-    match item.status {
-        200..=299 => Outcome::Success,
-        404 if op.action == Action::Delete => Outcome::Success,
-        409 => {
-            log(
-                Level::Debug,
-                Some(&event.id),
-                &format!(
-                    "{}/{} already holds a version >= {}",
-                    op.index, op.id, event.seq
-                ),
-            );
-            Outcome::Success
-        }
-        429 => transient("es_429", detail()),
-        500..=599 => transient("es_5xx", detail()),
-        400 => deterministic("es_mapping", detail()),
-        _ => deterministic("es_rejected", detail()),
-    }
-}
-
-/// The outcome of every sent event when the bulk request failed as a whole.
-fn request_outcome(error: &BulkError) -> Outcome {
-    match error {
-        BulkError::Connect(m) => transient("es_connect", format!("search server unreachable: {m}")),
-        BulkError::Status(f) => {
-            let message = format!("bulk request answered {}: {}", f.status, f.message);
-            match f.status {
-                429 => transient("es_429", message),
-                500..=599 => transient("es_5xx", message),
-                401 | 403 => transient("es_auth", message),
-                _ => deterministic("es_status", message),
-            }
-        }
-        BulkError::Forbidden(m) => deterministic("es_forbidden", m.clone()),
-        BulkError::Invalid(m) => deterministic("es_invalid", m.clone()),
-    }
-}
-
 impl Guest for SearchIndex {
     fn describe() -> PluginInfo {
         PluginInfo {
@@ -179,49 +111,31 @@ impl Guest for SearchIndex {
                                or set ELASTIC_INDEX";
                 return events
                     .iter()
-                    .map(|_| deterministic("bad_config", message))
+                    .map(|_| deterministic(reason::BAD_CONFIG, message))
                     .collect();
             }
         };
         let mut outcomes: Vec<Option<Outcome>> = Vec::with_capacity(events.len());
-        let mut sent: Vec<(usize, Operation)> = Vec::new();
+        let (mut batch, mut slots) = (Vec::new(), Vec::new());
         for (i, event) in events.iter().enumerate() {
             match operation(event, &index) {
                 Ok(op) => {
                     outcomes.push(None);
-                    sent.push((i, op));
+                    slots.push(i);
+                    batch.push((event, op));
                 }
                 Err(outcome) => outcomes.push(Some(outcome)),
             }
         }
-        if !sent.is_empty() {
-            let ops: Vec<Operation> = sent.iter().map(|(_, op)| op.clone()).collect();
-            match search::bulk(&ops) {
-                Ok(items) => {
-                    for ((i, op), item) in sent.iter().zip(&items) {
-                        outcomes[*i] = Some(item_outcome(&events[*i], op, item));
-                    }
-                }
-                Err(error) => {
-                    let outcome = request_outcome(&error);
-                    log(
-                        Level::Warn,
-                        None,
-                        &format!("bulk request of {} operations failed: {error:?}", ops.len()),
-                    );
-                    for (i, _) in &sent {
-                        outcomes[*i] = Some(outcome.clone());
-                    }
-                }
-            }
+        // One outcome per operation, in order.
+        for (i, outcome) in slots.into_iter().zip(search::write(&batch)) {
+            outcomes[i] = Some(outcome);
         }
-        // The host promises one result per operation; should it not, the unanswered events are
-        // retried rather than left without an outcome.
         outcomes
             .into_iter()
-            .map(|o| o.unwrap_or_else(|| transient("es_response", "no result for this operation")))
+            .map(|o| o.expect("search::write answers every operation"))
             .collect()
     }
 }
 
-export!(SearchIndex);
+projector_plugin_sdk::export!(SearchIndex);

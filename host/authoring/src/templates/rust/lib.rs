@@ -1,28 +1,25 @@
 //! `{{name}}`: a projector projection plugin, scaffolded by `projector plugin new`.
 //!
 //! The host hands `handle` a batch of outbox events and expects exactly one outcome per event,
-//! in order: `Success`, `Transient` (retried with backoff) or `Deterministic` (failed at once).
-//! The contract is documented field by field in `wit/deps/projector-plugin/plugin.wit`.
+//! in order: `success()`, `transient(..)` (retried with backoff) or `deterministic(..)` (failed
+//! at once). The contract is documented field by field in
+//! `vendor/projector-plugin-sdk/wit/plugin.wit`; the SDK beside it (`projector_plugin_sdk`) maps
+//! the capabilities' errors to outcomes and names the reasons operators see.
+//!
+//! The component imports the capabilities this code calls, and only those; each needs a grant
+//! in the host's config.
 
-wit_bindgen::generate!({
-    path: "wit",
-    world: "projection",
-    // The contract lives in a dependency package (wit/deps): generate its interfaces too.
-    generate_all,
-});
-
-use exports::projector::plugin::projection::{Event, Guest, Outcome, PluginInfo};
 #if search
-use projector::plugin::config;
-#endif
-use projector::plugin::log::{log, Level};
-#if search
-use projector::plugin::search::{bulk, Action, BulkError, Operation};
+use projector_plugin_sdk::search::{self, Action, Operation};
 #endif
 #if sql
-use projector::plugin::sql::{execute, ErrorKind, SqlError};
+use projector_plugin_sdk::sql;
 #endif
-use projector::plugin::types::Failure;
+#if search
+use projector_plugin_sdk::config;
+#endif
+use projector_plugin_sdk::log::{log, Level};
+use projector_plugin_sdk::{deterministic, reason, success, Event, Guest, Outcome, PluginInfo};
 use serde_json::Value;
 
 #if sql
@@ -39,40 +36,12 @@ ON CONFLICT (event_id) DO UPDATE SET
 #endif
 struct Plugin;
 
-fn failure(reason: &str, message: impl Into<String>) -> Failure {
-    Failure {
-        reason: reason.into(),
-        message: message.into(),
-    }
-}
-
-#if sql
-/// Retrying helps with serialization failures, timeouts and lost connections; not with the rest.
-fn from_sql(e: SqlError) -> Outcome {
-    let message = format!("{} ({})", e.message, e.code);
-    match e.kind {
-        ErrorKind::SerializationFailure => {
-            Outcome::Transient(failure("sql_serialization", message))
-        }
-        ErrorKind::Timeout => Outcome::Transient(failure("sql_timeout", message)),
-        ErrorKind::Connection => Outcome::Transient(failure("sql_connection", message)),
-        ErrorKind::PermissionDenied => Outcome::Deterministic(failure("sql_permission", message)),
-        ErrorKind::UniqueViolation | ErrorKind::Other => {
-            Outcome::Deterministic(failure("sql_error", message))
-        }
-    }
-}
-
-#endif
 #if search
 /// Indexes the payload as document `aggregate-id` with external version `seq`: a stale or
 /// duplicate event is answered 409 and changes nothing, which is success.
-fn index_document(event: &Event, payload: &Value) -> Option<Outcome> {
+fn index_document(event: &Event, payload: &Value) -> Outcome {
     let Some(index) = config::get("index") else {
-        return Some(Outcome::Deterministic(failure(
-            "bad_config",
-            "the projection's config has no `index`",
-        )));
+        return deterministic(reason::BAD_CONFIG, "the projection's config has no `index`");
     };
     let operation = Operation {
         action: Action::Index,
@@ -81,54 +50,31 @@ fn index_document(event: &Event, payload: &Value) -> Option<Outcome> {
         document: Some(payload.to_string()),
         version: Some(event.seq),
     };
-    match bulk(&[operation]) {
-        Ok(items) => match items.first() {
-            Some(item) if matches!(item.status, 200 | 201 | 409) => None,
-            Some(item) if item.status == 429 => Some(Outcome::Transient(failure(
-                "es_429",
-                item.error_reason.clone(),
-            ))),
-            Some(item) if item.status >= 500 => Some(Outcome::Transient(failure(
-                "es_5xx",
-                item.error_reason.clone(),
-            ))),
-            Some(item) => Some(Outcome::Deterministic(failure(
-                "es_rejected",
-                format!("{} {}: {}", item.status, item.error_type, item.error_reason),
-            ))),
-            None => Some(Outcome::Transient(failure("es_response", "no item result"))),
-        },
-        Err(BulkError::Connect(m)) => Some(Outcome::Transient(failure("es_connect", m))),
-        Err(BulkError::Status(f)) if f.status == 429 || f.status >= 500 => Some(
-            Outcome::Transient(failure("es_status", format!("{}: {}", f.status, f.message))),
-        ),
-        Err(e) => Some(Outcome::Deterministic(failure(
-            "es_request",
-            format!("{e:?}"),
-        ))),
-    }
+    let mut outcomes = search::write(&[(event, operation)]);
+    outcomes.remove(0)
 }
 
 #endif
 fn project(event: &Event) -> Outcome {
     let payload: Value = match serde_json::from_str(&event.payload) {
         Ok(v @ Value::Object(_)) => v,
-        _ => return Outcome::Deterministic(failure("bad_payload", "payload is not a JSON object")),
+        _ => return deterministic(reason::BAD_PAYLOAD, "payload is not a JSON object"),
     };
 #if sql
-    let params = serde_json::json!([
-        event.id,
-        event.event_type,
-        event.aggregate_id,
+    let params = (
+        &event.id,
+        &event.event_type,
+        &event.aggregate_id,
         payload.to_string(),
-    ]);
-    if let Err(e) = execute(UPSERT, &params.to_string()) {
-        return from_sql(e);
+    );
+    if let Err(e) = sql::execute(UPSERT, &params) {
+        return e.outcome();
     }
 #endif
 #if search
-    if let Some(outcome) = index_document(event, &payload) {
-        return outcome;
+    let indexed = index_document(event, &payload);
+    if !matches!(indexed, Outcome::Success) {
+        return indexed;
     }
 #endif
     let keys: Vec<&str> = payload
@@ -144,7 +90,7 @@ fn project(event: &Event) -> Outcome {
             keys.join(", ")
         ),
     );
-    Outcome::Success
+    success()
 }
 
 impl Guest for Plugin {
@@ -161,4 +107,4 @@ impl Guest for Plugin {
     }
 }
 
-export!(Plugin);
+projector_plugin_sdk::export!(Plugin);

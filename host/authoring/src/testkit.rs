@@ -4,8 +4,8 @@
 //! Invariants:
 //! - It is the real runtime with the outside world swapped out: the component is loaded and
 //!   validated by [`Runtime`] as `projector run` would (same limits, same bisection on traps,
-//!   same reason sanitising); only `log`, `sql` and `search` go to the in-memory stand-ins below
-//!   (see [`projector_runtime::stand_in`]), which record every call.
+//!   same reason sanitising); only `log`, `sql` and `search` go to the in-memory backends below
+//!   (see [`projector_runtime::Backends`]), which record every call.
 //! - The stand-ins are not the sinks: the `sql` stand-in has no tables (`execute` answers 1 row
 //!   affected, `query` no rows) and the `search` stand-in is a map of documents with external
 //!   versions. What they prove is what the plugin *asks for* and how it classifies answers.
@@ -18,10 +18,13 @@
 use crate::Error;
 use projector_core::outbox::{Claim, ClaimedEvent, Verdict};
 use projector_core::spec::{Grants, Ordering, ProjectionSpec, Tuning};
-use projector_runtime::stand_in::{
-    validate_search, Action, BulkError, ItemResult, Level, Operation, SqlError, SqlErrorKind,
-    StandIn,
+use projector_runtime::capability::BatchScope;
+use projector_runtime::log::{Level, LogBackend};
+use projector_runtime::search::{
+    validate as validate_search, Action, BulkError, ItemResult, Operation, SearchBackend,
 };
+use projector_runtime::sql::{ErrorKind as SqlErrorKind, SqlBackend, SqlError};
+use projector_runtime::Backends;
 use projector_runtime::{limits, Handler, Runtime};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -192,8 +195,8 @@ fn check_params(params: &str) -> Result<String, SqlError> {
     }
 }
 
-impl StandIn for TestKitStandIn {
-    fn log(&self, level: Level, event_id: Option<&str>, message: &str) {
+impl LogBackend for TestKitStandIn {
+    fn log(&self, _: &BatchScope, level: Level, event_id: Option<&str>, message: &str) {
         let level = match level {
             Level::Trace => "trace",
             Level::Debug => "debug",
@@ -206,8 +209,10 @@ impl StandIn for TestKitStandIn {
             .unwrap_or_default();
         self.record(format!("log {level}{about} {message}"), false);
     }
+}
 
-    fn sql_query(&self, statement: &str, params: &str) -> Result<String, SqlError> {
+impl SqlBackend for TestKitStandIn {
+    fn query(&self, _: &BatchScope, statement: &str, params: &str) -> Result<String, SqlError> {
         let result = check_params(params);
         let (shown, answer) = match &result {
             Ok(p) => (p.clone(), Ok("[]".to_owned())),
@@ -224,7 +229,7 @@ impl StandIn for TestKitStandIn {
         answer
     }
 
-    fn sql_execute(&self, statement: &str, params: &str) -> Result<u64, SqlError> {
+    fn execute(&self, _: &BatchScope, statement: &str, params: &str) -> Result<u64, SqlError> {
         let (shown, answer) = match check_params(params) {
             Ok(p) => (p, Ok(1)),
             Err(e) => (params.to_owned(), Err(e)),
@@ -242,8 +247,10 @@ impl StandIn for TestKitStandIn {
         );
         answer
     }
+}
 
-    fn search_bulk(&self, operations: &[Operation]) -> Result<Vec<ItemResult>, BulkError> {
+impl SearchBackend for TestKitStandIn {
+    fn bulk(&self, _: &BatchScope, operations: &[Operation]) -> Result<Vec<ItemResult>, BulkError> {
         let ops: Vec<String> = operations.iter().map(render_operation).collect();
         let grants = Grants {
             search_indices: vec!["*".into()],
@@ -364,7 +371,16 @@ pub fn run(
     let spec = test_spec(projection, plugin, config);
     let stand_in = Arc::new(TestKitStandIn::default());
     let loaded = runtime
-        .load_with_stand_in(&spec, &bytes, plugin, stand_in.clone())
+        .load_with_backends(
+            &spec,
+            &bytes,
+            plugin,
+            Backends {
+                log: stand_in.clone(),
+                sql: stand_in.clone(),
+                search: stand_in.clone(),
+            },
+        )
         .map_err(|e| match e {
             // wasmtime's messages may span lines (a hex dump); a usage error is one line.
             Error::Plugin { path, message } => Error::Plugin {

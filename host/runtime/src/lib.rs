@@ -23,14 +23,15 @@
 //!   not used.
 
 pub mod admission;
+mod bindings;
 pub mod cache;
-mod config;
+pub mod capability;
+pub mod config;
 pub mod limits;
-mod log;
+pub mod log;
 pub mod search;
-pub(crate) mod sql;
+pub mod sql;
 pub mod sql_policy;
-pub mod stand_in;
 
 use projector_core::outbox::{sanitize_reason, Claim, ClaimedEvent, Verdict};
 use projector_core::spec::ProjectionSpec;
@@ -44,34 +45,57 @@ use wasmtime::component::{Component, HasSelf, Linker, ResourceTable};
 use wasmtime::{Engine, Store};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 
-mod bindings {
-    wasmtime::component::bindgen!({
-        path: "../../wit",
-        world: "plugin",
-    });
-}
-
 use bindings::projector::plugin::types::{Event as WitEvent, Outcome};
 use bindings::{Plugin, PluginPre};
+use capability::{BatchScope, Capability};
 
-/// Per-instance state: the capabilities' context and the sandbox's limits.
+/// Per-instance state: each capability's own context, the batch in progress, and the sandbox's
+/// limits. Capabilities see it only through the views [`Runtime::new`] links them with.
 pub struct PluginState {
     wasi: WasiCtx,
     table: ResourceTable,
     limits: limits::MemoryCap,
-    /// This projection's `search` access; `None` when it is not granted.
-    search: Option<search::SearchAccess>,
-    /// When the current batch must be done: bounds what a capability call may wait for.
-    deadline: Option<Instant>,
-    projection: Arc<str>,
-    worker_id: Arc<str>,
-    claim_batch_id: Option<Uuid>,
-    config: Arc<BTreeMap<String, String>>,
-    sql: Option<sql::SqlSession>,
-    /// This projection's log rate limit (shared by all its instances in this host).
-    log: Arc<log::LogBudget>,
-    /// The test kit's in-memory capabilities; `None` in `projector run`.
-    stand_in: Option<Arc<dyn stand_in::StandIn>>,
+    scope: BatchScope,
+    config: config::ConfigCtx,
+    log: log::LogCtx,
+    search: search::SearchCtx,
+    sql: sql::SqlCtx,
+}
+
+/// Backends standing in for the host's log, Postgres and search cluster (the authoring test
+/// kit's in-memory ones): a plugin loaded with them reaches none of those, and keeps everything
+/// else of the runtime (loading, validation, limits, bisection on traps, reason sanitising).
+#[derive(Clone)]
+pub struct Backends {
+    /// Where log lines go.
+    pub log: Arc<dyn log::LogBackend>,
+    /// Where statements go (used only when the projection is granted `sql`).
+    pub sql: Arc<dyn sql::SqlBackend>,
+    /// Where bulk requests go (used only when the projection is granted `search`).
+    pub search: Arc<dyn search::SearchBackend>,
+}
+
+/// A shared [`sql::SqlBackend`] as an instance's own.
+struct SharedSql(Arc<dyn sql::SqlBackend>);
+
+impl sql::SqlBackend for SharedSql {
+    fn query(
+        &self,
+        scope: &BatchScope,
+        statement: &str,
+        params: &str,
+    ) -> std::result::Result<String, sql::SqlError> {
+        self.0.query(scope, statement, params)
+    }
+
+    fn execute(
+        &self,
+        scope: &BatchScope,
+        statement: &str,
+        params: &str,
+    ) -> std::result::Result<u64, sql::SqlError> {
+        self.0.execute(scope, statement, params)
+    }
 }
 
 impl WasiView for PluginState {
@@ -108,9 +132,20 @@ impl Runtime {
         let engine = Engine::new(&config)?;
         let mut linker = Linker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_sync(&mut linker)?;
-        search::add_to_linker(&mut linker)?;
-        Plugin::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
-        sql::add_to_linker(&mut linker)?;
+        bindings::projector::plugin::types::add_to_linker::<_, HasSelf<_>>(&mut linker, |s| s)?;
+        config::Config::add_to_linker(&mut linker, |s: &mut PluginState| &mut s.config)?;
+        log::Log::add_to_linker(&mut linker, |s: &mut PluginState| log::LogView {
+            ctx: &mut s.log,
+            scope: &s.scope,
+        })?;
+        search::Search::add_to_linker(&mut linker, |s: &mut PluginState| search::SearchView {
+            ctx: &mut s.search,
+            scope: &s.scope,
+        })?;
+        sql::Sql::add_to_linker(&mut linker, |s: &mut PluginState| sql::SqlView {
+            ctx: &mut s.sql,
+            scope: &s.scope,
+        })?;
         let _ticker = limits::EpochTicker::start(&engine);
         let log_budgets: Arc<log::LogBudgets> = Default::default();
         let _log_reporter = log::DropReporter::start(Arc::downgrade(&log_budgets));
@@ -197,16 +232,16 @@ impl Runtime {
     }
 
     /// Like [`Runtime::load_bytes`], but the plugin's `log`, `sql` and `search` calls go to
-    /// `stand_in` (the authoring test kit's in-memory capabilities) instead of the host's log,
-    /// Postgres and the search cluster.
-    pub fn load_with_stand_in(
+    /// `backends` (the authoring test kit's in-memory ones) instead of the host's log, Postgres
+    /// and the search cluster.
+    pub fn load_with_backends(
         &self,
         spec: &ProjectionSpec,
         bytes: &[u8],
         origin: &std::path::Path,
-        stand_in: Arc<dyn stand_in::StandIn>,
+        backends: Backends,
     ) -> Result<Arc<LoadedPlugin>, Error> {
-        self.load(spec, "test-kit", bytes, origin, Some(stand_in))
+        self.load(spec, "test-kit", bytes, origin, Some(backends))
     }
 
     fn load(
@@ -215,7 +250,7 @@ impl Runtime {
         worker_id: &str,
         bytes: &[u8],
         origin: &std::path::Path,
-        stand_in: Option<Arc<dyn stand_in::StandIn>>,
+        backends: Option<Backends>,
     ) -> Result<Arc<LoadedPlugin>, Error> {
         let fail = |message: String| Error::Plugin {
             path: origin.to_path_buf(),
@@ -248,7 +283,7 @@ impl Runtime {
             worker_id: worker_id.into(),
             memory_limit: spec.memory_limit,
             // A stand-in answers `sql` itself: no transaction, no tokio runtime needed.
-            sql: (spec.grants.sql() && stand_in.is_none()).then(|| SqlGrant {
+            sql: (spec.grants.sql() && backends.is_none()).then(|| SqlGrant {
                 runtime: tokio::runtime::Handle::current(),
                 // Nine tenths of the batch budget: a statement the server ends still leaves the
                 // plugin time to answer for its event.
@@ -259,21 +294,28 @@ impl Runtime {
                 },
             }),
             config: Arc::new(spec.config.clone()),
-            log: self.log_budget(&spec.name),
+            log: match &backends {
+                Some(b) => b.log.clone(),
+                None => self.log_budget(&spec.name),
+            },
             engine: self.engine.clone(),
-            search: self
-                .search
-                .clone()
-                .filter(|_| spec.grants.search())
-                .map(|client| {
-                    search::SearchAccess::new(
-                        client,
-                        spec.grants.clone(),
-                        self.index_redirect.clone(),
-                    )
-                }),
+            search: match &backends {
+                Some(b) => Some(b.search.clone()).filter(|_| spec.grants.search()),
+                None => self.search.clone().filter(|_| spec.grants.search()).map(
+                    |client| -> Arc<dyn search::SearchBackend> {
+                        Arc::new(search::SearchAccess::new(
+                            client,
+                            spec.grants.clone(),
+                            self.index_redirect.clone(),
+                        ))
+                    },
+                ),
+            },
+            sql_stand_in: backends
+                .as_ref()
+                .filter(|_| spec.grants.sql())
+                .map(|b| b.sql.clone()),
             pre,
-            stand_in,
             digest,
             info: PluginInfo::default(),
             version_label: String::new(),
@@ -307,18 +349,20 @@ impl Runtime {
     }
 }
 
-/// The capability interfaces a plugin may import only when its projection grants them.
-const GRANTED_CAPABILITIES: &[(&str, &str, fn(&projector_core::spec::Grants) -> bool)] = &[
+/// Every capability's import prefix, name and grant check.
+const CAPABILITIES: &[(&str, &str, fn(&projector_core::spec::Grants) -> bool)] = &[
     (
-        "projector:plugin/search@",
-        "search",
-        projector_core::spec::Grants::search,
+        config::Config::INTERFACE,
+        config::Config::NAME,
+        config::Config::granted,
     ),
+    (log::Log::INTERFACE, log::Log::NAME, log::Log::granted),
     (
-        "projector:plugin/sql@",
-        "sql",
-        projector_core::spec::Grants::sql,
+        search::Search::INTERFACE,
+        search::Search::NAME,
+        search::Search::granted,
     ),
+    (sql::Sql::INTERFACE, sql::Sql::NAME, sql::Sql::granted),
 ];
 
 /// Refuses a component that imports a capability its projection was not granted.
@@ -328,7 +372,7 @@ fn check_grants(
     spec: &ProjectionSpec,
 ) -> Result<(), String> {
     for (name, _) in component.component_type().imports(engine) {
-        for (prefix, capability, granted) in GRANTED_CAPABILITIES {
+        for (prefix, capability, granted) in CAPABILITIES {
             if name.starts_with(prefix) && !granted(&spec.grants) {
                 return Err(format!(
                     "imports the `{capability}` capability, which projection `{}` is not granted \
@@ -369,11 +413,13 @@ pub struct LoadedPlugin {
     projection: Arc<str>,
     worker_id: Arc<str>,
     config: Arc<BTreeMap<String, String>>,
-    log: Arc<log::LogBudget>,
+    log: Arc<dyn log::LogBackend>,
     engine: Engine,
-    search: Option<search::SearchAccess>,
+    /// Where `search` requests go; `None` when not granted.
+    search: Option<Arc<dyn search::SearchBackend>>,
+    /// The test kit's `sql` backend, when it stands in for Postgres (and `sql` is granted).
+    sql_stand_in: Option<Arc<dyn sql::SqlBackend>>,
     pre: PluginPre<PluginState>,
-    stand_in: Option<Arc<dyn stand_in::StandIn>>,
     /// sha256 of the component's bytes, hex.
     pub digest: String,
     /// `describe()`'s answer.
@@ -395,30 +441,35 @@ impl LoadedPlugin {
 
     /// A fresh instance in a fresh store; `sql_slot` is where its handler lends transactions.
     fn instantiate(&self, sql_slot: Option<&sql::ConnSlot>) -> wasmtime::Result<Instance> {
-        let state = PluginState {
-            // Nothing inherited: no env, args, preopens, sockets or stdio.
-            wasi: WasiCtx::builder().build(),
-            table: ResourceTable::new(),
-            search: self.search.clone(),
-            deadline: None,
-            limits: limits::MemoryCap::new(self.memory_limit),
-            projection: self.projection.clone(),
-            worker_id: self.worker_id.clone(),
-            claim_batch_id: None,
-            config: self.config.clone(),
-            log: self.log.clone(),
-            sql: self
-                .sql
-                .as_ref()
-                .zip(sql_slot)
-                .map(|(g, slot)| sql::SqlSession {
-                    conn: slot.clone(),
-                    runtime: g.runtime.clone(),
-                    statement_timeout: g.statement_timeout,
-                    limits: g.limits,
+        let state =
+            PluginState {
+                // Nothing inherited: no env, args, preopens, sockets or stdio.
+                wasi: WasiCtx::builder().build(),
+                table: ResourceTable::new(),
+                limits: limits::MemoryCap::new(self.memory_limit),
+                scope: BatchScope {
+                    projection: self.projection.clone(),
+                    worker_id: self.worker_id.clone(),
+                    claim_batch_id: None,
+                    deadline: None,
+                },
+                config: config::ConfigCtx::new(self.config.clone()),
+                log: log::LogCtx::new(self.log.clone()),
+                search: search::SearchCtx::new(self.search.clone()),
+                sql: sql::SqlCtx::new(match &self.sql_stand_in {
+                    Some(b) => Some(Box::new(SharedSql(b.clone()))),
+                    None => self.sql.as_ref().zip(sql_slot).map(
+                        |(g, slot)| -> Box<dyn sql::SqlBackend> {
+                            Box::new(sql::SqlSession {
+                                conn: slot.clone(),
+                                runtime: g.runtime.clone(),
+                                statement_timeout: g.statement_timeout,
+                                limits: g.limits,
+                            })
+                        },
+                    ),
                 }),
-            stand_in: self.stand_in.clone(),
-        };
+            };
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limits);
         // What one call may copy out of the guest into host memory (a handle() result, a bulk
@@ -822,8 +873,8 @@ impl Handler {
                 }
             },
         };
-        instance.store.data_mut().claim_batch_id = Some(batch_id);
-        instance.store.data_mut().deadline = Some(deadline);
+        instance.store.data_mut().scope.claim_batch_id = Some(batch_id);
+        instance.store.data_mut().scope.deadline = Some(deadline);
         report.calls += 1;
         let failure = match instance.call(events, remaining) {
             Ok(outcomes) if outcomes.len() == events.len() => {

@@ -1,7 +1,7 @@
 //! The `log` capability: a plugin's records go to the host's structured log, tagged with the
 //! projection, worker, claim batch and (when the plugin names one) event.
 //!
-//! Bounded (numbers in [`super::limits`]): a line is cut to `LOG_LINE_MAX_BYTES`, and each
+//! Bounded (numbers in [`crate::limits`]): a line is cut to `LOG_LINE_MAX_BYTES`, and each
 //! projection's lines pass one token bucket ([`LogBudget`], shared by all its instances and
 //! versions in this host). A line over the rate is dropped and counted in
 //! `projector_plugin_log_dropped_total{projection}` at once; the host logs `plugin log lines
@@ -9,27 +9,81 @@
 //! record) from a reporter thread ([`DropReporter`]) that looks every second, at most once per
 //! `LOG_DROP_REPORT_INTERVAL` per projection: never one record per line, and every drop is
 //! reported within that interval even if the plugin goes quiet.
-//! The test kit's stand-in log (an in-memory list) gets the cut lines, without rate limit.
+//! Where lines go is a [`LogBackend`]: the rate-limited structured log ([`LogBudget`]) in
+//! `projector run`; the test kit's in-memory list, which gets the cut lines without rate limit.
 
-use super::bindings::projector::plugin::log::{Host, Level};
-use super::limits;
-use super::PluginState;
+pub use crate::bindings::projector::plugin::log::Level;
+use crate::bindings::projector::plugin::log::{self as wit, Host};
+use crate::capability::{BatchScope, Capability};
+use crate::limits;
+use projector_core::spec::Grants;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
+use wasmtime::component::{HasData, Linker};
+
+/// The `log` capability.
+pub struct Log;
+
+/// Where a plugin's (already cut) log lines go.
+pub trait LogBackend: Send + Sync {
+    /// One line, at `level`, about `event_id` when the plugin names one.
+    fn log(&self, scope: &BatchScope, level: Level, event_id: Option<&str>, message: &str);
+}
+
+/// An instance's `log` context.
+pub struct LogCtx {
+    backend: Arc<dyn LogBackend>,
+}
+
+impl LogCtx {
+    /// Lines go to `backend`.
+    pub fn new(backend: Arc<dyn LogBackend>) -> Self {
+        LogCtx { backend }
+    }
+}
+
+/// What `log` calls see: the context and the batch.
+pub struct LogView<'a> {
+    /// The instance's context.
+    pub ctx: &'a mut LogCtx,
+    /// The batch being handled.
+    pub scope: &'a BatchScope,
+}
+
+impl HasData for Log {
+    type Data<'a> = LogView<'a>;
+}
+
+impl Capability for Log {
+    const NAME: &'static str = "log";
+    const INTERFACE: &'static str = "projector:plugin/log@";
+    type Data<'a> = LogView<'a>;
+
+    fn granted(_: &Grants) -> bool {
+        true
+    }
+
+    fn add_to_linker<T: 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> LogView<'_>,
+    ) -> wasmtime::Result<()> {
+        wit::add_to_linker::<T, Log>(linker, get)
+    }
+}
 
 macro_rules! emit {
-    ($lvl:expr, $s:expr, $event_id:expr, $msg:expr) => {
+    ($lvl:expr, $budget:expr, $scope:expr, $event_id:expr, $msg:expr) => {
         // A line below the log filter costs nothing of the budget.
-        if tracing::enabled!(target: "plugin", $lvl) && $s.log.admit() {
+        if tracing::enabled!(target: "plugin", $lvl) && $budget.admit() {
             tracing::event!(
                 target: "plugin",
                 $lvl,
-                projection = %$s.projection,
-                worker_id = %$s.worker_id,
-                claim_batch_id = %$s.claim_batch_id.map(|b| b.to_string()).unwrap_or_default(),
-                event_id = $event_id.as_deref().unwrap_or(""),
+                projection = %$scope.projection,
+                worker_id = %$scope.worker_id,
+                claim_batch_id = %$scope.claim_batch_id.map(|b| b.to_string()).unwrap_or_default(),
+                event_id = $event_id.unwrap_or(""),
                 "{}",
                 $msg
             )
@@ -159,18 +213,24 @@ impl Drop for DropReporter {
     }
 }
 
-impl Host for PluginState {
+impl Host for LogView<'_> {
     fn log(&mut self, level: Level, event_id: Option<String>, message: String) {
         let message = limits::truncate(message, limits::LOG_LINE_MAX_BYTES);
-        if let Some(stand_in) = &self.stand_in {
-            return stand_in.log(level, event_id.as_deref(), &message);
-        }
+        self.ctx
+            .backend
+            .log(self.scope, level, event_id.as_deref(), &message);
+    }
+}
+
+/// The host's log: the structured log, through the projection's rate limit.
+impl LogBackend for LogBudget {
+    fn log(&self, scope: &BatchScope, level: Level, event_id: Option<&str>, message: &str) {
         match level {
-            Level::Trace => emit!(tracing::Level::TRACE, self, event_id, message),
-            Level::Debug => emit!(tracing::Level::DEBUG, self, event_id, message),
-            Level::Info => emit!(tracing::Level::INFO, self, event_id, message),
-            Level::Warn => emit!(tracing::Level::WARN, self, event_id, message),
-            Level::Error => emit!(tracing::Level::ERROR, self, event_id, message),
+            Level::Trace => emit!(tracing::Level::TRACE, self, scope, event_id, message),
+            Level::Debug => emit!(tracing::Level::DEBUG, self, scope, event_id, message),
+            Level::Info => emit!(tracing::Level::INFO, self, scope, event_id, message),
+            Level::Warn => emit!(tracing::Level::WARN, self, scope, event_id, message),
+            Level::Error => emit!(tracing::Level::ERROR, self, scope, event_id, message),
         }
     }
 }

@@ -14,7 +14,7 @@
 //!   holding a batch past `OUTBOX_MAX_PROCESSING_SECONDS`.
 //! - `refresh` is left unset: making writes visible to search is the cluster's business.
 
-use super::PluginState;
+use crate::capability::{BatchScope, Capability};
 use crate::Error;
 use elasticsearch::auth::Credentials;
 use elasticsearch::http::transport::{SingleNodeConnectionPool, TransportBuilder};
@@ -25,7 +25,7 @@ use serde_json::{json, Map, Value};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{HasData, Linker};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -43,10 +43,60 @@ pub const MAX_REQUEST_TIME: Duration = Duration::from_secs(30);
 /// How much of an error body goes back to the plugin.
 const MAX_MESSAGE_BYTES: usize = 1000;
 
-/// Links the `projector:plugin/search` interface. Every plugin may import it; whether it is
-/// granted is checked at load (`check_grants`) and per operation (the granted indices).
-pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    generated::projector::plugin::search::add_to_linker::<_, HasSelf<_>>(linker, |s| s)
+/// The `search` capability. Whether it is granted is checked at load (on the component's
+/// imports) and per operation (the granted indices).
+pub struct Search;
+
+/// Where a granted plugin's bulk requests go: the search cluster in `projector run`
+/// ([`SearchAccess`]), an in-memory index in the test kit.
+pub trait SearchBackend: Send + Sync {
+    /// One bulk request of `operations` (not empty): one result per operation, in order.
+    fn bulk(
+        &self,
+        scope: &BatchScope,
+        operations: &[Operation],
+    ) -> Result<Vec<ItemResult>, BulkError>;
+}
+
+/// An instance's `search` context: its backend when the projection is granted `search`.
+pub struct SearchCtx {
+    backend: Option<Arc<dyn SearchBackend>>,
+}
+
+impl SearchCtx {
+    /// The context of an instance whose requests go to `backend` (`None`: not granted).
+    pub fn new(backend: Option<Arc<dyn SearchBackend>>) -> Self {
+        SearchCtx { backend }
+    }
+}
+
+/// What `search` calls see: the context and the batch.
+pub struct SearchView<'a> {
+    /// The instance's context.
+    pub ctx: &'a mut SearchCtx,
+    /// The batch being handled.
+    pub scope: &'a BatchScope,
+}
+
+impl HasData for Search {
+    type Data<'a> = SearchView<'a>;
+}
+
+impl Capability for Search {
+    const NAME: &'static str = "search";
+    const INTERFACE: &'static str = "projector:plugin/search@";
+    type Data<'a> = SearchView<'a>;
+
+    fn granted(grants: &Grants) -> bool {
+        grants.search()
+    }
+
+    fn add_to_linker<T: 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> SearchView<'_>,
+    ) -> wasmtime::Result<()> {
+        generated::projector::plugin::search::add_to_linker::<T, Search>(linker, get)
+    }
 }
 
 /// The host's connection to the search cluster, shared by every projection granted `search`.
@@ -119,7 +169,7 @@ impl SearchClient {
 /// One projection's access to the cluster: the shared client, the indices it was granted, and
 /// (for a zero-downtime rebuild) where writes to a granted index really go.
 #[derive(Clone)]
-pub(crate) struct SearchAccess {
+pub struct SearchAccess {
     client: SearchClient,
     grants: Arc<Grants>,
     redirect: Arc<BTreeMap<String, String>>,
@@ -128,11 +178,7 @@ pub(crate) struct SearchAccess {
 impl SearchAccess {
     /// Access for a projection granted `grants`; writes to an index named in `redirect` go to
     /// the index it maps to (the grant is checked on the name the plugin used).
-    pub(crate) fn new(
-        client: SearchClient,
-        grants: Grants,
-        redirect: BTreeMap<String, String>,
-    ) -> Self {
+    pub fn new(client: SearchClient, grants: Grants, redirect: BTreeMap<String, String>) -> Self {
         SearchAccess {
             client,
             grants: Arc::new(grants),
@@ -141,29 +187,33 @@ impl SearchAccess {
     }
 }
 
-impl Host for PluginState {
+impl Host for SearchView<'_> {
     fn bulk(&mut self, operations: Vec<Operation>) -> Result<Vec<ItemResult>, BulkError> {
-        if let Some(stand_in) = &self.stand_in {
-            return stand_in.search_bulk(&operations);
-        }
-        let Some(access) = &self.search else {
+        let Some(backend) = &self.ctx.backend else {
             return Err(BulkError::Forbidden(format!(
                 "projection `{}` is not granted the `search` capability",
-                self.projection
+                self.scope.projection
             )));
         };
         if operations.is_empty() {
             return Ok(Vec::new());
         }
-        let body = request_body(
-            &operations,
-            &access.grants,
-            &access.redirect,
-            &self.projection,
-        )?;
+        backend.bulk(self.scope, &operations)
+    }
+}
+
+/// The host's `search`: the request checked against the grants and sent to the cluster within
+/// the batch's deadline.
+impl SearchBackend for SearchAccess {
+    fn bulk(
+        &self,
+        scope: &BatchScope,
+        operations: &[Operation],
+    ) -> Result<Vec<ItemResult>, BulkError> {
+        let body = request_body(operations, &self.grants, &self.redirect, &scope.projection)?;
         // Only inside `handle`: that runs on a blocking thread, where waiting for the request is
         // allowed (in `describe` or an initialiser we may be on the runtime's own threads).
-        let Some(deadline) = self.deadline else {
+        let Some(deadline) = scope.deadline else {
             return Err(BulkError::Invalid(
                 "`search` can only be used while handling a batch".into(),
             ));
@@ -178,14 +228,12 @@ impl Host for PluginState {
         // before the epoch deadline interrupts it.
         let timeout = (left - left / 10).min(MAX_REQUEST_TIME);
         let started = Instant::now();
-        let result = access.client.runtime.block_on(send(
-            &access.client.es,
-            body,
-            timeout,
-            operations.len(),
-        ));
+        let result =
+            self.client
+                .runtime
+                .block_on(send(&self.client.es, body, timeout, operations.len()));
         tracing::debug!(
-            projection = %self.projection,
+            projection = %scope.projection,
             operations = operations.len(),
             elapsed_ms = started.elapsed().as_secs_f64() * 1000.0,
             ok = result.is_ok(),
@@ -195,7 +243,7 @@ impl Host for PluginState {
     }
 }
 
-/// Checks `operations` as [`Host::bulk`] does before sending (grants, index names, documents),
+/// Checks `operations` as the host's backend ([`SearchAccess`]) does before sending (grants, index names, documents),
 /// for the test kit's stand-in.
 pub fn validate(
     operations: &[Operation],

@@ -2,13 +2,13 @@
 //!
 //! Invariants:
 //! - Statements run only while the host has lent the store a connection (inside a batch's
-//!   transaction, see [`super::Handler::handle_in_transaction`]); at any other time the call
+//!   transaction, see [`crate::Handler::handle_in_transaction`]); at any other time the call
 //!   fails with kind `connection`.
 //! - That connection is logged in as the projection's own role (see `projector_store::sql_roles`), so
 //!   what a statement may touch is decided by Postgres privileges, not by reading SQL text: a
 //!   statement cannot `SET ROLE` its way out, because the session user itself is the restricted
 //!   role.
-//! - What *kind* of statement runs is the host's call ([`super::sql_policy`]): transaction
+//! - What *kind* of statement runs is the host's call ([`crate::sql_policy`]): transaction
 //!   control, session settings, `LISTEN`, `COPY`, `DO`, several statements in one string and
 //!   functions whose effect outlives the batch are refused before Postgres sees them. A refused
 //!   statement (or a result over its bounds) fails its event deterministically
@@ -21,8 +21,9 @@
 //!   the deadline the lease is marked stalled and the handler terminates the backend.
 //! - Parameters and rows cross the boundary as JSON; errors come back classified by SQLSTATE.
 
-use super::PluginState;
+use crate::capability::{BatchScope, Capability};
 use futures_util::TryStreamExt;
+use projector_core::spec::Grants;
 use serde_json::{Map, Number, Value};
 use sqlx::postgres::{PgArguments, PgRow, PgTypeKind};
 use sqlx::Postgres;
@@ -30,7 +31,7 @@ use sqlx::{Column, PgConnection, Row, TypeInfo, ValueRef};
 use std::sync::atomic::{AtomicBool, Ordering as AtomicOrdering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use wasmtime::component::{HasSelf, Linker};
+use wasmtime::component::{HasData, Linker};
 
 mod generated {
     wasmtime::component::bindgen!({
@@ -47,16 +48,71 @@ mod generated {
 use generated::projector::plugin::sql::Host;
 pub use generated::projector::plugin::sql::{ErrorKind, SqlError};
 
-/// Adds the `sql` interface to the linker.
-pub(crate) fn add_to_linker(linker: &mut Linker<PluginState>) -> wasmtime::Result<()> {
-    generated::projector::plugin::sql::add_to_linker::<PluginState, HasSelf<PluginState>>(
-        linker,
-        |s| s,
-    )
+/// The `sql` capability.
+pub struct Sql;
+
+/// Where a granted plugin's statements run: the batch's transaction on the projection's role in
+/// `projector run` ([`SqlSession`]), an in-memory recorder in the test kit.
+pub trait SqlBackend: Send + Sync {
+    /// `sql.query`: the rows as a JSON array of objects. `deadline` bounds the wait.
+    fn query(&self, scope: &BatchScope, statement: &str, params: &str) -> Result<String, SqlError>;
+    /// `sql.execute`: rows affected.
+    fn execute(&self, scope: &BatchScope, statement: &str, params: &str) -> Result<u64, SqlError>;
+}
+
+/// An instance's `sql` context: its backend when the projection is granted `sql`.
+pub struct SqlCtx {
+    backend: Option<Box<dyn SqlBackend>>,
+}
+
+impl SqlCtx {
+    /// The context of an instance whose statements go to `backend` (`None`: not granted).
+    pub fn new(backend: Option<Box<dyn SqlBackend>>) -> Self {
+        SqlCtx { backend }
+    }
+
+    fn backend(&self) -> Result<&dyn SqlBackend, SqlError> {
+        self.backend.as_deref().ok_or_else(|| {
+            error(
+                ErrorKind::PermissionDenied,
+                "",
+                "the sql capability is not granted",
+            )
+        })
+    }
+}
+
+/// What `sql` calls see: the context and the batch.
+pub struct SqlView<'a> {
+    /// The instance's context.
+    pub ctx: &'a mut SqlCtx,
+    /// The batch being handled.
+    pub scope: &'a BatchScope,
+}
+
+impl HasData for Sql {
+    type Data<'a> = SqlView<'a>;
+}
+
+impl Capability for Sql {
+    const NAME: &'static str = "sql";
+    const INTERFACE: &'static str = "projector:plugin/sql@";
+    type Data<'a> = SqlView<'a>;
+
+    fn granted(grants: &Grants) -> bool {
+        grants.sql()
+    }
+
+    fn add_to_linker<T: 'static>(
+        linker: &mut Linker<T>,
+        get: fn(&mut T) -> SqlView<'_>,
+    ) -> wasmtime::Result<()> {
+        generated::projector::plugin::sql::add_to_linker::<T, Sql>(linker, get)
+    }
 }
 
 /// What a batch lends its instance: the transaction's connection, and what the host refused or
-/// noticed while the plugin used it. Shared between the [`super::Handler`] and the store, so a
+/// noticed while the plugin used it. Shared between the [`crate::Handler`] and the store, so a
 /// trapped (discarded) instance never takes the connection with it.
 #[derive(Default)]
 pub(crate) struct SqlLease {
@@ -68,7 +124,7 @@ pub(crate) struct SqlLease {
     stalled: AtomicBool,
 }
 
-/// The lease a [`super::Handler`] owns (one per claim loop).
+/// The lease a [`crate::Handler`] owns (one per claim loop).
 pub(crate) type ConnSlot = Arc<SqlLease>;
 
 /// Why the host refused a plugin's statement. The event it ran for fails deterministically with
@@ -257,10 +313,10 @@ fn column_json(row: &PgRow, i: usize) -> Result<Value, SqlError> {
 const STALL_GRACE: Duration = Duration::from_secs(1);
 
 impl SqlSession {
-    /// Refuses `statement` when [`super::sql_policy`] does; the refusal is remembered for the
+    /// Refuses `statement` when [`crate::sql_policy`] does; the refusal is remembered for the
     /// event and logged.
     fn admit(&self, statement: &str, projection: &str) -> Result<(), SqlError> {
-        super::sql_policy::check(statement).map_err(|why| {
+        crate::sql_policy::check(statement).map_err(|why| {
             tracing::warn!(projection, statement = %truncated(statement, 200), reason = %why, "refused a plugin's sql statement");
             self.conn
                 .refuse("sql_forbidden_statement", format!("statement refused: {why}"));
@@ -273,7 +329,7 @@ impl SqlSession {
     }
 
     fn run<T>(
-        &mut self,
+        &self,
         deadline: Option<Instant>,
         work: impl for<'c> FnOnce(
             &'c mut PgConnection,
@@ -357,29 +413,24 @@ fn truncated(text: &str, max: usize) -> &str {
     &text[..cut]
 }
 
-impl PluginState {
-    fn sql_session(&mut self) -> Result<&mut SqlSession, SqlError> {
-        self.sql.as_mut().ok_or_else(|| {
-            error(
-                ErrorKind::PermissionDenied,
-                "",
-                "the sql capability is not granted",
-            )
-        })
+impl Host for SqlView<'_> {
+    fn query(&mut self, statement: String, params: String) -> Result<String, SqlError> {
+        self.ctx.backend()?.query(self.scope, &statement, &params)
+    }
+
+    fn execute(&mut self, statement: String, params: String) -> Result<u64, SqlError> {
+        self.ctx.backend()?.execute(self.scope, &statement, &params)
     }
 }
 
-impl Host for PluginState {
-    fn query(&mut self, statement: String, params: String) -> Result<String, SqlError> {
-        if let Some(stand_in) = &self.stand_in {
-            return stand_in.sql_query(&statement, &params);
-        }
-        let deadline = self.deadline;
-        let projection = self.projection.clone();
-        let session = self.sql_session()?;
-        session.admit(&statement, &projection)?;
-        let limits = session.limits;
-        session.run(deadline, move |conn| {
+/// The host's `sql`: statements on the batch's transaction, under the statement policy and
+/// the result limits.
+impl SqlBackend for SqlSession {
+    fn query(&self, scope: &BatchScope, statement: &str, params: &str) -> Result<String, SqlError> {
+        self.admit(statement, &scope.projection)?;
+        let limits = self.limits;
+        let (statement, params) = (statement.to_owned(), params.to_owned());
+        self.run(scope.deadline, move |conn| {
             Box::pin(async move {
                 let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
                 // Streamed: a result is judged row by row as it arrives, never collected whole
@@ -421,15 +472,10 @@ impl Host for PluginState {
         })
     }
 
-    fn execute(&mut self, statement: String, params: String) -> Result<u64, SqlError> {
-        if let Some(stand_in) = &self.stand_in {
-            return stand_in.sql_execute(&statement, &params);
-        }
-        let deadline = self.deadline;
-        let projection = self.projection.clone();
-        let session = self.sql_session()?;
-        session.admit(&statement, &projection)?;
-        session.run(deadline, move |conn| {
+    fn execute(&self, scope: &BatchScope, statement: &str, params: &str) -> Result<u64, SqlError> {
+        self.admit(statement, &scope.projection)?;
+        let (statement, params) = (statement.to_owned(), params.to_owned());
+        self.run(scope.deadline, move |conn| {
             Box::pin(async move {
                 let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
                 Ok(query.execute(conn).await.map_err(classify)?.rows_affected())

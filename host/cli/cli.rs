@@ -400,7 +400,7 @@ fn plugins_command(
 ) -> Result<()> {
     let token = token.ok_or_else(|| {
         Error::config(
-            "OUTBOX_ADMIN_TOKEN",
+            table::admin_token.env,
             "not set: the admin API needs the host's token",
         )
     })?;
@@ -440,7 +440,7 @@ fn plugins_command(
     match status {
         200 => Ok(()),
         401 | 403 => Err(Error::config(
-            "OUTBOX_ADMIN_TOKEN",
+            table::admin_token.env,
             format!("refused by the host ({status})"),
         )),
         404 => Err(Error::config(

@@ -4,7 +4,7 @@
 use clap::{Args, Parser, Subcommand};
 use projector_core::{Error, Result};
 use projector_service::run::tokio_runtime as runtime;
-use projector_service::settings::{Database, LogFormat, Overrides, RunArgs};
+use projector_service::settings::{table, Database, LogFormat, Overrides, RunArgs, Setting};
 use projector_store::outbox;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -128,7 +128,7 @@ pub enum Command {
         /// Delete `done` rows older than this many seconds.
         #[arg(
             long,
-            env = "OUTBOX_RETENTION_DONE_SECONDS",
+            env = table::retention_done_seconds.env,
             value_name = "SECONDS",
             value_parser = parse_positive_seconds
         )]
@@ -136,12 +136,11 @@ pub enum Command {
         /// Rows per delete batch.
         #[arg(
             long,
-            env = "OUTBOX_RETENTION_BATCH_SIZE",
+            env = table::retention_batch_size.env,
             value_name = "N",
-            default_value_t = 1000,
-            value_parser = clap::value_parser!(i64).range(1..=100_000)
+            help = table::retention_batch_size.help_line()
         )]
-        batch_size: i64,
+        batch_size: Option<i64>,
         /// The database.
         #[command(flatten)]
         db: Database,
@@ -165,7 +164,7 @@ pub enum Command {
         #[arg(
             long,
             global = true,
-            env = "OUTBOX_ADMIN_TOKEN",
+            env = table::admin_token.env,
             hide_env_values = true
         )]
         token: Option<String>,
@@ -360,16 +359,20 @@ pub fn main() -> ExitCode {
             older_than,
             batch_size,
             db,
-        } => operator_command(db, move |pool| async move {
-            let older = std::time::Duration::from_secs_f64(older_than);
-            let deleted = outbox::retention::prune(&pool, older, batch_size, None).await?;
-            let total: u64 = deleted.values().sum();
-            println!(
-                "{}",
-                serde_json::json!({"deleted": total, "by_projection": deleted})
-            );
-            Ok(())
-        }),
+        } => table::retention_batch_size
+            .resolve(batch_size)
+            .and_then(|batch_size| {
+                operator_command(db, move |pool| async move {
+                    let older = std::time::Duration::from_secs_f64(older_than);
+                    let deleted = outbox::retention::prune(&pool, older, batch_size, None).await?;
+                    let total: u64 = deleted.values().sum();
+                    println!(
+                        "{}",
+                        serde_json::json!({"deleted": total, "by_projection": deleted})
+                    );
+                    Ok(())
+                })
+            }),
         Command::Bench(args) => projector_bench::command(args),
         Command::Plugins {
             action,
@@ -397,7 +400,7 @@ fn plugins_command(
 ) -> Result<()> {
     let token = token.ok_or_else(|| {
         Error::config(
-            "OUTBOX_ADMIN_TOKEN",
+            table::admin_token.env,
             "not set: the admin API needs the host's token",
         )
     })?;
@@ -437,7 +440,7 @@ fn plugins_command(
     match status {
         200 => Ok(()),
         401 | 403 => Err(Error::config(
-            "OUTBOX_ADMIN_TOKEN",
+            table::admin_token.env,
             format!("refused by the host ({status})"),
         )),
         404 => Err(Error::config(

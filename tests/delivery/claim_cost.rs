@@ -51,7 +51,7 @@ fn spec(projection: &str, batch_size: i64) -> ProjectionSpec {
         ordering: Ordering::Aggregate,
         tuning: Tuning {
             batch_size,
-            ..Tuning::default()
+            ..projector_service::settings::default_tuning()
         },
         config: Default::default(),
         grants: Default::default(),

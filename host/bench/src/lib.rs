@@ -104,7 +104,7 @@ pub struct BenchArgs {
     #[arg(long, default_value = "bench-results.json")]
     pub json: PathBuf,
     /// The search server (OpenSearch/Elasticsearch API) for the search-index runs.
-    #[arg(long, env = "ELASTIC_URL")]
+    #[arg(long, env = projector_service::settings::table::elastic_url.env)]
     pub elastic_url: Option<String>,
     /// A server to benchmark on (a database of its own is created there and dropped after).
     #[command(flatten)]

@@ -165,7 +165,7 @@ pub async fn plugin_probes(
         tuning: Tuning {
             concurrency: 1,
             batch_size: batch_size as i64,
-            ..Tuning::default()
+            ..projector_service::settings::default_tuning()
         },
         config: Default::default(),
         sources: Default::default(),

@@ -280,7 +280,7 @@ fn raw_spec(projection: &str, shape: Shape) -> ProjectionSpec {
         tuning: Tuning {
             concurrency: shape.concurrency,
             batch_size: shape.batch_size,
-            ..Tuning::default()
+            ..projector_service::settings::default_tuning()
         },
         config: Default::default(),
         sources: Default::default(),

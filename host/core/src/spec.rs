@@ -49,6 +49,16 @@ impl std::str::FromStr for UnknownEventTypes {
         }
     }
 }
+
+impl std::fmt::Display for UnknownEventTypes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Deliver => "deliver",
+            Self::Skip => "skip",
+            Self::Fail => "fail",
+        })
+    }
+}
 /// The capabilities a projection's plugin may import, beyond `log` and `config`. A plugin that
 /// imports a capability its projection was not granted is refused at load.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -110,7 +120,8 @@ impl Grants {
             })
     }
 }
-/// Per-projection delivery tuning.
+/// Per-projection delivery tuning. Its defaults, bounds and names are the service's settings
+/// table (`projector_service::settings`), the one place they are written.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tuning {
     /// Claim loops for this projection in this host.
@@ -134,24 +145,6 @@ pub struct Tuning {
     pub max_payload_bytes: usize,
     /// Events of types the plugin does not declare.
     pub unknown_event_types: UnknownEventTypes,
-}
-
-impl Default for Tuning {
-    /// The documented defaults (README "Settings"), as used when nothing is configured.
-    fn default() -> Self {
-        Tuning {
-            concurrency: 2,
-            batch_size: 100,
-            events_per_aggregate: 1,
-            lease: Duration::from_secs(30),
-            max_processing: Duration::from_secs(60),
-            max_attempts: 5,
-            base_backoff: Duration::from_secs(1),
-            max_backoff: Duration::from_secs(300),
-            max_payload_bytes: 1 << 20,
-            unknown_event_types: UnknownEventTypes::Deliver,
-        }
-    }
 }
 
 /// One projection this host runs.

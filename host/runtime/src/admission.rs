@@ -204,8 +204,16 @@ mod tests {
             events: vec![first, second, other],
         });
         let tuning = Tuning {
+            concurrency: 1,
+            batch_size: 10,
+            events_per_aggregate: 1,
+            lease: std::time::Duration::from_secs(1),
+            max_processing: std::time::Duration::from_secs(1),
+            max_attempts: 1,
+            base_backoff: std::time::Duration::from_secs(1),
+            max_backoff: std::time::Duration::from_secs(1),
             max_payload_bytes: 50,
-            ..Tuning::default()
+            unknown_event_types: UnknownEventTypes::Deliver,
         };
         let admitted = Admitted::split(&claim, &tuning, &[]);
         let seqs: Vec<i64> = admitted.claim.events.iter().map(|e| e.seq).collect();

@@ -13,7 +13,7 @@ use crate::http::{self, AppState};
 use crate::metrics::Metrics;
 use crate::registry::Registry;
 use crate::settings::RunArgs;
-use crate::settings::{LogFormat, ProjectionSpec, Settings};
+use crate::settings::{table, LogFormat, ProjectionSpec, Settings};
 use crate::worker::Worker;
 use crate::{Error, Result};
 use projector_runtime::{LoadedPlugin, Runtime};
@@ -81,9 +81,9 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
         let plugin = runtime.load_bytes(spec, &settings.worker_id, &bytes, &spec.plugin)?;
         loaded.push((spec.clone(), plugin, bytes));
     }
-    let http_listener = bind(settings.http_host, settings.http_port, "OUTBOX_HTTP_PORT").await?;
+    let http_listener = bind(settings.http_host, settings.http_port, table::http_port.env).await?;
     let metrics_listener = match settings.metrics_port {
-        Some(port) => Some(bind(settings.http_host, port, "OUTBOX_METRICS_PORT").await?),
+        Some(port) => Some(bind(settings.http_host, port, table::metrics_port.env).await?),
         None => None,
     };
     let loops: usize = settings

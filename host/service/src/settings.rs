@@ -1,9 +1,25 @@
-//! Settings: the seeds' `OUTBOX_*` names, resolved once at start-up.
+//! Settings: every `projector run` setting is declared once, as a row of the table at
+//! [`settings!`]'s invocation below, and resolved once at start-up.
+//!
+//! A row names the setting (its TOML key), its kind (type and bounds, see [`Kind`]), its default,
+//! its environment variable, its flag and its help text. From the rows the macro generates the
+//! clap arguments ([`Overrides`]), the TOML file's structs (global keys and, for the rows under
+//! `per_projection`, keys of each `[[projection]]`), the defaults ([`default_tuning`]), the range
+//! checks, `--help`, and [`table`], the descriptors the README's settings table is tested
+//! against. Everything that is not a scalar (the projection list, grants, sources, config maps,
+//! `--plugin NAME=PATH`) and every rule across settings (backoff order, the admin token's length,
+//! search credentials) is written by hand below the table.
+//!
+//! Why a `macro_rules!` table and not a build step: the table is Rust, so the compiler checks
+//! each default against its kind's type and each per-projection row against a [`Tuning`] field
+//! (a `Tuning` field without a row does not compile); there is no generator to read, no
+//! generated file to find, and an editor goes from a use to its row. rustc declares its own
+//! `-C`/`-Z` options the same way (`options!`).
 //!
 //! Precedence for one key: flag > environment variable > TOML file > default. A projection's own
 //! keys in the file (`[[projection]] batch_size = ...`) are more specific than any global value
 //! and win over it. Every value is validated here, before anything touches the database; an
-//! error names the flag/variable/key the operator has to change.
+//! error names the flag/variable/key the operator has to change (exit code 2).
 
 use crate::{Error, Result};
 use clap::Args;
@@ -11,8 +27,10 @@ pub use projector_core::spec::{
     ElasticSettings, Grants, Ordering, ProjectionSpec, Tuning, UnknownEventTypes,
     DEFAULT_SQL_MAX_RESULT_BYTES, DEFAULT_SQL_MAX_ROWS,
 };
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
+use std::marker::PhantomData;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -27,6 +45,58 @@ pub enum LogFormat {
     Json,
 }
 
+/// A setting's kind: the type a flag, variable or TOML key gives ([`Kind::Raw`]), the bounds it
+/// is checked against, and the type the service uses once checked ([`Kind::Value`]).
+pub trait Kind {
+    /// As given.
+    type Raw: Clone + std::fmt::Debug + DeserializeOwned + Send + Sync + 'static;
+    /// As used, once checked.
+    type Value;
+    /// Whether the flag takes values starting with `-`, so that `-5` is refused by the range
+    /// check naming the setting rather than taken for an unknown flag.
+    const NEGATIVE: bool = false;
+    /// Whether `--help` hides the variable's value.
+    const SECRET: bool = false;
+    /// Parses a flag or variable.
+    fn parse(s: &str) -> std::result::Result<Self::Raw, String>;
+    /// Checks the bounds; an error names `key`.
+    fn check(key: &str, raw: Self::Raw) -> Result<Self::Value>;
+    /// A value as the help and the README show it.
+    fn show(raw: &Self::Raw) -> String;
+}
+
+/// A whole number from 1 to `MAX`.
+pub struct Count<const MAX: i64>;
+
+impl<const MAX: i64> Kind for Count<MAX> {
+    type Raw = i64;
+    type Value = i64;
+    const NEGATIVE: bool = true;
+    fn parse(s: &str) -> std::result::Result<i64, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a whole number"))
+    }
+    fn check(key: &str, v: i64) -> Result<i64> {
+        if !(1..=MAX).contains(&v) {
+            return Err(Error::config(
+                key,
+                format!("must be between 1 and {MAX}, got {v}"),
+            ));
+        }
+        Ok(v)
+    }
+    fn show(v: &i64) -> String {
+        v.to_string()
+    }
+}
+
+/// A number of seconds, more than zero.
+pub struct Seconds;
+
+/// A number of seconds; 0 turns the feature off.
+pub struct SecondsOrOff;
+
 fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
     let v: f64 = s
         .trim()
@@ -38,237 +108,525 @@ fn parse_seconds(s: &str) -> std::result::Result<f64, String> {
     Ok(v)
 }
 
-/// Settings given as flags or environment variables (flags win). All optional here; defaults and
-/// the file fill the gaps in [`Settings::resolve`].
-#[derive(Debug, Default, Args)]
-pub struct Overrides {
-    /// Postgres connection URL.
-    #[arg(
-        long,
-        env = "DATABASE_URL",
-        value_name = "DATABASE_URL",
-        hide_env_values = true
-    )]
-    pub database_url: Option<String>,
-    /// This host's identity in `claimed_by` [default: <hostname>-<pid>].
-    #[arg(long, env = "OUTBOX_WORKER_ID", value_name = "OUTBOX_WORKER_ID")]
-    pub worker_id: Option<String>,
-    /// Claim loops per projection in this host [default: 2].
-    #[arg(
-        long,
-        env = "OUTBOX_CONCURRENCY",
-        value_name = "OUTBOX_CONCURRENCY",
-        allow_negative_numbers = true
-    )]
-    pub concurrency: Option<i64>,
-    /// Events per claimed batch [default: 100].
-    #[arg(
-        long,
-        env = "OUTBOX_BATCH_SIZE",
-        value_name = "OUTBOX_BATCH_SIZE",
-        allow_negative_numbers = true
-    )]
-    pub batch_size: Option<i64>,
-    /// With ordering "aggregate": the most consecutive events of one aggregate a batch may carry
-    /// (a run, handed to the plugin in seq order) [default: 1, one event per aggregate per batch].
-    #[arg(
-        long,
-        env = "OUTBOX_EVENTS_PER_AGGREGATE",
-        value_name = "OUTBOX_EVENTS_PER_AGGREGATE",
-        allow_negative_numbers = true
-    )]
-    pub events_per_aggregate: Option<i64>,
-    /// Fallback polling interval when no NOTIFY arrives, and for retries coming due [default: 1].
-    #[arg(long, env = "OUTBOX_POLL_INTERVAL_SECONDS", value_name = "OUTBOX_POLL_INTERVAL_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub poll_interval_seconds: Option<f64>,
-    /// How long a claim is held before another host may reclaim it [default: 30].
-    #[arg(long, env = "OUTBOX_LEASE_SECONDS", value_name = "OUTBOX_LEASE_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub lease_seconds: Option<f64>,
-    /// How often stuck work is swept [default: 5].
-    #[arg(long, env = "OUTBOX_RECLAIM_INTERVAL_SECONDS", value_name = "OUTBOX_RECLAIM_INTERVAL_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub reclaim_interval_seconds: Option<f64>,
-    /// Events with a larger payload fail (`payload_too_large`) without reaching the plugin
-    /// [default: 1048576].
-    #[arg(
-        long,
-        env = "OUTBOX_MAX_PAYLOAD_BYTES",
-        value_name = "OUTBOX_MAX_PAYLOAD_BYTES",
-        allow_negative_numbers = true
-    )]
-    pub max_payload_bytes: Option<i64>,
-    /// Events of a type the plugin does not declare: `deliver`, `skip` (done) or `fail`
-    /// [default: deliver].
-    #[arg(
-        long,
-        env = "OUTBOX_UNKNOWN_EVENT_TYPES",
-        value_name = "OUTBOX_UNKNOWN_EVENT_TYPES"
-    )]
-    pub unknown_event_types: Option<UnknownEventTypes>,
-    /// Upper bound for one batch, plugin call included [default: 60].
-    #[arg(long, env = "OUTBOX_MAX_PROCESSING_SECONDS", value_name = "OUTBOX_MAX_PROCESSING_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub max_processing_seconds: Option<f64>,
-    /// Attempts before a transient failure becomes terminal [default: 5].
-    #[arg(
-        long,
-        env = "OUTBOX_MAX_ATTEMPTS",
-        value_name = "OUTBOX_MAX_ATTEMPTS",
-        allow_negative_numbers = true
-    )]
-    pub max_attempts: Option<i64>,
-    /// First retry delay [default: 1].
-    #[arg(long, env = "OUTBOX_BASE_BACKOFF_SECONDS", value_name = "OUTBOX_BASE_BACKOFF_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub base_backoff_seconds: Option<f64>,
-    /// Longest retry delay [default: 300].
-    #[arg(long, env = "OUTBOX_MAX_BACKOFF_SECONDS", value_name = "OUTBOX_MAX_BACKOFF_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub max_backoff_seconds: Option<f64>,
-    /// Port for /metrics if it should differ from the HTTP port.
-    #[arg(long, env = "OUTBOX_METRICS_PORT", value_name = "OUTBOX_METRICS_PORT")]
-    pub metrics_port: Option<u16>,
-    /// Port for /healthz, /readyz and /metrics [default: 8080].
-    #[arg(long, env = "OUTBOX_HTTP_PORT", value_name = "OUTBOX_HTTP_PORT")]
-    pub http_port: Option<u16>,
-    /// Address the HTTP server binds [default: 0.0.0.0].
-    #[arg(long, env = "OUTBOX_HTTP_HOST", value_name = "OUTBOX_HTTP_HOST")]
-    pub http_host: Option<IpAddr>,
-    /// Run this long, then shut down cleanly (smoke runs); 0 = until signalled [default: 0].
-    #[arg(long, env = "OUTBOX_RUN_SECONDS", value_name = "OUTBOX_RUN_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub run_seconds: Option<f64>,
-    /// Prefix of the dispatcher metrics [default: outbox_dispatch].
-    #[arg(
-        long = "metric-prefix",
-        env = "OUTBOX_DISPATCH_METRIC_PREFIX",
-        value_name = "OUTBOX_DISPATCH_METRIC_PREFIX"
-    )]
-    pub dispatch_metric_prefix: Option<String>,
-    /// How often gauges that need SQL (lag, age, stuck, blocked) are refreshed [default: 5].
-    #[arg(long, env = "OUTBOX_METRICS_REFRESH_SECONDS", value_name = "OUTBOX_METRICS_REFRESH_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub metrics_refresh_seconds: Option<f64>,
-    /// `text` or `json` [default: text].
-    #[arg(long, env = "OUTBOX_LOG_FORMAT", value_name = "OUTBOX_LOG_FORMAT")]
-    pub log_format: Option<LogFormat>,
-    /// How often each projection's plugin file is checked for a new version; 0 disables [default: 2].
-    #[arg(long, env = "OUTBOX_PLUGIN_WATCH_SECONDS", value_name = "OUTBOX_PLUGIN_WATCH_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub plugin_watch_seconds: Option<f64>,
-    /// Bearer token for the admin API (plugin load/rollback); unset disables the admin API.
-    #[arg(
-        long,
-        env = "OUTBOX_ADMIN_TOKEN",
-        value_name = "OUTBOX_ADMIN_TOKEN",
-        hide_env_values = true
-    )]
-    pub admin_token: Option<String>,
-    /// Directory of compiled plugin code, reused across restarts; empty disables
-    /// [default: $XDG_CACHE_HOME/projector/components or ~/.cache/projector/components].
-    #[arg(
-        long,
-        env = "OUTBOX_PLUGIN_CACHE_DIR",
-        value_name = "OUTBOX_PLUGIN_CACHE_DIR"
-    )]
-    pub plugin_cache_dir: Option<String>,
-    /// Delete `done` rows older than this many seconds, in the background; 0 disables [default: 0].
-    #[arg(long, env = "OUTBOX_RETENTION_DONE_SECONDS", value_name = "OUTBOX_RETENTION_DONE_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub retention_done_seconds: Option<f64>,
-    /// Rows deleted per retention batch [default: 1000].
-    #[arg(
-        long,
-        env = "OUTBOX_RETENTION_BATCH_SIZE",
-        value_name = "OUTBOX_RETENTION_BATCH_SIZE",
-        allow_negative_numbers = true
-    )]
-    pub retention_batch_size: Option<i64>,
-    /// How often retention runs [default: 60].
-    #[arg(long, env = "OUTBOX_RETENTION_INTERVAL_SECONDS", value_name = "OUTBOX_RETENTION_INTERVAL_SECONDS", value_parser = parse_seconds, allow_negative_numbers = true)]
-    pub retention_interval_seconds: Option<f64>,
-    /// Elasticsearch/OpenSearch URL for the `search` capability.
-    #[arg(long, env = "ELASTIC_URL", value_name = "ELASTIC_URL")]
-    pub elastic_url: Option<String>,
-    /// Basic-auth user for ELASTIC_URL.
-    #[arg(long, env = "ELASTIC_USERNAME", value_name = "ELASTIC_USERNAME")]
-    pub elastic_username: Option<String>,
-    /// Basic-auth password for ELASTIC_URL.
-    #[arg(
-        long,
-        env = "ELASTIC_PASSWORD",
-        value_name = "ELASTIC_PASSWORD",
-        hide_env_values = true
-    )]
-    pub elastic_password: Option<String>,
-    /// API key for ELASTIC_URL (instead of basic auth).
-    #[arg(
-        long,
-        env = "ELASTIC_API_KEY",
-        value_name = "ELASTIC_API_KEY",
-        hide_env_values = true
-    )]
-    pub elastic_api_key: Option<String>,
-    /// The index a search projection writes when its config names none (config key `index`).
-    #[arg(long, env = "ELASTIC_INDEX", value_name = "ELASTIC_INDEX")]
-    pub elastic_index: Option<String>,
+fn seconds(key: &str, v: f64, allow_zero: bool) -> Result<Duration> {
+    if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) {
+        let want = if allow_zero {
+            "non-negative"
+        } else {
+            "positive"
+        };
+        return Err(Error::config(
+            key,
+            format!("must be a {want} number of seconds, got {v}"),
+        ));
+    }
+    Duration::try_from_secs_f64(v).map_err(|e| Error::config(key, e.to_string()))
 }
 
-/// The TOML file's shape. Unknown keys are errors.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileConfig {
-    database_url: Option<String>,
-    worker_id: Option<String>,
-    concurrency: Option<i64>,
-    batch_size: Option<i64>,
-    events_per_aggregate: Option<i64>,
-    poll_interval_seconds: Option<f64>,
-    lease_seconds: Option<f64>,
-    reclaim_interval_seconds: Option<f64>,
-    max_processing_seconds: Option<f64>,
-    max_attempts: Option<i64>,
-    base_backoff_seconds: Option<f64>,
-    max_backoff_seconds: Option<f64>,
-    max_payload_bytes: Option<i64>,
-    unknown_event_types: Option<UnknownEventTypes>,
-    metrics_port: Option<u16>,
-    http_port: Option<u16>,
-    http_host: Option<IpAddr>,
-    run_seconds: Option<f64>,
-    dispatch_metric_prefix: Option<String>,
-    metrics_refresh_seconds: Option<f64>,
-    log_format: Option<LogFormat>,
-    plugin_cache_dir: Option<String>,
-    plugin_watch_seconds: Option<f64>,
-    retention_done_seconds: Option<f64>,
-    retention_batch_size: Option<i64>,
-    retention_interval_seconds: Option<f64>,
-    elastic_url: Option<String>,
-    elastic_username: Option<String>,
-    elastic_password: Option<String>,
-    elastic_api_key: Option<String>,
-    elastic_index: Option<String>,
-    #[serde(default)]
-    projection: Vec<FileProjection>,
+impl Kind for Seconds {
+    type Raw = f64;
+    type Value = Duration;
+    const NEGATIVE: bool = true;
+    fn parse(s: &str) -> std::result::Result<f64, String> {
+        parse_seconds(s)
+    }
+    fn check(key: &str, v: f64) -> Result<Duration> {
+        seconds(key, v, false)
+    }
+    fn show(v: &f64) -> String {
+        v.to_string()
+    }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileProjection {
-    name: String,
-    plugin: PathBuf,
-    #[serde(default)]
-    ordering: Ordering,
-    concurrency: Option<i64>,
-    batch_size: Option<i64>,
-    events_per_aggregate: Option<i64>,
-    lease_seconds: Option<f64>,
-    max_processing_seconds: Option<f64>,
-    max_attempts: Option<i64>,
-    base_backoff_seconds: Option<f64>,
-    max_backoff_seconds: Option<f64>,
-    max_payload_bytes: Option<i64>,
-    unknown_event_types: Option<UnknownEventTypes>,
-    #[serde(default)]
-    config: BTreeMap<String, String>,
-    #[serde(default)]
-    grants: Grants,
-    memory_limit_mib: Option<u64>,
-    #[serde(default)]
-    sources: BTreeMap<String, String>,
+impl Kind for SecondsOrOff {
+    type Raw = f64;
+    type Value = Duration;
+    const NEGATIVE: bool = true;
+    fn parse(s: &str) -> std::result::Result<f64, String> {
+        parse_seconds(s)
+    }
+    fn check(key: &str, v: f64) -> Result<Duration> {
+        seconds(key, v, true)
+    }
+    fn show(v: &f64) -> String {
+        if *v == 0.0 {
+            "0 (off)".to_owned()
+        } else {
+            v.to_string()
+        }
+    }
+}
+
+/// A TCP port.
+pub struct Port;
+
+impl Kind for Port {
+    type Raw = u16;
+    type Value = u16;
+    fn parse(s: &str) -> std::result::Result<u16, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not a port number (0-65535)"))
+    }
+    fn check(_: &str, v: u16) -> Result<u16> {
+        Ok(v)
+    }
+    fn show(v: &u16) -> String {
+        v.to_string()
+    }
+}
+
+/// An IP address.
+pub struct Address;
+
+impl Kind for Address {
+    type Raw = IpAddr;
+    type Value = IpAddr;
+    fn parse(s: &str) -> std::result::Result<IpAddr, String> {
+        s.trim()
+            .parse()
+            .map_err(|_| format!("`{s}` is not an IP address"))
+    }
+    fn check(_: &str, v: IpAddr) -> Result<IpAddr> {
+        Ok(v)
+    }
+    fn show(v: &IpAddr) -> String {
+        v.to_string()
+    }
+}
+
+/// Text; [`Secret`] when `--help` must not print it.
+pub struct Text;
+
+/// Text `--help` does not print (passwords, tokens, URLs with credentials).
+pub struct Secret;
+
+impl Kind for Text {
+    type Raw = String;
+    type Value = String;
+    fn parse(s: &str) -> std::result::Result<String, String> {
+        Ok(s.to_owned())
+    }
+    fn check(_: &str, v: String) -> Result<String> {
+        Ok(v)
+    }
+    fn show(v: &String) -> String {
+        format!("`{v}`")
+    }
+}
+
+impl Kind for Secret {
+    type Raw = String;
+    type Value = String;
+    const SECRET: bool = true;
+    fn parse(s: &str) -> std::result::Result<String, String> {
+        Ok(s.to_owned())
+    }
+    fn check(_: &str, v: String) -> Result<String> {
+        Ok(v)
+    }
+    fn show(_: &String) -> String {
+        "(hidden)".to_owned()
+    }
+}
+
+/// One of a few words: an enum parsed by its `FromStr`, in TOML by its `Deserialize`.
+pub struct Choice<T>(PhantomData<T>);
+
+impl<T> Kind for Choice<T>
+where
+    T: std::str::FromStr<Err = String>
+        + std::fmt::Display
+        + Clone
+        + std::fmt::Debug
+        + DeserializeOwned
+        + Send
+        + Sync
+        + 'static,
+{
+    type Raw = T;
+    type Value = T;
+    fn parse(s: &str) -> std::result::Result<T, String> {
+        s.parse()
+    }
+    fn check(_: &str, v: T) -> Result<T> {
+        Ok(v)
+    }
+    fn show(v: &T) -> String {
+        format!("`{v}`")
+    }
+}
+
+/// A table row that has a default: resolving it always gives a value.
+pub struct Defaulted<K: Kind> {
+    /// The TOML key (and the [`Overrides`] field).
+    pub key: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+    /// The flag, without its leading `--`.
+    pub flag: &'static str,
+    /// What the setting does (`--help`, and the README's "meaning").
+    pub help: &'static str,
+    /// The value when nothing is given.
+    pub default: fn() -> K::Raw,
+    /// Whether a `[[projection]]` may set it for itself.
+    pub per_projection: bool,
+}
+
+/// A table row without a default value: required, computed when unset (the host name), or off.
+pub struct Optional<K: Kind> {
+    /// The TOML key (and the [`Overrides`] field).
+    pub key: &'static str,
+    /// The environment variable.
+    pub env: &'static str,
+    /// The flag, without its leading `--`.
+    pub flag: &'static str,
+    /// What the setting does (`--help`, and the README's "meaning").
+    pub help: &'static str,
+    /// What happens when it is unset, as the README's "default" column says it.
+    pub unset: &'static str,
+    /// Whether the service refuses to start without it (no `[default: ...]` in `--help`).
+    pub required: bool,
+    /// Its kind.
+    pub kind: PhantomData<K>,
+}
+
+/// What every row says about itself: the README's settings table has one line per row.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Row {
+    /// The environment variable.
+    pub env: &'static str,
+    /// The flag, without `--`.
+    pub flag: &'static str,
+    /// The TOML key.
+    pub key: &'static str,
+    /// The default as shown.
+    pub default: String,
+    /// What the setting does.
+    pub help: &'static str,
+    /// Whether a `[[projection]]` may set it for itself.
+    pub per_projection: bool,
+}
+
+/// Resolving one row: the first value given (flag or variable, else the file), checked.
+pub trait Setting {
+    /// The row's kind.
+    type Kind: Kind;
+    /// What resolving gives: the value, or `Option` of it for rows without a default.
+    type Out;
+    /// Applies the default (if any) and checks the bounds; an error names the variable.
+    fn resolve(&self, given: Option<<Self::Kind as Kind>::Raw>) -> Result<Self::Out>;
+    /// The row as the README shows it.
+    fn row(&self) -> Row;
+    /// The `--help` line.
+    fn help_line(&self) -> String {
+        let row = self.row();
+        format!("{} [default: {}]", row.help, row.default)
+    }
+}
+
+impl<K: Kind> Setting for Defaulted<K> {
+    type Kind = K;
+    type Out = K::Value;
+    fn resolve(&self, given: Option<K::Raw>) -> Result<K::Value> {
+        K::check(self.env, given.unwrap_or_else(self.default))
+    }
+    fn row(&self) -> Row {
+        Row {
+            env: self.env,
+            flag: self.flag,
+            key: self.key,
+            default: K::show(&(self.default)()),
+            help: self.help,
+            per_projection: self.per_projection,
+        }
+    }
+}
+
+impl<K: Kind> Setting for Optional<K> {
+    type Kind = K;
+    type Out = Option<K::Value>;
+    fn resolve(&self, given: Option<K::Raw>) -> Result<Option<K::Value>> {
+        given.map(|v| K::check(self.env, v)).transpose()
+    }
+    fn row(&self) -> Row {
+        Row {
+            env: self.env,
+            flag: self.flag,
+            key: self.key,
+            default: self.unset.to_owned(),
+            help: self.help,
+            per_projection: false,
+        }
+    }
+    fn help_line(&self) -> String {
+        if self.required {
+            self.help.to_owned()
+        } else {
+            format!("{} [default: {}]", self.help, self.unset)
+        }
+    }
+}
+
+/// A checked value into its [`Tuning`] field's type (the bounds make this infallible in practice).
+fn fit<V, F: TryFrom<V>>(key: &str, v: V) -> Result<F> {
+    F::try_from(v).map_err(|_| Error::config(key, "out of range"))
+}
+
+/// The table's grammar. Each row is
+/// `key: Kind = (default), "ENV_NAME", "flag", "help";` where `(default)` is a value,
+/// `(unset "what then")` or `(required "what then")`; rows under `per_projection` add
+/// `=> tuning_field` after the key and may also be set in a `[[projection]]`.
+macro_rules! settings {
+    (@ty $k:ty, (unset $s:literal)) => { Optional<$k> };
+    (@ty $k:ty, (required $s:literal)) => { Optional<$k> };
+    (@ty $k:ty, ($d:expr)) => { Defaulted<$k> };
+    (@row $k:ty, (unset $s:literal), $key:ident, $env:literal, $flag:literal, $help:literal, $pp:literal) => {
+        Optional { key: stringify!($key), env: $env, flag: $flag, help: $help, unset: $s, required: false, kind: PhantomData }
+    };
+    (@row $k:ty, (required $s:literal), $key:ident, $env:literal, $flag:literal, $help:literal, $pp:literal) => {
+        Optional { key: stringify!($key), env: $env, flag: $flag, help: $help, unset: $s, required: true, kind: PhantomData }
+    };
+    (@row $k:ty, ($d:expr), $key:ident, $env:literal, $flag:literal, $help:literal, $pp:literal) => {
+        Defaulted { key: stringify!($key), env: $env, flag: $flag, help: $help, default: || $d, per_projection: $pp }
+    };
+    (
+        per_projection {
+            $( $pkey:ident => $field:ident : $pkind:ty = $pdef:tt, $penv:literal, $pflag:literal, $phelp:literal; )*
+        }
+        host {
+            $( $hkey:ident : $hkind:ty = $hdef:tt, $henv:literal, $hflag:literal, $hhelp:literal; )*
+        }
+    ) => {
+        /// The table's rows, one descriptor per setting, named by its TOML key.
+        #[allow(non_upper_case_globals)]
+        pub mod table {
+            use super::*;
+            $(
+                #[doc = $phelp]
+                pub const $pkey: settings!(@ty $pkind, $pdef) =
+                    settings!(@row $pkind, $pdef, $pkey, $penv, $pflag, $phelp, true);
+            )*
+            $(
+                #[doc = $hhelp]
+                pub const $hkey: settings!(@ty $hkind, $hdef) =
+                    settings!(@row $hkind, $hdef, $hkey, $henv, $hflag, $hhelp, false);
+            )*
+            /// Every row, in table order.
+            pub fn rows() -> Vec<Row> {
+                vec![$( $pkey.row(), )* $( $hkey.row(), )*]
+            }
+        }
+
+        /// Settings given as flags or environment variables (flags win), one per table row. All
+        /// optional here; the file and the defaults fill the gaps in [`Settings::resolve`].
+        #[derive(Debug, Default, Args)]
+        pub struct Overrides {
+            $(
+                #[doc = $phelp]
+                #[arg(
+                    long = table::$pkey.flag,
+                    env = table::$pkey.env,
+                    value_name = table::$pkey.env,
+                    help = table::$pkey.help_line(),
+                    value_parser = <$pkind as Kind>::parse,
+                    allow_negative_numbers = <$pkind as Kind>::NEGATIVE,
+                    hide_env_values = <$pkind as Kind>::SECRET,
+                )]
+                pub $pkey: Option<<$pkind as Kind>::Raw>,
+            )*
+            $(
+                #[doc = $hhelp]
+                #[arg(
+                    long = table::$hkey.flag,
+                    env = table::$hkey.env,
+                    value_name = table::$hkey.env,
+                    help = table::$hkey.help_line(),
+                    value_parser = <$hkind as Kind>::parse,
+                    allow_negative_numbers = <$hkind as Kind>::NEGATIVE,
+                    hide_env_values = <$hkind as Kind>::SECRET,
+                )]
+                pub $hkey: Option<<$hkind as Kind>::Raw>,
+            )*
+        }
+
+        /// The TOML file's shape: a global key per row, and the projections. Unknown keys are
+        /// errors.
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileConfig {
+            $( $pkey: Option<<$pkind as Kind>::Raw>, )*
+            $( $hkey: Option<<$hkind as Kind>::Raw>, )*
+            #[serde(default)]
+            projection: Vec<FileProjection>,
+        }
+
+        /// One `[[projection]]`: a key per `per_projection` row, and what is not a scalar.
+        #[derive(Debug, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct FileProjection {
+            name: String,
+            plugin: PathBuf,
+            #[serde(default)]
+            ordering: Ordering,
+            $( $pkey: Option<<$pkind as Kind>::Raw>, )*
+            #[serde(default)]
+            config: BTreeMap<String, String>,
+            #[serde(default)]
+            grants: Grants,
+            memory_limit_mib: Option<u64>,
+            #[serde(default)]
+            sources: BTreeMap<String, String>,
+        }
+
+        /// The host-wide rows, resolved.
+        struct Host {
+            $( $hkey: <settings!(@ty $hkind, $hdef) as Setting>::Out, )*
+        }
+
+        /// The host-wide rows: flag or variable, else the file, else the default; checked.
+        fn resolve_host(over: &Overrides, file: &FileConfig) -> Result<Host> {
+            Ok(Host {
+                $( $hkey: table::$hkey.resolve(over.$hkey.clone().or_else(|| file.$hkey.clone()))?, )*
+            })
+        }
+
+        /// The global tuning: flag or variable, else the file, else the default; checked.
+        fn resolve_tuning(over: &Overrides, file: &FileConfig) -> Result<Tuning> {
+            Ok(Tuning {
+                $( $field: fit(
+                    table::$pkey.env,
+                    table::$pkey.resolve(over.$pkey.clone().or_else(|| file.$pkey.clone()))?,
+                )?, )*
+            })
+        }
+
+        /// A projection's tuning: its own keys, else the global tuning.
+        fn projection_tuning(
+            p: &FileProjection,
+            key: &dyn Fn(&str) -> String,
+            global: &Tuning,
+        ) -> Result<Tuning> {
+            Ok(Tuning {
+                $( $field: match &p.$pkey {
+                    Some(raw) => {
+                        let key = key(table::$pkey.key);
+                        fit(&key, <$pkind as Kind>::check(&key, raw.clone())?)?
+                    }
+                    None => global.$field.clone(),
+                }, )*
+            })
+        }
+    };
+}
+
+settings! {
+    per_projection {
+        concurrency => concurrency: Count<256> = (2),
+            "OUTBOX_CONCURRENCY", "concurrency",
+            "claim loops per projection in this host";
+        batch_size => batch_size: Count<10_000> = (100),
+            "OUTBOX_BATCH_SIZE", "batch-size",
+            "events per batch";
+        events_per_aggregate => events_per_aggregate: Count<10_000> = (1),
+            "OUTBOX_EVENTS_PER_AGGREGATE", "events-per-aggregate",
+            "with ordering `aggregate`: consecutive events of one aggregate one batch may carry, handed to the plugin in seq order (1 = the contract 0.1.0 guarantee)";
+        lease_seconds => lease: Seconds = (30.0),
+            "OUTBOX_LEASE_SECONDS", "lease-seconds",
+            "claim lease; renewed during long batches, after it another host may reclaim the work";
+        max_processing_seconds => max_processing: Seconds = (60.0),
+            "OUTBOX_MAX_PROCESSING_SECONDS", "max-processing-seconds",
+            "bound on one batch; the plugin call is interrupted there";
+        max_attempts => max_attempts: Count<1_000> = (5),
+            "OUTBOX_MAX_ATTEMPTS", "max-attempts",
+            "attempts before a transient failure is terminal";
+        base_backoff_seconds => base_backoff: Seconds = (1.0),
+            "OUTBOX_BASE_BACKOFF_SECONDS", "base-backoff-seconds",
+            "first retry delay";
+        max_backoff_seconds => max_backoff: Seconds = (300.0),
+            "OUTBOX_MAX_BACKOFF_SECONDS", "max-backoff-seconds",
+            "longest retry delay";
+        max_payload_bytes => max_payload_bytes: Count<{ 1 << 30 }> = (1 << 20),
+            "OUTBOX_MAX_PAYLOAD_BYTES", "max-payload-bytes",
+            "larger payloads fail (`payload_too_large`) without being read into the host; so do headers over 64 KiB and event types, aggregate types and ids over 1,024 bytes (`headers_too_large`, `event_type_too_long`, ...)";
+        unknown_event_types => unknown_event_types: Choice<UnknownEventTypes> = (UnknownEventTypes::Deliver),
+            "OUTBOX_UNKNOWN_EVENT_TYPES", "unknown-event-types",
+            "events of a type the plugin's `describe()` does not declare: `deliver`, `skip` (done without the plugin) or `fail` (`unknown_event_type`)";
+    }
+    host {
+        database_url: Secret = (required "required"),
+            "DATABASE_URL", "database-url",
+            "Postgres connection URL";
+        worker_id: Text = (unset "`<hostname>-<pid>`"),
+            "OUTBOX_WORKER_ID", "worker-id",
+            "`claimed_by` of this host's claims";
+        poll_interval_seconds: Seconds = (1.0),
+            "OUTBOX_POLL_INTERVAL_SECONDS", "poll-interval-seconds",
+            "fallback polling when no NOTIFY comes, and for retries coming due";
+        reclaim_interval_seconds: Seconds = (5.0),
+            "OUTBOX_RECLAIM_INTERVAL_SECONDS", "reclaim-interval-seconds",
+            "stuck-work sweep interval";
+        http_port: Port = (8080),
+            "OUTBOX_HTTP_PORT", "http-port",
+            "port of `/healthz`, `/readyz`, `/metrics` and the admin API";
+        metrics_port: Port = (unset "= HTTP port"),
+            "OUTBOX_METRICS_PORT", "metrics-port",
+            "a separate port for `/metrics`";
+        http_host: Address = (IpAddr::from([0, 0, 0, 0])),
+            "OUTBOX_HTTP_HOST", "http-host",
+            "address the HTTP server binds";
+        run_seconds: SecondsOrOff = (0.0),
+            "OUTBOX_RUN_SECONDS", "run-seconds",
+            "run this long, then stop cleanly (smoke runs); 0 = until signalled";
+        dispatch_metric_prefix: Text = ("outbox_dispatch".to_owned()),
+            "OUTBOX_DISPATCH_METRIC_PREFIX", "metric-prefix",
+            "prefix of the dispatcher metrics";
+        metrics_refresh_seconds: Seconds = (5.0),
+            "OUTBOX_METRICS_REFRESH_SECONDS", "metrics-refresh-seconds",
+            "refresh of SQL-backed gauges (lag, age, stuck, blocked)";
+        log_format: Choice<LogFormat> = (LogFormat::Text),
+            "OUTBOX_LOG_FORMAT", "log-format",
+            "`text` or `json` (stderr; `RUST_LOG` filters)";
+        admin_token: Secret = (unset "unset (admin API off)"),
+            "OUTBOX_ADMIN_TOKEN", "admin-token",
+            "bearer token of the admin API (at least 16 characters)";
+        plugin_watch_seconds: SecondsOrOff = (2.0),
+            "OUTBOX_PLUGIN_WATCH_SECONDS", "plugin-watch-seconds",
+            "how often plugin files are checked for a new version; 0 = off";
+        retention_done_seconds: SecondsOrOff = (0.0),
+            "OUTBOX_RETENTION_DONE_SECONDS", "retention-done-seconds",
+            "delete `done` rows older than this, in the background";
+        retention_batch_size: Count<100_000> = (1000),
+            "OUTBOX_RETENTION_BATCH_SIZE", "retention-batch-size",
+            "rows per retention delete";
+        retention_interval_seconds: Seconds = (60.0),
+            "OUTBOX_RETENTION_INTERVAL_SECONDS", "retention-interval-seconds",
+            "how often retention runs";
+        plugin_cache_dir: Text = (unset "`$XDG_CACHE_HOME/projector/components` or `~/.cache/projector/components`"),
+            "OUTBOX_PLUGIN_CACHE_DIR", "plugin-cache-dir",
+            "compiled plugin code kept across restarts; empty = off";
+        elastic_url: Text = (required "required if a projection is granted `search`"),
+            "ELASTIC_URL", "elastic-url",
+            "search cluster URL";
+        elastic_username: Text = (unset "none"),
+            "ELASTIC_USERNAME", "elastic-username",
+            "basic-auth user (the password must be set too)";
+        elastic_password: Secret = (unset "none"),
+            "ELASTIC_PASSWORD", "elastic-password",
+            "basic-auth password (the user must be set too)";
+        elastic_api_key: Secret = (unset "none"),
+            "ELASTIC_API_KEY", "elastic-api-key",
+            "API key (the encoded form; wins over basic auth)";
+        elastic_index: Text = (unset "none"),
+            "ELASTIC_INDEX", "elastic-index",
+            "`index` for a search projection whose config has none";
+    }
+}
+
+/// The delivery tuning of a projection nothing configures: the table's defaults.
+pub fn default_tuning() -> Tuning {
+    resolve_tuning(&Overrides::default(), &FileConfig::default())
+        .expect("the table's defaults are within its bounds (tested)")
 }
 
 /// Refuses grants that would reach past the projection: search index patterns matching every
@@ -353,36 +711,6 @@ pub struct Retention {
     pub interval: Duration,
 }
 
-/// Picks the first value present: flag/env, then file, then the default.
-fn pick<T>(over: Option<T>, file: Option<T>, default: T) -> T {
-    over.or(file).unwrap_or(default)
-}
-
-fn positive_int(key: &str, v: i64, max: i64) -> Result<i64> {
-    if v < 1 || v > max {
-        return Err(Error::config(
-            key,
-            format!("must be between 1 and {max}, got {v}"),
-        ));
-    }
-    Ok(v)
-}
-
-fn seconds(key: &str, v: f64, allow_zero: bool) -> Result<Duration> {
-    if !v.is_finite() || v < 0.0 || (!allow_zero && v == 0.0) {
-        let want = if allow_zero {
-            "non-negative"
-        } else {
-            "positive"
-        };
-        return Err(Error::config(
-            key,
-            format!("must be a {want} number of seconds, got {v}"),
-        ));
-    }
-    Duration::try_from_secs_f64(v).map_err(|e| Error::config(key, e.to_string()))
-}
-
 fn default_cache_dir() -> Option<PathBuf> {
     let base = std::env::var_os("XDG_CACHE_HOME")
         .filter(|v| !v.is_empty())
@@ -458,105 +786,32 @@ impl Settings {
         config: Option<&Path>,
         plugin_flags: &[String],
     ) -> Result<Self> {
-        let mut over = over;
         let mut file = match config {
             Some(path) => read_file(path)?,
             None => FileConfig::default(),
         };
-        let elastic_over = ElasticInput {
-            url: over.elastic_url.take(),
-            username: over.elastic_username.take(),
-            password: over.elastic_password.take(),
-            api_key: over.elastic_api_key.take(),
-            index: over.elastic_index.take(),
-        };
-        let elastic_file = ElasticInput {
-            url: file.elastic_url.take(),
-            username: file.elastic_username.take(),
-            password: file.elastic_password.take(),
-            api_key: file.elastic_api_key.take(),
-            index: file.elastic_index.take(),
-        };
+        let listed = std::mem::take(&mut file.projection);
         let base_dir = config
             .and_then(Path::parent)
             .map(Path::to_path_buf)
             .unwrap_or_default();
 
-        let database_url = over
+        let host = resolve_host(&over, &file)?;
+        let database_url = host
             .database_url
-            .or(file.database_url)
+            .clone()
             .filter(|u| !u.trim().is_empty())
-            .ok_or_else(|| {
-                Error::config(
-                    "DATABASE_URL",
-                    "not set: pass --database-url or set DATABASE_URL",
-                )
-            })?;
-        let worker_id = pick(over.worker_id, file.worker_id, default_worker_id());
+            .ok_or_else(missing_database_url)?;
+        let worker_id = host.worker_id.clone().unwrap_or_else(default_worker_id);
         if worker_id.trim().is_empty() {
-            return Err(Error::config("OUTBOX_WORKER_ID", "must not be empty"));
+            return Err(Error::config(table::worker_id.env, "must not be empty"));
         }
 
-        let defaults = Tuning {
-            concurrency: positive_int(
-                "OUTBOX_CONCURRENCY",
-                pick(over.concurrency, file.concurrency, 2),
-                256,
-            )? as usize,
-            batch_size: positive_int(
-                "OUTBOX_BATCH_SIZE",
-                pick(over.batch_size, file.batch_size, 100),
-                10_000,
-            )?,
-            events_per_aggregate: positive_int(
-                "OUTBOX_EVENTS_PER_AGGREGATE",
-                pick(over.events_per_aggregate, file.events_per_aggregate, 1),
-                10_000,
-            )?,
-            lease: seconds(
-                "OUTBOX_LEASE_SECONDS",
-                pick(over.lease_seconds, file.lease_seconds, 30.0),
-                false,
-            )?,
-            max_processing: seconds(
-                "OUTBOX_MAX_PROCESSING_SECONDS",
-                pick(
-                    over.max_processing_seconds,
-                    file.max_processing_seconds,
-                    60.0,
-                ),
-                false,
-            )?,
-            max_attempts: positive_int(
-                "OUTBOX_MAX_ATTEMPTS",
-                pick(over.max_attempts, file.max_attempts, 5),
-                1_000,
-            )? as i32,
-            base_backoff: seconds(
-                "OUTBOX_BASE_BACKOFF_SECONDS",
-                pick(over.base_backoff_seconds, file.base_backoff_seconds, 1.0),
-                false,
-            )?,
-            max_backoff: seconds(
-                "OUTBOX_MAX_BACKOFF_SECONDS",
-                pick(over.max_backoff_seconds, file.max_backoff_seconds, 300.0),
-                false,
-            )?,
-            max_payload_bytes: positive_int(
-                "OUTBOX_MAX_PAYLOAD_BYTES",
-                pick(over.max_payload_bytes, file.max_payload_bytes, 1 << 20),
-                1 << 30,
-            )? as usize,
-            unknown_event_types: pick(
-                over.unknown_event_types,
-                file.unknown_event_types,
-                UnknownEventTypes::Deliver,
-            ),
-        };
-        check_backoff("OUTBOX_MAX_BACKOFF_SECONDS", &defaults)?;
+        let defaults = resolve_tuning(&over, &file)?;
+        check_backoff(table::max_backoff_seconds.env, &defaults)?;
 
         let mut projections: Vec<ProjectionSpec> = Vec::new();
-        for (i, p) in file.projection.into_iter().enumerate() {
+        for (i, p) in listed.into_iter().enumerate() {
             let key = |k: &str| format!("projection[{i}].{k}");
             valid_projection_name(&key("name"), &p.name)?;
             if projections.iter().any(|q| q.name == p.name) {
@@ -565,48 +820,17 @@ impl Settings {
                     format!("projection `{}` is listed twice", p.name),
                 ));
             }
-            let t = &defaults;
-            let tuning = Tuning {
-                concurrency: match p.concurrency {
-                    Some(v) => positive_int(&key("concurrency"), v, 256)? as usize,
-                    None => t.concurrency,
-                },
-                batch_size: match p.batch_size {
-                    Some(v) => positive_int(&key("batch_size"), v, 10_000)?,
-                    None => t.batch_size,
-                },
-                events_per_aggregate: match p.events_per_aggregate {
-                    Some(v) => positive_int(&key("events_per_aggregate"), v, 10_000)?,
-                    None => t.events_per_aggregate,
-                },
-                lease: opt_seconds(&key("lease_seconds"), p.lease_seconds, t.lease)?,
-                max_processing: opt_seconds(
-                    &key("max_processing_seconds"),
-                    p.max_processing_seconds,
-                    t.max_processing,
-                )?,
-                max_attempts: match p.max_attempts {
-                    Some(v) => positive_int(&key("max_attempts"), v, 1_000)? as i32,
-                    None => t.max_attempts,
-                },
-                base_backoff: opt_seconds(
-                    &key("base_backoff_seconds"),
-                    p.base_backoff_seconds,
-                    t.base_backoff,
-                )?,
-                max_backoff: opt_seconds(
-                    &key("max_backoff_seconds"),
-                    p.max_backoff_seconds,
-                    t.max_backoff,
-                )?,
-                max_payload_bytes: match p.max_payload_bytes {
-                    Some(v) => positive_int(&key("max_payload_bytes"), v, 1 << 30)? as usize,
-                    None => t.max_payload_bytes,
-                },
-                unknown_event_types: p.unknown_event_types.unwrap_or(t.unknown_event_types),
-            };
-            check_backoff(&key("max_backoff_seconds"), &tuning)?;
+            let tuning = projection_tuning(&p, &key, &defaults)?;
+            check_backoff(&key(table::max_backoff_seconds.key), &tuning)?;
             check_grants(&p.name, &p.grants)?;
+            let memory_limit = match p.memory_limit_mib {
+                Some(mib) => {
+                    let key = key("memory_limit_mib");
+                    let mib = i64::try_from(mib).unwrap_or(i64::MAX);
+                    fit::<i64, usize>(&key, Count::<4096>::check(&key, mib)?)? * (1 << 20)
+                }
+                None => projector_core::spec::DEFAULT_MEMORY_BYTES,
+            };
             let plugin = if p.plugin.is_absolute() {
                 p.plugin
             } else {
@@ -620,13 +844,7 @@ impl Settings {
                 config: p.config,
                 grants: p.grants,
                 sources: p.sources,
-                memory_limit: match p.memory_limit_mib {
-                    Some(mib) => {
-                        positive_int(&key("memory_limit_mib"), mib as i64, 4096)? as usize
-                            * (1 << 20)
-                    }
-                    None => projector_core::spec::DEFAULT_MEMORY_BYTES,
-                },
+                memory_limit,
             });
         }
         for flag in plugin_flags {
@@ -656,21 +874,9 @@ impl Settings {
             ));
         }
 
-        let http_port = pick(over.http_port, file.http_port, 8080);
-        let metrics_port = over
-            .metrics_port
-            .or(file.metrics_port)
-            .filter(|p| *p != http_port);
-        let run_seconds = seconds(
-            "OUTBOX_RUN_SECONDS",
-            pick(over.run_seconds, file.run_seconds, 0.0),
-            true,
-        )?;
-        let metric_prefix = pick(
-            over.dispatch_metric_prefix,
-            file.dispatch_metric_prefix,
-            "outbox_dispatch".to_owned(),
-        );
+        let http_port = host.http_port;
+        let metrics_port = host.metrics_port.filter(|p| *p != http_port);
+        let metric_prefix = host.dispatch_metric_prefix.clone();
         let prefix_ok = metric_prefix
             .chars()
             .next()
@@ -680,128 +886,63 @@ impl Settings {
                 .all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !prefix_ok {
             return Err(Error::config(
-                "OUTBOX_DISPATCH_METRIC_PREFIX",
+                table::dispatch_metric_prefix.env,
                 format!("`{metric_prefix}` is not a valid Prometheus metric name prefix ([a-zA-Z_][a-zA-Z0-9_]*)"),
             ));
         }
 
-        let elastic = resolve_elastic(elastic_over, elastic_file, &mut projections)?;
+        let elastic = resolve_elastic(&host, &mut projections)?;
 
-        let plugin_cache_dir = match over
-            .plugin_cache_dir
-            .take()
-            .or(file.plugin_cache_dir.take())
-        {
+        let plugin_cache_dir = match &host.plugin_cache_dir {
             Some(dir) if dir.trim().is_empty() => None,
             Some(dir) => Some(PathBuf::from(dir)),
             None => default_cache_dir(),
         };
 
-        let admin_token = over.admin_token.take().filter(|t| !t.is_empty());
+        let admin_token = host.admin_token.clone().filter(|t| !t.is_empty());
         if admin_token.as_ref().is_some_and(|t| t.len() < 16) {
             return Err(Error::config(
-                "OUTBOX_ADMIN_TOKEN",
+                table::admin_token.env,
                 "must be at least 16 characters",
             ));
         }
 
-        let plugin_watch = seconds(
-            "OUTBOX_PLUGIN_WATCH_SECONDS",
-            pick(over.plugin_watch_seconds, file.plugin_watch_seconds, 2.0),
-            true,
-        )?;
-
-        let retention = Retention::resolve(
-            pick(
-                over.retention_done_seconds,
-                file.retention_done_seconds,
-                0.0,
-            ),
-            pick(over.retention_batch_size, file.retention_batch_size, 1000),
-            pick(
-                over.retention_interval_seconds,
-                file.retention_interval_seconds,
-                60.0,
-            ),
-        )?;
-
+        let on = |d: Duration| (d > Duration::ZERO).then_some(d);
         Ok(Settings {
-            retention,
-            plugin_watch: (plugin_watch > Duration::ZERO).then_some(plugin_watch),
+            retention: on(host.retention_done_seconds).map(|done_after| Retention {
+                done_after,
+                batch_size: host.retention_batch_size,
+                interval: host.retention_interval_seconds,
+            }),
+            plugin_watch: on(host.plugin_watch_seconds),
             admin_token,
             plugin_cache_dir,
             elastic,
             database_url,
             worker_id,
-            poll_interval: seconds(
-                "OUTBOX_POLL_INTERVAL_SECONDS",
-                pick(over.poll_interval_seconds, file.poll_interval_seconds, 1.0),
-                false,
-            )?,
-            reclaim_interval: seconds(
-                "OUTBOX_RECLAIM_INTERVAL_SECONDS",
-                pick(
-                    over.reclaim_interval_seconds,
-                    file.reclaim_interval_seconds,
-                    5.0,
-                ),
-                false,
-            )?,
+            poll_interval: host.poll_interval_seconds,
+            reclaim_interval: host.reclaim_interval_seconds,
             metrics_port,
             http_port,
-            http_host: pick(over.http_host, file.http_host, IpAddr::from([0, 0, 0, 0])),
-            run_for: (run_seconds > Duration::ZERO).then_some(run_seconds),
+            http_host: host.http_host,
+            run_for: on(host.run_seconds),
             metric_prefix,
-            metrics_refresh: seconds(
-                "OUTBOX_METRICS_REFRESH_SECONDS",
-                pick(
-                    over.metrics_refresh_seconds,
-                    file.metrics_refresh_seconds,
-                    5.0,
-                ),
-                false,
-            )?,
-            log_format: pick(over.log_format, file.log_format, LogFormat::Text),
+            metrics_refresh: host.metrics_refresh_seconds,
+            log_format: host.log_format,
             projections,
         })
     }
 }
 
-impl Retention {
-    /// Validates the three retention settings; `done_seconds == 0` means retention is off.
-    pub fn resolve(
-        done_seconds: f64,
-        batch_size: i64,
-        interval_seconds: f64,
-    ) -> Result<Option<Self>> {
-        let done_after = seconds("OUTBOX_RETENTION_DONE_SECONDS", done_seconds, true)?;
-        let batch_size = positive_int("OUTBOX_RETENTION_BATCH_SIZE", batch_size, 100_000)?;
-        let interval = seconds("OUTBOX_RETENTION_INTERVAL_SECONDS", interval_seconds, false)?;
-        Ok((done_after > Duration::ZERO).then_some(Retention {
-            done_after,
-            batch_size,
-            interval,
-        }))
-    }
-}
-
 /// The search cluster settings, required when a projection is granted `search`. A search
-/// projection without an `index` in its config gets `ELASTIC_INDEX`.
-struct ElasticInput {
-    url: Option<String>,
-    username: Option<String>,
-    password: Option<String>,
-    api_key: Option<String>,
-    index: Option<String>,
-}
-
+/// projection without an `index` in its config gets the global `elastic_index`. An empty value
+/// counts as unset.
 fn resolve_elastic(
-    over: ElasticInput,
-    file: ElasticInput,
+    host: &Host,
     projections: &mut [ProjectionSpec],
 ) -> Result<Option<ElasticSettings>> {
-    let first = |a: Option<String>, b: Option<String>| a.or(b).filter(|v| !v.is_empty());
-    let index = first(over.index, file.index);
+    let given = |v: &Option<String>| v.clone().filter(|v| !v.is_empty());
+    let index = given(&host.elastic_index);
     let searching: Vec<&mut ProjectionSpec> = projections
         .iter_mut()
         .filter(|p| p.grants.search())
@@ -809,9 +950,10 @@ fn resolve_elastic(
     if searching.is_empty() {
         return Ok(None);
     }
-    let url = first(over.url, file.url).ok_or_else(|| {
+    let url_env = table::elastic_url.env;
+    let url = given(&host.elastic_url).ok_or_else(|| {
         Error::config(
-            "ELASTIC_URL",
+            url_env,
             format!(
                 "not set, but projection `{}` is granted `search`",
                 searching[0].name
@@ -820,7 +962,7 @@ fn resolve_elastic(
     })?;
     if !(url.starts_with("http://") || url.starts_with("https://")) {
         return Err(Error::config(
-            "ELASTIC_URL",
+            url_env,
             format!("`{url}` is not an http(s) URL"),
         ));
     }
@@ -831,33 +973,28 @@ fn resolve_elastic(
             }
         }
     }
-    let user = first(over.username, file.username);
-    let password = first(over.password, file.password);
-    let basic_auth = match (user, password) {
+    let (user_env, password_env) = (table::elastic_username.env, table::elastic_password.env);
+    let basic_auth = match (given(&host.elastic_username), given(&host.elastic_password)) {
         (Some(u), Some(p)) => Some((u, p)),
         (None, None) => None,
         (Some(_), None) => {
             return Err(Error::config(
-                "ELASTIC_PASSWORD",
-                "ELASTIC_USERNAME is set but the password is not",
+                password_env,
+                format!("{user_env} is set but the password is not"),
             ))
         }
         (None, Some(_)) => {
             return Err(Error::config(
-                "ELASTIC_USERNAME",
-                "ELASTIC_PASSWORD is set but the user is not",
+                user_env,
+                format!("{password_env} is set but the user is not"),
             ))
         }
     };
     Ok(Some(ElasticSettings {
         url,
         basic_auth,
-        api_key: first(over.api_key, file.api_key),
+        api_key: given(&host.elastic_api_key),
     }))
-}
-
-fn opt_seconds(key: &str, v: Option<f64>, default: Duration) -> Result<Duration> {
-    v.map(|v| seconds(key, v, false)).unwrap_or(Ok(default))
 }
 
 fn check_backoff(key: &str, t: &Tuning) -> Result<()> {
@@ -873,32 +1010,36 @@ fn check_backoff(key: &str, t: &Tuning) -> Result<()> {
     Ok(())
 }
 
-/// The database a one-shot command works on.
+/// The database a one-shot command works on: the table's `database_url` row on its own.
 #[derive(Debug, Args)]
 pub struct Database {
     /// Postgres connection URL.
     #[arg(
-        long,
-        env = "DATABASE_URL",
-        value_name = "DATABASE_URL",
+        long = table::database_url.flag,
+        env = table::database_url.env,
+        value_name = table::database_url.env,
+        help = table::database_url.help_line(),
         hide_env_values = true
     )]
     pub database_url: Option<String>,
 }
 
 impl Database {
-    /// The URL, or the error naming `DATABASE_URL` when it is missing.
+    /// The URL, or the error naming the variable when it is missing.
     pub fn url(&self) -> Result<&str> {
         self.database_url
             .as_deref()
             .filter(|u| !u.trim().is_empty())
-            .ok_or_else(|| {
-                Error::config(
-                    "DATABASE_URL",
-                    "not set: pass --database-url or set DATABASE_URL",
-                )
-            })
+            .ok_or_else(missing_database_url)
     }
+}
+
+fn missing_database_url() -> Error {
+    let d = &table::database_url;
+    Error::config(
+        d.env,
+        format!("not set: pass --{} or set {}", d.flag, d.env),
+    )
 }
 
 /// Arguments of `projector run`. Every setting also reads its environment variable; a flag wins
@@ -917,6 +1058,15 @@ pub struct RunArgs {
     /// The settings.
     #[command(flatten)]
     pub overrides: Overrides,
+}
+
+impl std::fmt::Display for LogFormat {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            LogFormat::Text => "text",
+            LogFormat::Json => "json",
+        })
+    }
 }
 
 /// `LogFormat` parses from `text` or `json`.
@@ -1001,5 +1151,94 @@ mod tests {
         );
         let err = Settings::resolve(Overrides::default(), None, &["a=x.wasm".into()]).unwrap_err();
         assert!(err.to_string().starts_with("DATABASE_URL:"), "{err}");
+    }
+
+    #[test]
+    fn the_defaults_are_within_their_bounds() {
+        let t = default_tuning();
+        assert_eq!(t.batch_size, 100);
+        assert_eq!(t.max_backoff, Duration::from_secs(300));
+        check_backoff("default", &t).unwrap();
+        let s = Settings::resolve(over(), None, &["a=x.wasm".into()]).unwrap();
+        assert_eq!(s.projections[0].tuning, t);
+        assert_eq!(s.http_port, 8080);
+        assert_eq!(s.retention, None);
+    }
+
+    #[test]
+    fn the_admin_token_can_come_from_the_file_and_the_variable_wins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.toml");
+        std::fs::write(&path, "admin_token = \"from-the-file-0123456789\"\n").unwrap();
+        let s = Settings::resolve(over(), Some(&path), &["a=x.wasm".into()]).unwrap();
+        assert_eq!(s.admin_token.as_deref(), Some("from-the-file-0123456789"));
+        let mut o = over();
+        o.admin_token = Some("from-the-flag-0123456789".into());
+        let s = Settings::resolve(o, Some(&path), &["a=x.wasm".into()]).unwrap();
+        assert_eq!(s.admin_token.as_deref(), Some("from-the-flag-0123456789"));
+        std::fs::write(&path, "admin_token = \"short\"\n").unwrap();
+        let err = Settings::resolve(over(), Some(&path), &["a=x.wasm".into()]).unwrap_err();
+        assert!(err.to_string().starts_with("OUTBOX_ADMIN_TOKEN:"), "{err}");
+    }
+
+    #[test]
+    fn a_toml_key_is_its_variable_lowercased_without_outbox() {
+        for row in table::rows() {
+            let lower = row.env.to_lowercase();
+            assert_eq!(row.key, lower.trim_start_matches("outbox_"), "{row:?}");
+        }
+    }
+
+    /// The README's settings table is the table above, row for row (in any order): variable,
+    /// flag, default and meaning; and its list of per-projection keys is the `per_projection`
+    /// rows.
+    #[test]
+    fn the_readme_settings_table_is_the_table() {
+        let readme = include_str!("../../../README.md");
+        let section = readme
+            .split("\n## Settings\n")
+            .nth(1)
+            .expect("README has a `## Settings` section");
+        let header = "| variable | flag | default | meaning |\n| --- | --- | --- | --- |\n";
+        let body = section
+            .split(header)
+            .nth(1)
+            .expect("the settings section has the settings table");
+        let mut documented: Vec<&str> = body.lines().take_while(|l| l.starts_with('|')).collect();
+        let rows = table::rows();
+        let mut declared: Vec<String> = rows
+            .iter()
+            .map(|r| {
+                format!(
+                    "| `{}` | `--{}` | {} | {} |",
+                    r.env, r.flag, r.default, r.help
+                )
+            })
+            .collect();
+        documented.sort_unstable();
+        declared.sort_unstable();
+        let missing: Vec<&String> = declared
+            .iter()
+            .filter(|r| !documented.contains(&r.as_str()))
+            .collect();
+        let stale: Vec<&&str> = documented
+            .iter()
+            .filter(|r| !declared.iter().any(|d| d == *r))
+            .collect();
+        assert!(
+            missing.is_empty() && stale.is_empty() && documented.len() == declared.len(),
+            "README.md's settings table differs from the table in settings.rs\n\
+             declared but not in the README: {missing:#?}\nin the README but not declared: {stale:#?}"
+        );
+        let per_projection: Vec<String> = rows
+            .iter()
+            .filter(|r| r.per_projection)
+            .map(|r| format!("`{}`", r.key))
+            .collect();
+        let sentence = format!("per projection: {}.", per_projection.join(", "));
+        assert!(
+            section.replace('\n', " ").contains(&sentence),
+            "README.md's settings section should list the per-projection keys as `{sentence}`"
+        );
     }
 }

@@ -666,7 +666,10 @@ async fn execute(
     // are redirected to them.
     let indices = if search_swap {
         let elastic = settings.elastic.as_ref().ok_or_else(|| {
-            Error::config("ELASTIC_URL", "not set: the projection is granted `search`")
+            Error::config(
+                crate::settings::table::elastic_url.env,
+                "not set: the projection is granted `search`",
+            )
         })?;
         let client = projector_runtime::search::SearchClient::new(elastic)?;
         Some(index_swap::IndexSwap::prepare(client, spec, report.rebuild_id).await?)

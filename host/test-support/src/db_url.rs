@@ -1,5 +1,6 @@
 //! Postgres URLs: the tests and the bench each create a database of their own on a server they
-//! are given the admin URL of, and hand the host a URL naming that database.
+//! are given the admin URL of, and hand the host a URL naming that database. (Checked, with the
+//! rest of the harness, in `tests/delivery/harness.rs`.)
 
 /// `url` with its database (the path) replaced by `database`, keeping any query string.
 pub fn with_database(url: &str, database: &str) -> String {
@@ -14,19 +15,5 @@ pub fn with_database(url: &str, database: &str) -> String {
     match query {
         Some(query) => format!("{}/{database}?{query}", &base[..authority_end]),
         None => format!("{}/{database}", &base[..authority_end]),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::with_database;
-
-    #[test]
-    fn the_database_is_replaced_and_the_query_kept() {
-        assert_eq!(
-            with_database("postgres://u:p@h:5432/postgres?sslmode=disable", "t_1"),
-            "postgres://u:p@h:5432/t_1?sslmode=disable"
-        );
-        assert_eq!(with_database("postgres://h", "t_1"), "postgres://h/t_1");
     }
 }

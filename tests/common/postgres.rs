@@ -9,6 +9,8 @@ use sqlx::postgres::{PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 use uuid::Uuid;
 
+pub use projector_test_support::with_database;
+
 use super::process::{free_port, output_text, run_projector};
 
 struct Cluster {
@@ -213,22 +215,6 @@ fn start_private_cluster() -> PgServer {
         "could not start the test cluster in {}:\n{last_error}",
         dir.display()
     );
-}
-
-/// `url` with its database (the path) replaced by `database`, keeping any query string.
-pub fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let authority_end = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    match query {
-        Some(query) => format!("{}/{database}?{query}", &base[..authority_end]),
-        None => format!("{}/{database}", &base[..authority_end]),
-    }
 }
 
 /// A fresh, empty database of its own for one test.

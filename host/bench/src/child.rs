@@ -1,17 +1,18 @@
 //! projector under test: a child `projector run` with a generated config, so that its memory is
 //! its own to measure (`/proc/PID/status`) and it starts, runs and stops as in production.
 //!
-//! A child gets exactly the benchmark's settings: the `OUTBOX_*`, `ELASTIC_*` and `DATABASE_URL`
-//! variables of the shell running the benchmark are removed from its environment, and only
-//! [`HostConfig::env`] is added.
+//! A child gets exactly the benchmark's settings: the shell's `OUTBOX_*`, `ELASTIC_*`, `OTEL_*`,
+//! `DATABASE_URL` and `RUST_LOG` are removed from its environment, and only [`HostConfig::env`]
+//! is added. Starting, waiting for and stopping the child is the harness the integration tests
+//! use too (`projector-test-support`), which also kills a child whose handle drops.
 
 use super::workload::{self, Drain, Latency};
 use super::{Plan, Plugins};
 use projector_core::{Error, Result};
+use projector_test_support::{run_once, stop_all, ChildHost, RunCommand};
 use sqlx::PgPool;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How the child hosts run.
 #[derive(Debug, Clone)]
@@ -64,122 +65,24 @@ pub struct Memory {
     pub peak_mib: f64,
 }
 
-fn memory(pid: u32) -> Memory {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    let kib = |key: &str| -> f64 {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(key))
-            .and_then(|rest| rest.split_whitespace().next())
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
+/// The peak resident set of `host` (0 if `/proc` cannot say: the report then shows 0, not a
+/// failed run).
+fn memory(host: &ChildHost) -> Memory {
     Memory {
-        peak_mib: kib("VmHWM:") / 1024.0,
+        peak_mib: host.peak_rss_mib().unwrap_or(0.0),
     }
 }
 
-/// A running child host; killed on drop if it was not stopped.
-struct Running {
-    child: Child,
-    log: PathBuf,
-}
+/// How long a host is given to load its plugins and answer `/readyz`.
+const READY_TIMEOUT: Duration = Duration::from_secs(120);
 
-impl Running {
-    fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
-    }
+/// How long hosts are given to stop cleanly after SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(60);
 
-    fn alive(&mut self) -> Result<()> {
-        match self.child.try_wait() {
-            Ok(None) => Ok(()),
-            Ok(Some(status)) => Err(Error::Other(anyhow::anyhow!(
-                "the projector under test exited ({status}); its log ends:\n{}",
-                self.log_tail()
-            ))),
-            Err(e) => Err(Error::Other(anyhow::anyhow!("waiting for projector: {e}"))),
-        }
-    }
-
-    /// SIGTERM, then waits for the clean exit the host promises.
-    fn stop(self) -> Result<()> {
-        stop_all(vec![self])
-    }
-
-    fn terminate(&self) {
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-    }
-
-    fn wait_stopped(mut self, deadline: Instant) -> Result<()> {
-        loop {
-            if let Some(status) = self
-                .child
-                .try_wait()
-                .map_err(|e| anyhow::anyhow!("waiting for projector: {e}"))?
-            {
-                return if status.success() {
-                    Ok(())
-                } else {
-                    Err(Error::Other(anyhow::anyhow!(
-                        "the projector under test stopped with {status}; its log ends:\n{}",
-                        self.log_tail()
-                    )))
-                };
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Other(anyhow::anyhow!(
-                    "the projector under test did not stop within 60 s of SIGTERM"
-                )));
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-/// SIGTERM to every host at once, then waits for each one's clean exit.
-fn stop_all(hosts: Vec<Running>) -> Result<()> {
-    for host in &hosts {
-        host.terminate();
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut first_error = None;
-    for host in hosts {
-        if let Err(e) = host.wait_stopped(deadline) {
-            first_error.get_or_insert(e);
-        }
-    }
-    first_error.map_or(Ok(()), Err)
-}
-
-impl Drop for Running {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// The host under test gets exactly the benchmark's settings, whatever this shell exports.
-fn without_shell_settings(cmd: &mut Command) {
-    for (key, _) in std::env::vars_os() {
-        let k = key.to_string_lossy();
-        if k.starts_with("OUTBOX_") || k.starts_with("ELASTIC_") || k == "DATABASE_URL" {
-            cmd.env_remove(&key);
-        }
-    }
-}
-
-fn free_port() -> Result<u16> {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0")
-        .map_err(|e| anyhow::anyhow!("finding a free port: {e}"))?;
-    Ok(listener
-        .local_addr()
-        .map_err(|e| anyhow::anyhow!("finding a free port: {e}"))?
-        .port())
+/// What the harness reports (the child's exit, readiness, stop, each with its log's end) becomes
+/// the bench's error.
+fn harness(e: projector_test_support::Error) -> Error {
+    Error::Other(e.into())
 }
 
 impl HostConfig {
@@ -202,13 +105,7 @@ impl HostConfig {
     /// Whether `projector run` (this binary) has the flag `--flag`: settings the bench passes
     /// through the environment are ignored by a host without them, and the report says so.
     pub fn run_has_flag(&self, flag: &str) -> Result<bool> {
-        let mut cmd = Command::new(&self.exe);
-        without_shell_settings(&mut cmd);
-        let help = cmd
-            .args(["run", "--help"])
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| anyhow::anyhow!("running {} run --help: {e}", self.exe.display()))?;
+        let help = run_once(&self.exe, &["run", "--help"], &[], STOP_TIMEOUT).map_err(harness)?;
         let text = String::from_utf8_lossy(&help.stdout);
         let wanted = format!("--{flag}");
         Ok(text
@@ -217,7 +114,7 @@ impl HostConfig {
     }
 
     /// Starts `projector run` with `projections` and waits until it is ready (plugins loaded).
-    async fn start(&self, projections: &[Projection], label: &str) -> Result<Running> {
+    async fn start(&self, projections: &[Projection], label: &str) -> Result<ChildHost> {
         let config = self.work.join(format!("{label}.toml"));
         let text: String = projections
             .iter()
@@ -226,76 +123,27 @@ impl HostConfig {
             .join("\n");
         std::fs::write(&config, text)
             .map_err(|e| anyhow::anyhow!("writing {}: {e}", config.display()))?;
-        let log = self.work.join(format!("{label}.log"));
-        let port = free_port()?;
-        let mut cmd = Command::new(&self.exe);
-        without_shell_settings(&mut cmd);
-        cmd.arg("run")
+        // Spawned here, on a runtime worker: the child dies with this thread, i.e. with the
+        // benchmark (it would otherwise keep draining).
+        let mut host = RunCommand::new(&self.exe)
+            .label(label)
             .arg("--config")
             .arg(&config)
             .args(["--database-url", &self.database_url])
             .args(["--elastic-url", &self.elastic_url])
             .args(["--batch-size", &self.batch_size.to_string()])
             .args(["--concurrency", &self.concurrency.to_string()])
-            .args(["--http-port", &port.to_string()])
-            .args(["--http-host", "127.0.0.1"])
             .arg("--plugin-cache-dir")
             .arg(self.work.join("cache"))
             .envs(self.env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(
-                std::fs::File::create(&log)
-                    .map_err(|e| anyhow::anyhow!("creating {}: {e}", log.display()))?,
-            );
-        // If the benchmark dies, so does the host it started (it would otherwise keep draining).
-        // SAFETY: prctl is async-signal-safe and touches only the child being set up.
-        unsafe {
-            use std::os::unix::process::CommandExt;
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let child = cmd
+            .log_file(self.work.join(format!("{label}.log")))
             .spawn()
-            .map_err(|e| anyhow::anyhow!("starting {}: {e}", self.exe.display()))?;
-        let mut running = Running { child, log };
-        let agent: ureq::Agent = ureq::Agent::config_builder()
-            .proxy(None)
-            .http_status_as_error(false)
-            .timeout_global(Some(Duration::from_secs(2)))
-            .build()
-            .into();
-        let url = format!("http://127.0.0.1:{port}/readyz");
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            running.alive()?;
-            let agent = agent.clone();
-            let url = url.clone();
-            let ready = tokio::task::spawn_blocking(move || {
-                agent
-                    .get(&url)
-                    .call()
-                    .map(|r| r.status().as_u16() == 200)
-                    .unwrap_or(false)
-            })
+            .map_err(harness)?;
+        host.wait_ready_async(READY_TIMEOUT)
             .await
-            .unwrap_or(false);
-            if ready {
-                return Ok(running);
-            }
-            if Instant::now() >= deadline {
-                return Err(Error::Other(anyhow::anyhow!(
-                    "the projector under test was not ready within 120 s; its log ends:\n{}",
-                    running.log_tail()
-                )));
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+            .map_err(harness)?;
+        Ok(host)
     }
 
     /// Runs a host with `projections` until `projection`'s `n` seeded events are done.
@@ -308,9 +156,12 @@ impl HostConfig {
         timeout: Duration,
     ) -> Result<(Drain, Memory)> {
         let mut host = self.start(projections, projection).await?;
-        let drain = workload::wait_drained(pool, projection, n, timeout, || host.alive()).await?;
-        let mem = memory(host.child.id());
-        host.stop()?;
+        let drain = workload::wait_drained(pool, projection, n, timeout, || {
+            host.check_running().map_err(harness)
+        })
+        .await?;
+        let mem = memory(&host);
+        host.stop(STOP_TIMEOUT).map_err(harness)?;
         Ok((drain, mem))
     }
 
@@ -345,16 +196,18 @@ impl HostConfig {
         }
         projector_store::outbox::operator::resume(pool, projection).await?;
         workload::wait_settled(pool, projection, n, timeout, || {
-            running.iter_mut().try_for_each(Running::alive)
+            running
+                .iter_mut()
+                .try_for_each(|h| h.check_running().map_err(harness))
         })
         .await?;
         // Not held to `n` done here: the caller counts lost and duplicated events itself.
         let drain = workload::drained(pool, projection).await?;
         let peak_mib = running
             .iter()
-            .map(|h| memory(h.child.id()).peak_mib)
+            .map(|h| memory(h).peak_mib)
             .fold(0.0, f64::max);
-        stop_all(running)?;
+        stop_all(running, STOP_TIMEOUT).map_err(harness)?;
         Ok((drain, Memory { peak_mib }))
     }
 
@@ -371,10 +224,10 @@ impl HostConfig {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let latency =
             workload::offer_and_measure(pool, projection, plan.rate, plan.latency_seconds, || {
-                host.alive()
+                host.check_running().map_err(harness)
             })
             .await?;
-        host.stop()?;
+        host.stop(STOP_TIMEOUT).map_err(harness)?;
         Ok(latency)
     }
 }

@@ -35,6 +35,7 @@ mod workload;
 use clap::Args;
 use projector_core::{Error, Result};
 use projector_service::settings::Database;
+use projector_test_support::with_database;
 use report::{Report, Row};
 use sqlx::{Connection, PgConnection, PgPool};
 use std::path::{Path, PathBuf};
@@ -202,22 +203,6 @@ fn validate(args: BenchArgs) -> Result<Plan> {
         elastic_url: elastic_url.trim_end_matches('/').to_owned(),
         admin_url,
     })
-}
-
-/// `url` with its database (the path) replaced by `database`, keeping any query string.
-fn with_database(url: &str, database: &str) -> String {
-    let (base, query) = match url.split_once('?') {
-        Some((base, query)) => (base, Some(query)),
-        None => (url, None),
-    };
-    let authority_start = base.find("://").map_or(0, |i| i + 3);
-    let authority_end = base[authority_start..]
-        .find('/')
-        .map_or(base.len(), |i| authority_start + i);
-    match query {
-        Some(query) => format!("{}/{database}?{query}", &base[..authority_end]),
-        None => format!("{}/{database}", &base[..authority_end]),
-    }
 }
 
 /// The bench's own database, dropped (with the roles its `sql` projection made) on `drop_all`.

@@ -8,6 +8,7 @@ mod common;
 
 mod admin_api;
 mod bench_smoke;
+mod code_shape;
 mod monitoring;
 mod operations;
 mod plugin_authoring;

@@ -342,7 +342,7 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     let env = [("OUTBOX_ADMIN_TOKEN", TOKEN)];
     let out = run_projector(
         &[
-            "plugins",
+            "versions",
             "rollback",
             "--projection",
             "stamp",
@@ -365,7 +365,7 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     );
     let out = run_projector(
         &[
-            "plugins",
+            "versions",
             "list",
             "--projection",
             "stamp",
@@ -377,7 +377,8 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     assert!(out.status.success(), "{}", output_text(&out));
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["versions"].as_array().unwrap().len(), 2);
-    // A write with a wrong token is refused (exit 2, naming the setting) and changes nothing.
+    // A write with a wrong token is refused (exit 2, naming the setting) and changes nothing;
+    // sent through the old name `plugins`, still accepted.
     let out = run_projector(
         &[
             "plugins",

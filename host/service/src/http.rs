@@ -48,8 +48,8 @@ use tokio::sync::Semaphore;
 
 /// What the handlers read.
 pub struct AppState {
-    /// The plugin registry, once started (admin API).
-    pub registry: std::sync::OnceLock<Arc<crate::registry::Registry>>,
+    /// Each projection's plugin versions, once started (admin API).
+    pub versions: std::sync::OnceLock<Arc<crate::plugin_versions::ActiveVersions>>,
     /// The admin API's bearer token; `None` disables the admin API.
     pub admin_token: Option<String>,
     /// The metrics to render.
@@ -276,9 +276,9 @@ fn read_failed(e: sqlx::Error) -> Reply {
     }
 }
 
-/// The plugin registry, once the host has started.
-fn registry(state: &AppState) -> Result<Arc<crate::registry::Registry>, Reply> {
-    state.registry.get().cloned().ok_or_else(|| {
+/// Each projection's plugin versions, once the host has started.
+fn versions(state: &AppState) -> Result<Arc<crate::plugin_versions::ActiveVersions>, Reply> {
+    state.versions.get().cloned().ok_or_else(|| {
         reply(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": "starting"}),
@@ -357,14 +357,14 @@ async fn load_plugin(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let (body, registry) =
-        match body_within(body, MAX_COMPONENT_BYTES).and_then(|b| Ok((b, registry(&state)?))) {
+    let (body, versions) =
+        match body_within(body, MAX_COMPONENT_BYTES).and_then(|b| Ok((b, versions(&state)?))) {
             Ok(ok) => ok,
             Err(r) => return r,
         };
     activated(
         &name,
-        registry
+        versions
             .activate(&name, body.to_vec(), &actor(&headers))
             .await,
     )
@@ -375,15 +375,15 @@ async fn rollback(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Reply {
-    let registry = match registry(&state) {
+    let versions = match versions(&state) {
         Ok(ok) => ok,
         Err(r) => return r,
     };
-    activated(&name, registry.rollback(&name, &actor(&headers)).await)
+    activated(&name, versions.rollback(&name, &actor(&headers)).await)
 }
 
 async fn list_plugins(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
-    match crate::registry::list(&state.read_pool, &name).await {
+    match crate::plugin_versions::list(&state.read_pool, &name).await {
         Ok(rows) => reply(
             StatusCode::OK,
             json!({"projection": name, "versions": rows}),

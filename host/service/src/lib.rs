@@ -11,7 +11,7 @@
 //! Where things are:
 //! - [`settings`]: `OUTBOX_*` settings from flags, environment and TOML, validated once.
 //! - [`worker`]: one claim → call → settle loop.
-//! - [`registry`]: each projection's active plugin version, hot swaps and rollbacks.
+//! - [`plugin_versions`]: each projection's active plugin version, hot swaps and rollbacks.
 //! - [`rebuild`]: rebuilding a read model from its source of truth (direct, through the outbox,
 //!   or zero-downtime into shadow tables).
 //! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics` and
@@ -22,8 +22,8 @@
 
 pub mod http;
 pub mod metrics;
+pub mod plugin_versions;
 pub mod rebuild;
-pub mod registry;
 pub mod run;
 pub mod settings;
 pub mod telemetry;

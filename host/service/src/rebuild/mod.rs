@@ -387,7 +387,7 @@ fn tally(report: &mut Report, events: &[ClaimedEvent], verdicts: &[Verdict], cat
     }
 }
 
-/// The plugin version to rebuild with: the one the hosts run (the registry's active version),
+/// The plugin version to rebuild with: the one the hosts run (the active one in `plugin_versions`),
 /// else the configured file.
 async fn load_plugin(
     settings: &Settings,
@@ -400,7 +400,7 @@ async fn load_plugin(
         .with_search(settings.elastic.as_ref())?
         .with_cache(settings.plugin_cache_dir.as_deref())
         .with_index_redirect(redirect);
-    let (bytes, origin) = match crate::registry::active_component(pool, &spec.name).await? {
+    let (bytes, origin) = match crate::plugin_versions::active_component(pool, &spec.name).await? {
         Some(bytes) => (
             bytes,
             std::path::PathBuf::from(format!("plugin_versions[{}]", spec.name)),

@@ -26,9 +26,10 @@ pub struct Filter {
     pub limit: Option<i64>,
 }
 
-/// What an operator action did (or, dry, would do).
+/// What an operator action did (or, dry, would do): its counts and the ids it concerned. (Not an
+/// outcome in the plugin sense: see `projector_core::outbox`.)
 #[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
+pub struct ActionReport {
     /// `replay` or `skip`.
     pub action: &'static str,
     /// The projection.
@@ -72,7 +73,7 @@ pub async fn act(
     reason: &str,
     dry_run: bool,
     skip: bool,
-) -> sqlx::Result<Outcome> {
+) -> sqlx::Result<ActionReport> {
     let action = if skip { "skip" } else { "replay" };
     let mut tx = pool.begin().await?;
     let ids: Vec<Uuid> = sqlx::query_scalar(SELECT_FAILED)
@@ -105,7 +106,7 @@ pub async fn act(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Outcome {
+    Ok(ActionReport {
         action,
         projection: projection.to_owned(),
         dry_run,

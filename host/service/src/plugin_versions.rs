@@ -1,5 +1,5 @@
-//! Where plugin versions are loaded and swapped: the registry of every version each projection
-//! was given (`plugin_versions`), and the active version each claim loop runs.
+//! Where plugin versions are loaded and swapped: every version each projection was given
+//! (`plugin_versions`), and the active version each claim loop runs.
 //!
 //! Invariants:
 //! - A new version is compiled and validated off the claim loops (on a blocking thread): the
@@ -51,7 +51,7 @@ impl ActiveSlot {
     }
 }
 
-/// A row of `plugin_versions`, as the admin API and `plugins list` show it.
+/// A row of `plugin_versions`, as the admin API and `versions list` show it.
 #[derive(Debug, Clone, Serialize, sqlx::FromRow)]
 pub struct VersionRow {
     /// Row id.
@@ -79,7 +79,7 @@ pub struct VersionRow {
 }
 
 /// The plugin versions of every projection this host runs.
-pub struct Registry {
+pub struct ActiveVersions {
     runtime: Arc<Runtime>,
     pool: PgPool,
     worker_id: String,
@@ -121,7 +121,7 @@ FROM plugin_versions v
 WHERE v.projection = $1
 ORDER BY v.id";
 
-impl Registry {
+impl ActiveVersions {
     /// Records the versions loaded at start (`loaded`, one per projection, with their bytes) as
     /// active and makes them the slots' versions.
     pub async fn start(
@@ -149,7 +149,7 @@ impl Registry {
                 }),
             );
         }
-        Ok(Registry {
+        Ok(ActiveVersions {
             runtime,
             pool,
             worker_id: worker_id.to_owned(),
@@ -275,7 +275,7 @@ async fn record_active(
     Ok(())
 }
 
-impl Registry {
+impl ActiveVersions {
     /// Watches `projection`'s configured plugin file every `every`: a file whose content differs
     /// from what was last seen there is activated as a new version (`by` = `file:<path>`); a bad
     /// one is rejected once, not at every tick. Runs until the task is aborted.
@@ -307,7 +307,7 @@ impl Registry {
     }
 }
 
-impl Registry {
+impl ActiveVersions {
     /// Makes this host run the version the table says is active for `projection`, if it runs
     /// another (another host activated it).
     pub async fn sync(&self, projection: &str) -> Result<()> {

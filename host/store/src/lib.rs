@@ -13,6 +13,8 @@
 pub mod db;
 pub mod notify;
 pub mod outbox;
+pub mod rebuilds;
 pub mod sql_roles;
+pub mod versions;
 
 pub use projector_core::{Error, Result};

@@ -229,3 +229,36 @@ pub async fn in_flight(db: &mut sqlx::PgConnection, projection: &str) -> sqlx::R
     .fetch_one(db)
     .await
 }
+
+/// A `replay_audit` row, as the admin API lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AuditEntry {
+    /// Its id.
+    pub id: i64,
+    /// `replay` or `skip`.
+    pub action: String,
+    /// Who.
+    pub performed_by: String,
+    /// When.
+    pub performed_at: chrono::DateTime<chrono::Utc>,
+    /// Why.
+    pub reason: String,
+    /// The [`Filter`], as JSON.
+    pub filter: serde_json::Value,
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// How many events it concerned.
+    pub row_count: i32,
+    /// Which.
+    pub event_ids: Vec<Uuid>,
+}
+
+const AUDIT_TRAIL: &str = include_str!("operator_audit_trail.sql");
+
+/// The 100 latest replays and skips of `projection` (dry runs included), newest first.
+pub async fn audit_trail(pool: &PgPool, projection: &str) -> sqlx::Result<Vec<AuditEntry>> {
+    sqlx::query_as(AUDIT_TRAIL)
+        .bind(projection)
+        .fetch_all(pool)
+        .await
+}

@@ -198,6 +198,35 @@ pub async fn status(
     Ok(all.into_values().collect())
 }
 
+/// The numbers behind one projection's outbox gauges (`outbox_lag_events` and friends).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Gauges {
+    /// The projection.
+    pub projection: String,
+    /// Unfinished events (pending or processing).
+    pub lag: i64,
+    /// Processing under a live lease.
+    pub inflight: i64,
+    /// Processing under an expired lease.
+    pub stuck: i64,
+    /// Pending behind a failed event of their aggregate.
+    pub blocked: i64,
+    /// Seconds since the oldest unfinished event was created.
+    pub oldest_age_seconds: f64,
+}
+
+const GAUGES: &str = include_str!("status_gauges.sql");
+
+/// The gauges of those of `projections` that have unfinished events, in one cheap query (the
+/// metrics refresh runs it on an interval, never per scrape). A projection not returned has
+/// nothing unfinished.
+pub async fn gauges(pool: &PgPool, projections: &[String]) -> sqlx::Result<Vec<Gauges>> {
+    sqlx::query_as(GAUGES)
+        .bind(projections)
+        .fetch_all(pool)
+        .await
+}
+
 /// The human-readable table `projector status` prints.
 pub fn render_table(rows: &[ProjectionStatus]) -> String {
     let mut header = vec!["projection".to_owned()];

@@ -15,6 +15,7 @@ const CURRENT_USER: &str = include_str!("current_user.sql");
 const CURRENT_DATABASE: &str = include_str!("current_database.sql");
 const MIGRATIONS_TABLE_EXISTS: &str = include_str!("migrations_table_exists.sql");
 const APPLIED_MIGRATIONS: &str = include_str!("applied_migrations.sql");
+const READ_ONLY_SNAPSHOT: &str = include_str!("read_only_snapshot.sql");
 
 /// How long start-up waits for the database to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -108,4 +109,11 @@ pub async fn ping(pool: &PgPool) -> sqlx::Result<()> {
 /// The name of the database `conn` is connected to.
 pub async fn current_database(conn: &mut PgConnection) -> sqlx::Result<String> {
     sqlx::query_scalar(CURRENT_DATABASE).fetch_one(conn).await
+}
+
+/// Makes the transaction `tx` has just begun one consistent, read-only snapshot (`REPEATABLE
+/// READ READ ONLY`): every read in it sees the same database.
+pub async fn read_only_snapshot(tx: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query(READ_ONLY_SNAPSHOT).execute(tx).await?;
+    Ok(())
 }

@@ -146,7 +146,6 @@ const PROGRESS: &str = include_str!("progress.sql");
 const FINISH: &str = include_str!("finish.sql");
 const RECENT: &str = include_str!("recent.sql");
 const LATEST_FINISHED: &str = include_str!("latest_finished.sql");
-const SOURCE_SNAPSHOT: &str = include_str!("source_snapshot.sql");
 const CURRENT_SNAPSHOT: &str = include_str!("current_snapshot.sql");
 const EMIT: &str = include_str!("emit.sql");
 
@@ -238,7 +237,7 @@ pub async fn open_source(
     reader: &str,
 ) -> sqlx::Result<(Transaction<'static, Postgres>, String)> {
     let mut tx = pool.begin().await?;
-    sqlx::query(SOURCE_SNAPSHOT).execute(&mut *tx).await?;
+    crate::db::read_only_snapshot(&mut tx).await?;
     let snapshot: String = sqlx::query_scalar(CURRENT_SNAPSHOT)
         .fetch_one(&mut *tx)
         .await?;

@@ -1,3 +1,0 @@
--- Makes this transaction the source's read: one REPEATABLE READ, READ ONLY snapshot. Must be
--- the transaction's first statement.
-SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY

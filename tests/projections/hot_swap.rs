@@ -1,8 +1,8 @@
 //! Plugin versions swapped in a running host: while an application keeps writing, a new version
 //! is activated over the admin API, then rolled back, and a bad one is rejected. Every event is
 //! applied exactly once (the read model's sink counts a second application), by the version its
-//! outbox row names, and `plugin_versions` records who ran what. Work does not stop around a swap for
-//! longer than the offered load's own gaps allow.
+//! outbox row names, and `plugin_versions` records who ran what. Work does not stop around a
+//! swap for longer than the offered load's own gaps allow.
 
 use crate::common;
 

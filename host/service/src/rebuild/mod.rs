@@ -365,8 +365,8 @@ fn tally(report: &mut Report, events: &[ClaimedEvent], verdicts: &[Verdict], cat
     }
 }
 
-/// The plugin version to rebuild with: the one the hosts run (the active one in `plugin_versions`),
-/// else the configured file.
+/// The plugin version to rebuild with: the one the hosts run (the active one in
+/// `plugin_versions`), else the configured file.
 async fn load_plugin(
     settings: &Settings,
     pool: &PgPool,

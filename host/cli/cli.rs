@@ -148,10 +148,13 @@ pub enum Command {
     /// Measure projector against the raw SQL and search-server ceilings (see BENCHMARKS.md).
     Bench(projector_bench::BenchArgs),
     /// Manage plugin versions of a running host (through its admin API).
-    Plugins {
+    // `plugins` was this command's name before `plugin` (author tools) sat beside it: kept as a
+    // hidden alias so existing scripts keep working.
+    #[command(alias = "plugins")]
+    Versions {
         /// What to do.
         #[command(subcommand)]
-        action: PluginsAction,
+        action: VersionsAction,
         /// The running host's HTTP address.
         #[arg(
             long,
@@ -180,9 +183,9 @@ pub enum Command {
     },
 }
 
-/// `projector plugins ...`.
+/// `projector versions ...`.
 #[derive(Debug, Subcommand)]
-pub enum PluginsAction {
+pub enum VersionsAction {
     /// Validate FILE and make it the projection's active version.
     Load {
         /// The projection.
@@ -374,12 +377,12 @@ pub fn main() -> ExitCode {
                 })
             }),
         Command::Bench(args) => projector_bench::command(args),
-        Command::Plugins {
+        Command::Versions {
             action,
             admin_url,
             token,
             by,
-        } => plugins_command(action, &admin_url, token.as_deref(), &by),
+        } => versions_command(action, &admin_url, token.as_deref(), &by),
         Command::Plugin { action } => projector_authoring::command(action),
     };
     match result {
@@ -391,9 +394,9 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// `projector plugins ...`: one admin API request, its JSON answer printed.
-fn plugins_command(
-    action: PluginsAction,
+/// `projector versions ...`: one admin API request, its JSON answer printed.
+fn versions_command(
+    action: VersionsAction,
     admin_url: &str,
     token: Option<&str>,
     by: &str,
@@ -411,7 +414,7 @@ fn plugins_command(
         .into();
     let auth = format!("Bearer {token}");
     let response = match &action {
-        PluginsAction::Load { projection, file } => {
+        VersionsAction::Load { projection, file } => {
             let bytes = std::fs::read(file).map_err(|e| Error::Plugin {
                 path: file.clone(),
                 message: format!("cannot read: {e}"),
@@ -422,12 +425,12 @@ fn plugins_command(
                 .header("X-Projector-By", by)
                 .send(&bytes[..])
         }
-        PluginsAction::Rollback { projection } => agent
+        VersionsAction::Rollback { projection } => agent
             .post(&format!("{base}/projections/{projection}/rollback"))
             .header("Authorization", &auth)
             .header("X-Projector-By", by)
             .send(&b""[..]),
-        PluginsAction::List { projection } => agent
+        VersionsAction::List { projection } => agent
             .get(&format!("{base}/projections/{projection}/plugins"))
             .header("Authorization", &auth)
             .call(),

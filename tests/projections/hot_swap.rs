@@ -1,8 +1,8 @@
 //! Plugin versions swapped in a running host: while an application keeps writing, a new version
 //! is activated over the admin API, then rolled back, and a bad one is rejected. Every event is
 //! applied exactly once (the read model's sink counts a second application), by the version its
-//! outbox row names, and the registry records who ran what. Work does not stop around a swap for
-//! longer than the offered load's own gaps allow.
+//! outbox row names, and `plugin_versions` records who ran what. Work does not stop around a
+//! swap for longer than the offered load's own gaps allow.
 
 use crate::common;
 
@@ -342,7 +342,7 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     let env = [("OUTBOX_ADMIN_TOKEN", TOKEN)];
     let out = run_projector(
         &[
-            "plugins",
+            "versions",
             "rollback",
             "--projection",
             "stamp",
@@ -365,7 +365,7 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     );
     let out = run_projector(
         &[
-            "plugins",
+            "versions",
             "list",
             "--projection",
             "stamp",
@@ -377,7 +377,8 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     assert!(out.status.success(), "{}", output_text(&out));
     let listed: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(listed["versions"].as_array().unwrap().len(), 2);
-    // A write with a wrong token is refused (exit 2, naming the setting) and changes nothing.
+    // A write with a wrong token is refused (exit 2, naming the setting) and changes nothing;
+    // sent through the old name `plugins`, still accepted.
     let out = run_projector(
         &[
             "plugins",

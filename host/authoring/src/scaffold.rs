@@ -232,7 +232,7 @@ fn readme(name: &str, lang: Lang, capabilities: &[Capability]) -> String {
          `tests/expected.jsonl`; it exits 1 with a diff when they differ.\n\n\
          Run it in a host (`projector.toml`):\n\n```toml\n[[projection]]\nname = \"{name}\"\n\
          plugin = \"{component}\"\n{config}[projection.grants]\n{grants}```\n\n\
-         or load it into a running host: `projector plugins load --projection {name} {component}`.\n\
+         or load it into a running host: `projector versions load --projection {name} {component}`.\n\
          The guide: docs/plugins.md in the projector repository.\n",
         build = build_command(name, lang),
         test = test_command(name, lang, capabilities),

@@ -2,6 +2,11 @@
 //! verdict the host records for each. No I/O: the transitions themselves are SQL statements in
 //! `projector_store::outbox`.
 //!
+//! A plugin answers each event with a WIT `outcome` (plugin side: success, transient or
+//! deterministic), which the host turns into the [`Verdict`] it records (host side: the same
+//! three plus `Deferred`); what an operator's replay or skip did is neither, but an
+//! `ActionReport` (`projector_store::outbox::operator`).
+//!
 //! Invariants:
 //! - A batch's verdicts are in the order of its events, one each.
 //! - In a run (consecutive events of one aggregate in a batch) nothing after the first

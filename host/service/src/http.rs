@@ -35,7 +35,6 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use serde::Deserialize;
-use serde::Serialize;
 use serde_json::json;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::PgPool;
@@ -48,8 +47,8 @@ use tokio::sync::Semaphore;
 
 /// What the handlers read.
 pub struct AppState {
-    /// The plugin registry, once started (admin API).
-    pub registry: std::sync::OnceLock<Arc<crate::registry::Registry>>,
+    /// Each projection's plugin versions, once started (admin API).
+    pub versions: std::sync::OnceLock<Arc<crate::plugin_versions::ActiveVersions>>,
     /// The admin API's bearer token; `None` disables the admin API.
     pub admin_token: Option<String>,
     /// The metrics to render.
@@ -276,9 +275,9 @@ fn read_failed(e: sqlx::Error) -> Reply {
     }
 }
 
-/// The plugin registry, once the host has started.
-fn registry(state: &AppState) -> Result<Arc<crate::registry::Registry>, Reply> {
-    state.registry.get().cloned().ok_or_else(|| {
+/// Each projection's plugin versions, once the host has started.
+fn versions(state: &AppState) -> Result<Arc<crate::plugin_versions::ActiveVersions>, Reply> {
+    state.versions.get().cloned().ok_or_else(|| {
         reply(
             StatusCode::SERVICE_UNAVAILABLE,
             json!({"error": "starting"}),
@@ -357,14 +356,14 @@ async fn load_plugin(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    let (body, registry) =
-        match body_within(body, MAX_COMPONENT_BYTES).and_then(|b| Ok((b, registry(&state)?))) {
+    let (body, versions) =
+        match body_within(body, MAX_COMPONENT_BYTES).and_then(|b| Ok((b, versions(&state)?))) {
             Ok(ok) => ok,
             Err(r) => return r,
         };
     activated(
         &name,
-        registry
+        versions
             .activate(&name, body.to_vec(), &actor(&headers))
             .await,
     )
@@ -375,15 +374,15 @@ async fn rollback(
     Path(name): Path<String>,
     headers: HeaderMap,
 ) -> Reply {
-    let registry = match registry(&state) {
+    let versions = match versions(&state) {
         Ok(ok) => ok,
         Err(r) => return r,
     };
-    activated(&name, registry.rollback(&name, &actor(&headers)).await)
+    activated(&name, versions.rollback(&name, &actor(&headers)).await)
 }
 
 async fn list_plugins(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
-    match crate::registry::list(&state.read_pool, &name).await {
+    match projector_store::versions::list(&state.read_pool, &name).await {
         Ok(rows) => reply(
             StatusCode::OK,
             json!({"projection": name, "versions": rows}),
@@ -405,7 +404,7 @@ async fn readyz(State(state): State<Arc<AppState>>) -> impl IntoResponse {
     }
     let ping = tokio::time::timeout(
         Duration::from_secs(2),
-        sqlx::query("SELECT 1").execute(&state.read_pool),
+        projector_store::db::ping(&state.read_pool),
     )
     .await;
     match ping {
@@ -436,60 +435,15 @@ async fn status_one(State(state): State<Arc<AppState>>, Path(name): Path<String>
     }
 }
 
-#[derive(Serialize, sqlx::FromRow)]
-struct AuditRow {
-    id: i64,
-    action: String,
-    performed_by: String,
-    performed_at: chrono::DateTime<chrono::Utc>,
-    reason: String,
-    filter: serde_json::Value,
-    dry_run: bool,
-    row_count: i32,
-    event_ids: Vec<uuid::Uuid>,
-}
-
 async fn audit(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
-    let rows: sqlx::Result<Vec<AuditRow>> = sqlx::query_as(
-        "SELECT id, action, performed_by, performed_at, reason, filter, dry_run, row_count, event_ids
-         FROM replay_audit WHERE projection = $1 ORDER BY id DESC LIMIT 100",
-    )
-    .bind(&name)
-    .fetch_all(&state.read_pool)
-    .await;
-    match rows {
+    match projector_store::outbox::operator::audit_trail(&state.read_pool, &name).await {
         Ok(rows) => reply(StatusCode::OK, json!({"projection": name, "audit": rows})),
         Err(e) => read_failed(e),
     }
 }
 
-#[derive(Serialize, sqlx::FromRow)]
-struct RebuildRow {
-    id: i64,
-    mode: String,
-    source: String,
-    truncate: bool,
-    started_by: String,
-    started_at: chrono::DateTime<chrono::Utc>,
-    finished_at: Option<chrono::DateTime<chrono::Utc>>,
-    status: String,
-    rows_read: i64,
-    rows_applied: i64,
-    rows_failed: i64,
-    caught_up: i64,
-    error: Option<String>,
-}
-
 async fn rebuilds(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
-    let rows: sqlx::Result<Vec<RebuildRow>> = sqlx::query_as(
-        "SELECT id, mode, source, truncate, started_by, started_at, finished_at, status, rows_read,
-                rows_applied, rows_failed, caught_up, error
-         FROM projector_rebuilds WHERE projection = $1 ORDER BY id DESC LIMIT 20",
-    )
-    .bind(&name)
-    .fetch_all(&state.read_pool)
-    .await;
-    match rows {
+    match projector_store::rebuilds::recent(&state.read_pool, &name).await {
         Ok(rows) => reply(
             StatusCode::OK,
             json!({"projection": name, "rebuilds": rows}),

@@ -11,7 +11,7 @@
 //! Where things are:
 //! - [`settings`]: `OUTBOX_*` settings from flags, environment and TOML, validated once.
 //! - [`worker`]: one claim → call → settle loop.
-//! - [`registry`]: each projection's active plugin version, hot swaps and rollbacks.
+//! - [`plugin_versions`]: each projection's active plugin version, hot swaps and rollbacks.
 //! - [`rebuild`]: rebuilding a read model from its source of truth (direct, through the outbox,
 //!   or zero-downtime into shadow tables).
 //! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics` and
@@ -22,11 +22,44 @@
 
 pub mod http;
 pub mod metrics;
+pub mod plugin_versions;
 pub mod rebuild;
-pub mod registry;
 pub mod run;
 pub mod settings;
 pub mod telemetry;
 pub mod worker;
 
 pub use projector_core::{Error, Result};
+
+#[cfg(test)]
+mod tests {
+    /// SQL lives in projector-store (one `.sql` file per statement, typed functions around
+    /// them): the service calls those functions and sends no statement of its own.
+    #[test]
+    fn the_service_holds_no_sql() {
+        fn check(dir: &std::path::Path) {
+            for entry in std::fs::read_dir(dir).expect("readable src") {
+                let path = entry.expect("entry").path();
+                if path.is_dir() {
+                    check(&path);
+                    continue;
+                }
+                let text = std::fs::read_to_string(&path).expect("readable");
+                // The code, without its tests (this one names what it looks for).
+                let code = text.split("#[cfg(test)]").next().unwrap_or_default();
+                for call in ["sqlx::query", "sqlx::raw_sql", "query_as(", "query_scalar("] {
+                    let found = code
+                        .lines()
+                        .filter(|l| !l.trim_start().starts_with("//"))
+                        .any(|l| l.contains(call));
+                    assert!(
+                        !found,
+                        "{} calls {call}: put the statement in projector-store",
+                        path.display()
+                    );
+                }
+            }
+        }
+        check(&std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("src"));
+    }
+}

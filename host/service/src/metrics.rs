@@ -2,7 +2,8 @@
 //!
 //! Counters move when a batch settles, from the rows the settle statement actually changed (a
 //! fenced-off late ack counts nothing). Gauges that need SQL (lag, oldest age, in-flight, stuck,
-//! blocked) are refreshed by one query on an interval, never per scrape.
+//! blocked, and the latest rebuild) are refreshed on an interval, never per scrape, by two queries
+//! (`projector_store::outbox::status::gauges`, `projector_store::rebuilds::latest_finished`).
 //!
 //! `reason` labels are bounded per projection: the host's own reasons ([`HOST_REASONS`]) are
 //! always labelled; of the reasons plugins choose, the first
@@ -100,17 +101,6 @@ fn gauge(r: &Registry, name: &str, help: &str) -> GaugeVec {
     g
 }
 
-// The latest finished rebuild per projection (rebuilds may run in another process: the
-// `projector rebuild` command records them in `projector_rebuilds`).
-const REBUILD_SQL: &str = "\
-SELECT DISTINCT ON (projection) projection,
-       EXTRACT(EPOCH FROM finished_at - started_at)::float8,
-       EXTRACT(EPOCH FROM finished_at)::float8,
-       status = 'succeeded'
-FROM projector_rebuilds
-WHERE finished_at IS NOT NULL AND projection = ANY($1)
-ORDER BY projection, finished_at DESC";
-
 fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
     r.register(Box::new(c.clone())).expect("unique metric");
@@ -135,36 +125,6 @@ fn histogram(r: &Registry, name: &str, help: &str) -> HistogramVec {
     r.register(Box::new(h.clone())).expect("unique metric");
     h
 }
-
-// Blocked rows are counted from the (few) aggregates that have a failed row, not by probing
-// every pending row: the refresh stays cheap with a large backlog.
-const REFRESH_SQL: &str = "\
-WITH unfinished AS (
-    SELECT o.projection,
-           count(*) AS lag,
-           count(*) FILTER (WHERE o.status = 'processing' AND o.lease_expires_at >= now()) AS inflight,
-           count(*) FILTER (WHERE o.status = 'processing' AND o.lease_expires_at < now()) AS stuck,
-           COALESCE(EXTRACT(EPOCH FROM now() - min(o.created_at)), 0)::float8 AS oldest_age
-    FROM outbox_events o
-    WHERE o.projection = ANY($1) AND o.status IN ('pending', 'processing')
-    GROUP BY o.projection
-),
-first_failure AS (
-    SELECT projection, aggregate_id, min(seq) AS seq
-    FROM outbox_events
-    WHERE projection = ANY($1) AND status = 'failed'
-    GROUP BY projection, aggregate_id
-),
-blocked AS (
-    SELECT f.projection, count(*) AS blocked
-    FROM first_failure f
-    JOIN outbox_events o ON o.projection = f.projection AND o.aggregate_id = f.aggregate_id
-                        AND o.seq > f.seq AND o.status = 'pending'
-    GROUP BY f.projection
-)
-SELECT u.projection, u.lag, u.inflight, u.stuck, COALESCE(b.blocked, 0), u.oldest_age
-FROM unfinished u
-LEFT JOIN blocked b ON b.projection = u.projection";
 
 impl Metrics {
     /// Registers every metric; dispatcher metrics are named `<prefix>_...`.
@@ -385,20 +345,20 @@ impl Metrics {
 
     /// Refreshes the SQL-backed gauges for `projections` with one query.
     pub async fn refresh(&self, pool: &PgPool, projections: &[String]) -> sqlx::Result<()> {
-        let rows: Vec<(String, i64, i64, i64, i64, f64)> = sqlx::query_as(REFRESH_SQL)
-            .bind(projections)
-            .fetch_all(pool)
-            .await?;
+        let rows = projector_store::outbox::status::gauges(pool, projections).await?;
         let mut seen: HashMap<&str, ()> = HashMap::new();
-        for (projection, lag, inflight, stuck, blocked, age) in &rows {
-            seen.insert(projection.as_str(), ());
-            self.lag.with_label_values(&[projection]).set(*lag);
+        for g in &rows {
+            let projection = g.projection.as_str();
+            seen.insert(projection, ());
+            self.lag.with_label_values(&[projection]).set(g.lag);
             self.inflight
                 .with_label_values(&[projection])
-                .set(*inflight);
-            self.stuck.with_label_values(&[projection]).set(*stuck);
-            self.blocked.with_label_values(&[projection]).set(*blocked);
-            self.oldest_age.with_label_values(&[projection]).set(*age);
+                .set(g.inflight);
+            self.stuck.with_label_values(&[projection]).set(g.stuck);
+            self.blocked.with_label_values(&[projection]).set(g.blocked);
+            self.oldest_age
+                .with_label_values(&[projection])
+                .set(g.oldest_age_seconds);
         }
         for projection in projections
             .iter()
@@ -409,20 +369,18 @@ impl Metrics {
             }
             self.oldest_age.with_label_values(&[projection]).set(0.0);
         }
-        let rebuilds: Vec<(String, f64, f64, bool)> = sqlx::query_as(REBUILD_SQL)
-            .bind(projections)
-            .fetch_all(pool)
-            .await?;
-        for (projection, duration, finished, success) in &rebuilds {
+        // Rebuilds may run in another process: `projector rebuild` records them in the database.
+        for r in projector_store::rebuilds::latest_finished(pool, projections).await? {
+            let projection = r.projection.as_str();
             self.rebuild_duration
                 .with_label_values(&[projection])
-                .set(*duration);
+                .set(r.duration_seconds);
             self.rebuild_last_finished
                 .with_label_values(&[projection])
-                .set(*finished);
+                .set(r.finished_at_seconds);
             self.rebuild_last_success
                 .with_label_values(&[projection])
-                .set(i64::from(*success));
+                .set(i64::from(r.succeeded));
         }
         Ok(())
     }

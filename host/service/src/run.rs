@@ -11,7 +11,7 @@
 
 use crate::http::{self, AppState};
 use crate::metrics::Metrics;
-use crate::registry::Registry;
+use crate::plugin_versions::ActiveVersions;
 use crate::settings::RunArgs;
 use crate::settings::{table, LogFormat, ProjectionSpec, Settings};
 use crate::worker::Worker;
@@ -113,7 +113,7 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
         pool: pool.clone(),
         read_pool,
         ready: Default::default(),
-        registry: Default::default(),
+        versions: Default::default(),
         admin_token: settings.admin_token.clone(),
         settings: Some(Arc::new(settings.clone())),
     });
@@ -171,20 +171,20 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
 
     let worker_id: Arc<str> = settings.worker_id.as_str().into();
     let mut workers = tokio::task::JoinSet::new();
-    let registry = Arc::new(
-        Registry::start(Arc::new(runtime), pool.clone(), &settings.worker_id, loaded).await?,
+    let versions = Arc::new(
+        ActiveVersions::start(Arc::new(runtime), pool.clone(), &settings.worker_id, loaded).await?,
     );
-    let _ = state.registry.set(registry.clone());
-    let mut watchers = vec![tokio::spawn(registry.clone().follow(shutdown.clone()))];
+    let _ = state.versions.set(versions.clone());
+    let mut watchers = vec![tokio::spawn(versions.clone().follow(shutdown.clone()))];
     if let Some(every) = settings.plugin_watch {
         for spec in &settings.projections {
             watchers.push(tokio::spawn(
-                registry.clone().watch_file(spec.name.clone(), every),
+                versions.clone().watch_file(spec.name.clone(), every),
             ));
         }
     }
     for spec in &settings.projections {
-        let slot = registry
+        let slot = versions
             .slot(&spec.name)
             .expect("every projection has a slot");
         let plugin = slot.current();

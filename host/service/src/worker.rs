@@ -15,7 +15,7 @@
 //!   came in between.
 
 use crate::metrics::Metrics;
-use crate::registry::ActiveSlot;
+use crate::plugin_versions::ActiveSlot;
 use crate::settings::ProjectionSpec;
 use projector_runtime::admission::Admitted;
 use projector_runtime::Handler;

@@ -9,6 +9,8 @@
 
 use sqlx::PgConnection;
 
+const NOTIFY: &str = include_str!("notify.sql");
+
 /// The channel the outbox trigger and every wake-up below notify.
 pub const CHANNEL: &str = "projector_outbox";
 
@@ -18,7 +20,7 @@ pub const PLUGINS_CHANNEL: &str = "projector_plugins";
 
 /// Tells every host that `projection`'s active plugin version changed.
 pub async fn plugins(conn: &mut PgConnection, projection: &str) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
+    sqlx::query(NOTIFY)
         .bind(PLUGINS_CHANNEL)
         .bind(projection)
         .execute(conn)
@@ -28,7 +30,7 @@ pub async fn plugins(conn: &mut PgConnection, projection: &str) -> sqlx::Result<
 
 /// Wakes the hosts running `projection` (when the surrounding transaction commits).
 pub async fn projection(conn: &mut PgConnection, projection: &str) -> sqlx::Result<()> {
-    sqlx::query("SELECT pg_notify($1, $2)")
+    sqlx::query(NOTIFY)
         .bind(CHANNEL)
         .bind(projection)
         .execute(conn)

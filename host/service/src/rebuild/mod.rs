@@ -41,6 +41,7 @@ use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::TryStreamExt;
 use projector_runtime::{Handler, LoadedPlugin};
 use projector_store::outbox::{Claim, ClaimedEvent, Verdict};
+use projector_store::rebuilds;
 use serde::Serialize;
 use sqlx::postgres::PgRow;
 use sqlx::{PgPool, Row};
@@ -48,27 +49,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-/// How the rebuilt rows reach the read model.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Through the plugin into the live sinks.
-    Direct,
-    /// As outbox events for the running hosts.
-    Outbox,
-    /// Through the plugin into shadow tables, switched in when caught up.
-    ZeroDowntime,
-}
-
-impl Mode {
-    fn as_str(self) -> &'static str {
-        match self {
-            Mode::Direct => "direct",
-            Mode::Outbox => "outbox",
-            Mode::ZeroDowntime => "zero_downtime",
-        }
-    }
-}
+pub use projector_store::rebuilds::Mode;
 
 /// What to rebuild.
 #[derive(Debug, Clone)]
@@ -337,10 +318,7 @@ impl Applier {
         };
         let mut tx = pool.begin().await?;
         if let Some(schema) = &self.shadow_schema {
-            sqlx::query("SELECT set_config('search_path', $1 || ', ' || current_setting('search_path'), true)")
-                .bind(projector_store::sql_roles::quote_ident(schema))
-                .execute(&mut *tx)
-                .await?;
+            projector_store::rebuilds::shadow::put_first_on_search_path(&mut tx, schema).await?;
         }
         let supervisor = self.supervisor.clone();
         let (handler, verdicts, tx) = tokio::task::spawn_blocking(move || {
@@ -387,8 +365,8 @@ fn tally(report: &mut Report, events: &[ClaimedEvent], verdicts: &[Verdict], cat
     }
 }
 
-/// The plugin version to rebuild with: the one the hosts run (the registry's active version),
-/// else the configured file.
+/// The plugin version to rebuild with: the one the hosts run (the active one in
+/// `plugin_versions`), else the configured file.
 async fn load_plugin(
     settings: &Settings,
     pool: &PgPool,
@@ -400,9 +378,9 @@ async fn load_plugin(
         .with_search(settings.elastic.as_ref())?
         .with_cache(settings.plugin_cache_dir.as_deref())
         .with_index_redirect(redirect);
-    let (bytes, origin) = match crate::registry::active_component(pool, &spec.name).await? {
-        Some(bytes) => (
-            bytes,
+    let (bytes, origin) = match projector_store::versions::active(pool, &spec.name).await? {
+        Some(active) => (
+            active.component,
             std::path::PathBuf::from(format!("plugin_versions[{}]", spec.name)),
         ),
         None => (
@@ -420,30 +398,17 @@ async fn load_plugin(
         .map_err(|e| anyhow::anyhow!("loading the plugin panicked: {e}"))?
 }
 
-const START: &str = "\
-INSERT INTO projector_rebuilds (projection, mode, source, truncate, started_by)
-VALUES ($1, $2, $3, $4, $5) RETURNING id";
-
-const PROGRESS: &str = "\
-UPDATE projector_rebuilds SET rows_read = $2, rows_applied = $3, rows_failed = $4, caught_up = $5
-WHERE id = $1";
-
-const FINISH: &str = "\
-UPDATE projector_rebuilds
-SET finished_at = now(), status = $2, rows_read = $3, rows_applied = $4, rows_failed = $5,
-    caught_up = $6, error = $7
-WHERE id = $1";
+fn counts(r: &Report) -> rebuilds::Counts {
+    rebuilds::Counts {
+        rows_read: r.rows_read,
+        rows_applied: r.rows_applied,
+        rows_failed: r.rows_failed,
+        caught_up: r.caught_up,
+    }
+}
 
 async fn record_progress(pool: &PgPool, r: &Report) -> sqlx::Result<()> {
-    sqlx::query(PROGRESS)
-        .bind(r.rebuild_id)
-        .bind(r.rows_read as i64)
-        .bind(r.rows_applied as i64)
-        .bind(r.rows_failed as i64)
-        .bind(r.caught_up as i64)
-        .execute(pool)
-        .await
-        .map(|_| ())
+    rebuilds::record_progress(pool, r.rebuild_id, &counts(r)).await
 }
 
 /// Runs a rebuild to the end. `progress` is called after every batch.
@@ -490,25 +455,23 @@ pub async fn run(
 
     // One rebuild per projection: the lock lives as long as this connection.
     let mut lock = pool.acquire().await?;
-    let locked: bool =
-        sqlx::query_scalar("SELECT pg_try_advisory_lock(hashtext('projector_rebuild:' || $1))")
-            .bind(&spec.name)
-            .fetch_one(&mut *lock)
-            .await?;
-    if !locked {
+    if !rebuilds::try_lock(&mut lock, &spec.name).await? {
         return Err(Error::config(
             "--projection",
             format!("a rebuild of `{}` is already running", spec.name),
         ));
     }
-    let rebuild_id: i64 = sqlx::query_scalar(START)
-        .bind(&spec.name)
-        .bind(request.mode.as_str())
-        .bind(&source_name)
-        .bind(request.truncate)
-        .bind(&request.by)
-        .fetch_one(pool)
-        .await?;
+    let rebuild_id = rebuilds::start(
+        pool,
+        &rebuilds::NewRebuild {
+            projection: &spec.name,
+            mode: request.mode,
+            source: &source_name,
+            truncate: request.truncate,
+            started_by: &request.by,
+        },
+    )
+    .await?;
     let started = Instant::now();
     let mut report = Report {
         rebuild_id,
@@ -537,28 +500,17 @@ pub async fn run(
     )
     .await;
     report.duration_seconds = started.elapsed().as_secs_f64();
-    let (status, error) = match &outcome {
-        Ok(()) if report.rows_failed == 0 => ("succeeded", None),
+    let (ending, error) = match &outcome {
+        Ok(()) if report.rows_failed == 0 => (rebuilds::Ending::Succeeded, None),
         Ok(()) => (
-            "failed",
+            rebuilds::Ending::Failed,
             Some(format!("{} source rows failed", report.rows_failed)),
         ),
-        Err(e) => ("failed", Some(e.to_string())),
+        Err(e) => (rebuilds::Ending::Failed, Some(e.to_string())),
     };
-    sqlx::query(FINISH)
-        .bind(rebuild_id)
-        .bind(status)
-        .bind(report.rows_read as i64)
-        .bind(report.rows_applied as i64)
-        .bind(report.rows_failed as i64)
-        .bind(report.caught_up as i64)
-        .bind(&error)
-        .execute(pool)
-        .await?;
-    sqlx::query("SELECT pg_advisory_unlock(hashtext('projector_rebuild:' || $1))")
-        .bind(&spec.name)
-        .execute(&mut *lock)
-        .await?;
+    rebuilds::finish(pool, rebuild_id, ending, &counts(&report), error.as_deref()).await?;
+    rebuilds::unlock(&mut lock, &spec.name).await?;
+    let status = ending.as_str();
     tracing::info!(projection = %spec.name, rebuild_id, status, rows_read = report.rows_read,
         rows_applied = report.rows_applied, rows_failed = report.rows_failed,
         caught_up = report.caught_up, switched = report.switched, "rebuild finished");
@@ -594,20 +546,8 @@ async fn execute(
     projector_runtime::sql_policy::check(source_sql)
         .map_err(|why| Error::config("--source", format!("the source query is refused: {why}")))?;
     let reader = projector_store::sql_roles::source_role(pool, spec).await?;
-    let mut source = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *source)
-        .await?;
-    let snapshot: String = sqlx::query_scalar("SELECT pg_current_snapshot()::text")
-        .fetch_one(&mut *source)
-        .await?;
-    sqlx::raw_sql(&format!(
-        "SET LOCAL ROLE {}",
-        projector_store::sql_roles::quote_ident(&reader)
-    ))
-    .execute(&mut *source)
-    .await?;
-    let mut rows = sqlx::query(source_sql).fetch(&mut *source);
+    let (mut source, snapshot) = rebuilds::open_source(pool, &reader).await?;
+    let mut rows = rebuilds::source_rows(&mut source, source_sql);
     let mut first = Vec::with_capacity(batch_size);
     let search_swap = request.mode == Mode::ZeroDowntime && spec.grants.search();
     while first.len() < batch_size {
@@ -640,12 +580,12 @@ async fn execute(
     if request.mode == Mode::Outbox {
         let mut out = pool.begin().await?;
         if request.truncate {
-            shadow::truncate(&mut out, &spec.grants.sql_tables).await?;
+            rebuilds::shadow::truncate(&mut out, &spec.grants.sql_tables).await?;
         }
         let mut batch = first;
         loop {
             report.rows_read += batch.len() as u64;
-            report.rows_applied += emit(&mut out, &spec.name, &batch).await?;
+            report.rows_applied += rebuilds::emit(&mut out, &spec.name, &batch).await?;
             progress(report);
             batch = next_batch(
                 &mut rows,
@@ -693,11 +633,13 @@ async fn execute(
     let model = if let Some(indices) = indices {
         Some(NewModel::Indices(indices))
     } else if request.mode == Mode::ZeroDowntime {
-        Some(NewModel::Tables(shadow::Shadow::prepare(pool, spec).await?))
+        Some(NewModel::Tables(
+            rebuilds::shadow::Shadow::prepare(pool, spec).await?,
+        ))
     } else {
         if request.truncate {
             let mut tx = pool.begin().await?;
-            shadow::truncate(&mut tx, &spec.grants.sql_tables).await?;
+            rebuilds::shadow::truncate(&mut tx, &spec.grants.sql_tables).await?;
             tx.commit().await?;
         }
         None
@@ -773,56 +715,6 @@ async fn next_batch<'a>(
         }
     }
     Ok(batch)
-}
-
-/// Outbox mode: the rows as new outbox events of `projection` (fresh ids; the source id goes in
-/// the `projector-rebuild-source-id` header).
-async fn emit(
-    tx: &mut sqlx::PgConnection,
-    projection: &str,
-    batch: &[ClaimedEvent],
-) -> Result<u64> {
-    let mut event_types = Vec::new();
-    let mut aggregate_types = Vec::new();
-    let mut aggregate_ids = Vec::new();
-    let mut payloads = Vec::new();
-    let mut occurred = Vec::new();
-    let mut headers = Vec::new();
-    for e in batch {
-        event_types.push(e.event_type.clone());
-        aggregate_types.push(e.aggregate_type.clone());
-        aggregate_ids.push(e.aggregate_id.clone());
-        payloads.push(e.payload.clone());
-        occurred.push(e.occurred_at.clone());
-        let mut h: serde_json::Map<String, serde_json::Value> = e
-            .headers
-            .iter()
-            .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
-            .collect();
-        h.insert(
-            "projector-rebuild-source-id".into(),
-            serde_json::Value::String(e.id.to_string()),
-        );
-        headers.push(serde_json::Value::Object(h).to_string());
-    }
-    let n = sqlx::query(
-        "INSERT INTO outbox_events (projection, event_type, aggregate_type, aggregate_id, payload, occurred_at, headers)
-         SELECT $1, t, a, i, p::jsonb, o::timestamptz, h::jsonb
-         FROM unnest($2::text[], $3::text[], $4::text[], $5::text[], $6::text[], $7::text[])
-              WITH ORDINALITY AS u(t, a, i, p, o, h, n)
-         ORDER BY n",
-    )
-    .bind(projection)
-    .bind(&event_types)
-    .bind(&aggregate_types)
-    .bind(&aggregate_ids)
-    .bind(&payloads)
-    .bind(&occurred)
-    .bind(&headers)
-    .execute(tx)
-    .await?
-    .rows_affected();
-    Ok(n)
 }
 
 /// Applies to the new model every event of `projection` done after `snapshot` and not applied
@@ -911,7 +803,7 @@ async fn finish_switch(
 /// The new model of a zero-downtime rebuild.
 enum NewModel {
     /// Shadow tables (sql projections).
-    Tables(shadow::Shadow),
+    Tables(rebuilds::shadow::Shadow),
     /// New indices behind the granted names (search projections).
     Indices(index_swap::IndexSwap),
 }
@@ -954,8 +846,7 @@ impl NewModel {
         .await?;
         let result = match self {
             NewModel::Tables(s) => {
-                s.switch(pool, applier, snapshot, &mut applied, report, &pauser)
-                    .await
+                shadow::switch(s, pool, applier, snapshot, &mut applied, report, &pauser).await
             }
             NewModel::Indices(i) => {
                 i.switch(pool, applier, snapshot, &mut applied, report, &pauser)

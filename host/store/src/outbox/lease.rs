@@ -12,27 +12,9 @@ use sqlx::PgPool;
 use std::time::Duration;
 use uuid::Uuid;
 
-const RENEW_SQL: &str = "\
-UPDATE outbox_events
-SET lease_expires_at = now() + make_interval(secs => $2)
-WHERE claim_batch_id = $1 AND status = 'processing'";
-
-// Released rows go back to due-now `pending` and their attempt is given back: the plugin's
-// answer never reached the database, so the attempt does not count.
-const RELEASE_SQL: &str = "\
-UPDATE outbox_events
-SET status = 'pending', claim_batch_id = NULL, lease_expires_at = NULL, next_retry_at = now(),
-    attempts = GREATEST(attempts - 1, 0)
-WHERE claimed_by = $1 AND status = 'processing' AND ($2::uuid IS NULL OR claim_batch_id = $2)
-RETURNING projection";
-
-const SWEEP_SQL: &str = "\
-UPDATE outbox_events
-SET status = 'failed', failure_kind = 'attempts_exhausted', error_reason = 'lease_expired',
-    error = format('lease expired during attempt %s of %s (claimed by %s)', attempts, $2::int, claimed_by),
-    lease_expires_at = NULL
-WHERE projection = $1 AND status = 'processing' AND lease_expires_at < now() AND attempts >= $2
-RETURNING seq";
+const RENEW_SQL: &str = include_str!("lease_renew.sql");
+const RELEASE_SQL: &str = include_str!("lease_release.sql");
+const SWEEP_SQL: &str = include_str!("lease_sweep_exhausted.sql");
 
 /// Extends the lease of every row `batch_id` still holds; returns how many it holds.
 pub async fn renew(pool: &PgPool, batch_id: Uuid, lease: Duration) -> sqlx::Result<u64> {

@@ -26,9 +26,10 @@ pub struct Filter {
     pub limit: Option<i64>,
 }
 
-/// What an operator action did (or, dry, would do).
+/// What an operator action did (or, dry, would do): its counts and the ids it concerned. (Not an
+/// outcome in the plugin sense: see `projector_core::outbox`.)
 #[derive(Debug, Clone, Serialize)]
-pub struct Outcome {
+pub struct ActionReport {
     /// `replay` or `skip`.
     pub action: &'static str,
     /// The projection.
@@ -39,29 +40,16 @@ pub struct Outcome {
     pub event_ids: Vec<Uuid>,
 }
 
-const SELECT_FAILED: &str = "\
-SELECT id FROM outbox_events
-WHERE projection = $1 AND status = 'failed'
-  AND ($2::text IS NULL OR error_reason = $2)
-  AND ($3::text IS NULL OR event_type = $3)
-  AND ($4::uuid[] IS NULL OR id = ANY($4))
-ORDER BY seq
-LIMIT $5
-FOR UPDATE";
-
-const REPLAY: &str = "\
-UPDATE outbox_events
-SET status = 'pending', attempts = 0, next_retry_at = now(), failure_kind = NULL,
-    replay_count = replay_count + 1, last_replayed_at = now(), last_replayed_by = $2,
-    last_replayed_reason = $3
-WHERE id = ANY($1) AND status = 'failed'";
-
-const SKIP: &str =
-    "UPDATE outbox_events SET status = 'skipped' WHERE id = ANY($1) AND status = 'failed'";
-
-const AUDIT: &str = "\
-INSERT INTO replay_audit (action, projection, performed_by, reason, filter, dry_run, row_count, event_ids)
-VALUES ($1, $2, $3, $4, $5, $6, $7, $8)";
+const SELECT_FAILED: &str = include_str!("operator_select_failed.sql");
+const REPLAY: &str = include_str!("operator_replay.sql");
+const SKIP: &str = include_str!("operator_skip.sql");
+const AUDIT: &str = include_str!("operator_audit.sql");
+const PAUSE: &str = include_str!("operator_pause.sql");
+const RESUME: &str = include_str!("operator_resume.sql");
+const DONE_AFTER_SNAPSHOT: &str = include_str!("operator_done_after_snapshot.sql");
+const SUPERSEDE: &str = include_str!("operator_supersede.sql");
+const IN_FLIGHT: &str = include_str!("operator_in_flight.sql");
+const AUDIT_TRAIL: &str = include_str!("operator_audit_trail.sql");
 
 /// Replays (`skip == false`) or skips the failed events of `projection` that `filter` selects.
 pub async fn act(
@@ -72,7 +60,7 @@ pub async fn act(
     reason: &str,
     dry_run: bool,
     skip: bool,
-) -> sqlx::Result<Outcome> {
+) -> sqlx::Result<ActionReport> {
     let action = if skip { "skip" } else { "replay" };
     let mut tx = pool.begin().await?;
     let ids: Vec<Uuid> = sqlx::query_scalar(SELECT_FAILED)
@@ -105,7 +93,7 @@ pub async fn act(
         .execute(&mut *tx)
         .await?;
     tx.commit().await?;
-    Ok(Outcome {
+    Ok(ActionReport {
         action,
         projection: projection.to_owned(),
         dry_run,
@@ -120,15 +108,12 @@ pub async fn pause(
     by: &str,
     reason: Option<&str>,
 ) -> sqlx::Result<()> {
-    sqlx::query(
-        "INSERT INTO projection_pauses (projection, paused_by, reason) VALUES ($1, $2, $3)
-         ON CONFLICT (projection) DO NOTHING",
-    )
-    .bind(projection)
-    .bind(by)
-    .bind(reason)
-    .execute(pool)
-    .await?;
+    sqlx::query(PAUSE)
+        .bind(projection)
+        .bind(by)
+        .bind(reason)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 
@@ -148,15 +133,12 @@ pub async fn resume_in(
     projection: &str,
     by: Option<&str>,
 ) -> sqlx::Result<bool> {
-    let removed = sqlx::query(
-        "DELETE FROM projection_pauses
-         WHERE projection = $1 AND ($2::text IS NULL OR paused_by = $2)",
-    )
-    .bind(projection)
-    .bind(by)
-    .execute(&mut *conn)
-    .await?
-    .rows_affected();
+    let removed = sqlx::query(RESUME)
+        .bind(projection)
+        .bind(by)
+        .execute(&mut *conn)
+        .await?
+        .rows_affected();
     crate::notify::projection(conn, projection).await?;
     Ok(removed > 0)
 }
@@ -164,16 +146,6 @@ pub async fn resume_in(
 /// The events of `projection` a zero-downtime rebuild must still apply to its new model: `done`
 /// (so applied to the old model) but written after the rebuild's snapshot (so not in the source
 /// rows it read), minus those it already applied (`applied`, by seq). Oldest first.
-const DONE_AFTER_SNAPSHOT: &str = "\
-SELECT seq, id, event_type, aggregate_type, aggregate_id, payload::text, headers, occurred_at,
-       attempts, false
-FROM outbox_events
-WHERE projection = $1 AND status = 'done'
-  AND created_xid IS NOT NULL AND NOT pg_visible_in_snapshot(created_xid, $2::text::pg_snapshot)
-  AND seq <> ALL($3)
-ORDER BY seq";
-
-/// See [`DONE_AFTER_SNAPSHOT`].
 pub async fn done_after_snapshot(
     db: &mut sqlx::PgConnection,
     projection: &str,
@@ -194,15 +166,7 @@ pub async fn done_after_snapshot(
 /// already in the model and must not be applied again. Runs in the switch's transaction, while
 /// the projection is paused and nothing of it is in flight; a batch that was claimed anyway is
 /// fenced off (its settle finds the row no longer `processing` and changes nothing). Returns the
-/// number of rows.
-const SUPERSEDE: &str = "\
-UPDATE outbox_events
-SET status = 'done', done_at = now(), projection_version = $3,
-    claim_batch_id = NULL, lease_expires_at = NULL, error_reason = NULL, error = NULL
-WHERE projection = $1 AND status IN ('pending', 'processing')
-  AND (created_xid IS NULL OR pg_visible_in_snapshot(created_xid, $2::text::pg_snapshot))";
-
-/// See [`SUPERSEDE`]. `label` is stamped as the rows' `projection_version`.
+/// number of rows. `label` is stamped as the rows' `projection_version`.
 pub async fn supersede_in_snapshot(
     tx: &mut sqlx::PgConnection,
     projection: &str,
@@ -220,11 +184,39 @@ pub async fn supersede_in_snapshot(
 
 /// How many events of `projection` are processing under a live lease.
 pub async fn in_flight(db: &mut sqlx::PgConnection, projection: &str) -> sqlx::Result<i64> {
-    sqlx::query_scalar(
-        "SELECT count(*) FROM outbox_events
-         WHERE projection = $1 AND status = 'processing' AND lease_expires_at >= now()",
-    )
-    .bind(projection)
-    .fetch_one(db)
-    .await
+    sqlx::query_scalar(IN_FLIGHT)
+        .bind(projection)
+        .fetch_one(db)
+        .await
+}
+
+/// A `replay_audit` row, as the admin API lists it.
+#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
+pub struct AuditEntry {
+    /// Its id.
+    pub id: i64,
+    /// `replay` or `skip`.
+    pub action: String,
+    /// Who.
+    pub performed_by: String,
+    /// When.
+    pub performed_at: chrono::DateTime<chrono::Utc>,
+    /// Why.
+    pub reason: String,
+    /// The [`Filter`], as JSON.
+    pub filter: serde_json::Value,
+    /// Whether nothing was changed.
+    pub dry_run: bool,
+    /// How many events it concerned.
+    pub row_count: i32,
+    /// Which.
+    pub event_ids: Vec<Uuid>,
+}
+
+/// The 100 latest replays and skips of `projection` (dry runs included), newest first.
+pub async fn audit_trail(pool: &PgPool, projection: &str) -> sqlx::Result<Vec<AuditEntry>> {
+    sqlx::query_as(AUDIT_TRAIL)
+        .bind(projection)
+        .fetch_all(pool)
+        .await
 }

@@ -14,16 +14,7 @@ use sqlx::PgPool;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-const PRUNE_BATCH: &str = "\
-DELETE FROM outbox_events
-WHERE seq IN (
-    SELECT seq FROM outbox_events
-    WHERE status = 'done' AND done_at < now() - make_interval(secs => $1)
-    ORDER BY done_at
-    LIMIT $2
-    FOR UPDATE SKIP LOCKED
-)
-RETURNING projection";
+const PRUNE_BATCH: &str = include_str!("retention_prune_batch.sql");
 
 /// Deletes `done` rows older than `older_than`, `batch_size` at a time, until none is left (or
 /// `max_batches` batches ran); returns how many rows were deleted per projection.

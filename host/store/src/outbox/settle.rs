@@ -24,7 +24,7 @@ pub enum Route {
     Function,
 }
 
-const SETTLE_FUNCTION_CALL: &str = "SELECT * FROM projector_settle($1, $2, $3, $4, $5, $6, $7, $8)";
+const SETTLE_FUNCTION_CALL: &str = include_str!("settle_function_call.sql");
 
 /// What one settled row became.
 #[derive(Debug, Clone, PartialEq)]

@@ -61,45 +61,12 @@ pub struct Pause {
     pub reason: Option<String>,
 }
 
-const COUNTS: &str = "\
-SELECT projection, status, count(*) FROM outbox_events
-WHERE $1::text IS NULL OR projection = $1
-GROUP BY projection, status";
-
-const UNFINISHED: &str = "\
-SELECT projection,
-       count(*) FILTER (WHERE status = 'processing' AND lease_expires_at < now()),
-       EXTRACT(EPOCH FROM now() - min(created_at) FILTER (WHERE status = 'pending'))::float8
-FROM outbox_events
-WHERE status IN ('pending', 'processing') AND ($1::text IS NULL OR projection = $1)
-GROUP BY projection";
-
-const BLOCKED: &str = "\
-WITH first_failure AS (
-    SELECT projection, aggregate_id, min(seq) AS seq
-    FROM outbox_events
-    WHERE status = 'failed' AND ($1::text IS NULL OR projection = $1)
-    GROUP BY projection, aggregate_id
-)
-SELECT f.projection, count(*)
-FROM first_failure f
-JOIN outbox_events o ON o.projection = f.projection AND o.aggregate_id = f.aggregate_id
-                    AND o.seq > f.seq AND o.status = 'pending'
-GROUP BY f.projection";
-
-const FAILED_BY_REASON: &str = "\
-SELECT projection, COALESCE(error_reason, ''), count(*) FROM outbox_events
-WHERE status = 'failed' AND ($1::text IS NULL OR projection = $1)
-GROUP BY projection, error_reason";
-
-const PLUGINS: &str = "\
-SELECT projection, version_label AS version, digest, activated_at, activated_by
-FROM plugin_versions
-WHERE status = 'active' AND ($1::text IS NULL OR projection = $1)";
-
-const PAUSES: &str = "\
-SELECT projection, paused_by, paused_at, reason FROM projection_pauses
-WHERE $1::text IS NULL OR projection = $1";
+const COUNTS: &str = include_str!("status_counts.sql");
+const UNFINISHED: &str = include_str!("status_unfinished.sql");
+const BLOCKED: &str = include_str!("status_blocked.sql");
+const FAILED_BY_REASON: &str = include_str!("status_failed_by_reason.sql");
+const PLUGINS: &str = include_str!("status_plugins.sql");
+const PAUSES: &str = include_str!("status_pauses.sql");
 
 /// The state of `projection` (or of every projection), sorted by name.
 pub async fn status(
@@ -107,9 +74,7 @@ pub async fn status(
     projection: Option<&str>,
 ) -> sqlx::Result<Vec<ProjectionStatus>> {
     let mut tx = pool.begin().await?;
-    sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .execute(&mut *tx)
-        .await?;
+    crate::db::read_only_snapshot(&mut tx).await?;
     let mut all: BTreeMap<String, ProjectionStatus> = BTreeMap::new();
     fn entry<'a>(
         all: &'a mut BTreeMap<String, ProjectionStatus>,
@@ -196,6 +161,35 @@ pub async fn status(
         entry(&mut all, p);
     }
     Ok(all.into_values().collect())
+}
+
+/// The numbers behind one projection's outbox gauges (`outbox_lag_events` and friends).
+#[derive(Debug, Clone, PartialEq, sqlx::FromRow)]
+pub struct Gauges {
+    /// The projection.
+    pub projection: String,
+    /// Unfinished events (pending or processing).
+    pub lag: i64,
+    /// Processing under a live lease.
+    pub inflight: i64,
+    /// Processing under an expired lease.
+    pub stuck: i64,
+    /// Pending behind a failed event of their aggregate.
+    pub blocked: i64,
+    /// Seconds since the oldest unfinished event was created.
+    pub oldest_age_seconds: f64,
+}
+
+const GAUGES: &str = include_str!("status_gauges.sql");
+
+/// The gauges of those of `projections` that have unfinished events, in one cheap query (the
+/// metrics refresh runs it on an interval, never per scrape). A projection not returned has
+/// nothing unfinished.
+pub async fn gauges(pool: &PgPool, projections: &[String]) -> sqlx::Result<Vec<Gauges>> {
+    sqlx::query_as(GAUGES)
+        .bind(projections)
+        .fetch_all(pool)
+        .await
 }
 
 /// The human-readable table `projector status` prints.

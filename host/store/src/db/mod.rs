@@ -1,4 +1,5 @@
-//! Connecting to Postgres and applying the migrations in `../migrations`.
+//! Connecting to Postgres, applying the migrations in `../migrations`, and the session reads
+//! every module shares (the readiness ping, the current database).
 //!
 //! Connection problems at start-up are configuration errors (exit 2) that name `DATABASE_URL`
 //! but never print its password.
@@ -8,6 +9,13 @@ use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
 use sqlx::Connection;
 use std::str::FromStr;
 use std::time::Duration;
+
+const PING: &str = include_str!("ping.sql");
+const CURRENT_USER: &str = include_str!("current_user.sql");
+const CURRENT_DATABASE: &str = include_str!("current_database.sql");
+const MIGRATIONS_TABLE_EXISTS: &str = include_str!("migrations_table_exists.sql");
+const APPLIED_MIGRATIONS: &str = include_str!("applied_migrations.sql");
+const READ_ONLY_SNAPSHOT: &str = include_str!("read_only_snapshot.sql");
 
 /// How long start-up waits for the database to answer.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -60,7 +68,7 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
         Err(Error::Database(e)) | Err(Error::Migrate(sqlx::migrate::MigrateError::Execute(e)))
             if denied(&e) =>
         {
-            let user: String = sqlx::query_scalar("SELECT current_user::text")
+            let user: String = sqlx::query_scalar(CURRENT_USER)
                 .fetch_one(pool)
                 .await
                 .unwrap_or_else(|_| "ROLE".into());
@@ -79,16 +87,33 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 
 /// Whether every embedded migration is recorded as applied (and nothing else is).
 async fn up_to_date(pool: &PgPool) -> sqlx::Result<bool> {
-    let exists: bool = sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
+    let exists: bool = sqlx::query_scalar(MIGRATIONS_TABLE_EXISTS)
         .fetch_one(pool)
         .await?;
     if !exists {
         return Ok(false);
     }
-    let applied: Vec<i64> =
-        sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success ORDER BY version")
-            .fetch_all(pool)
-            .await?;
+    let applied: Vec<i64> = sqlx::query_scalar(APPLIED_MIGRATIONS)
+        .fetch_all(pool)
+        .await?;
     let embedded: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
     Ok(applied == embedded)
+}
+
+/// Whether the server answers on `pool` (one round trip).
+pub async fn ping(pool: &PgPool) -> sqlx::Result<()> {
+    sqlx::query(PING).execute(pool).await?;
+    Ok(())
+}
+
+/// The name of the database `conn` is connected to.
+pub async fn current_database(conn: &mut PgConnection) -> sqlx::Result<String> {
+    sqlx::query_scalar(CURRENT_DATABASE).fetch_one(conn).await
+}
+
+/// Makes the transaction `tx` has just begun one consistent, read-only snapshot (`REPEATABLE
+/// READ READ ONLY`): every read in it sees the same database.
+pub async fn read_only_snapshot(tx: &mut PgConnection) -> sqlx::Result<()> {
+    sqlx::query(READ_ONLY_SNAPSHOT).execute(tx).await?;
+    Ok(())
 }

@@ -1,5 +1,5 @@
-//! Where plugin versions are loaded and swapped: the registry of every version each projection
-//! was given (`plugin_versions`), and the active version each claim loop runs.
+//! Where plugin versions are loaded and swapped: every version each projection was given
+//! (`plugin_versions`), and the active version each claim loop runs.
 //!
 //! Invariants:
 //! - A new version is compiled and validated off the claim loops (on a blocking thread): the
@@ -18,24 +18,11 @@ use crate::settings::ProjectionSpec;
 use crate::{Error, Result};
 use arc_swap::ArcSwap;
 use projector_runtime::{LoadedPlugin, Runtime};
-use serde::Serialize;
+use projector_store::versions;
 use sqlx::PgPool;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
-
-const ACTIVE: &str = "\
-SELECT digest, component FROM plugin_versions
-WHERE projection = $1 AND status = 'active' AND component IS NOT NULL";
-
-/// The component of `projection`'s active version, if a host has recorded one.
-pub async fn active_component(pool: &PgPool, projection: &str) -> sqlx::Result<Option<Vec<u8>>> {
-    let row: Option<(String, Vec<u8>)> = sqlx::query_as(ACTIVE)
-        .bind(projection)
-        .fetch_optional(pool)
-        .await?;
-    Ok(row.map(|(_, bytes)| bytes))
-}
 
 /// One projection's active version.
 pub struct ActiveSlot {
@@ -51,77 +38,15 @@ impl ActiveSlot {
     }
 }
 
-/// A row of `plugin_versions`, as the admin API and `plugins list` show it.
-#[derive(Debug, Clone, Serialize, sqlx::FromRow)]
-pub struct VersionRow {
-    /// Row id.
-    pub id: i64,
-    /// Projection.
-    pub projection: String,
-    /// sha256 of the component.
-    pub digest: String,
-    /// `describe().version`.
-    pub declared_version: Option<String>,
-    /// The label stamped on events.
-    pub version_label: Option<String>,
-    /// active / retired / rejected.
-    pub status: String,
-    /// Why it was rejected.
-    pub reason: Option<String>,
-    /// When it was first given to a host.
-    pub loaded_at: chrono::DateTime<chrono::Utc>,
-    /// When it was last activated.
-    pub activated_at: Option<chrono::DateTime<chrono::Utc>>,
-    /// Who activated it.
-    pub activated_by: Option<String>,
-    /// Events whose final outcome it produced.
-    pub events: i64,
-}
-
 /// The plugin versions of every projection this host runs.
-pub struct Registry {
+pub struct ActiveVersions {
     runtime: Arc<Runtime>,
     pool: PgPool,
     worker_id: String,
     slots: HashMap<String, Arc<ActiveSlot>>,
 }
 
-// Two statements in one transaction: the partial unique index allows one active row, and
-// statements of one WITH run in no defined order.
-const RETIRE_OTHERS: &str = "\
-UPDATE plugin_versions SET status = 'retired'
-WHERE projection = $1 AND status = 'active' AND digest <> $2";
-
-const RECORD_ACTIVE: &str = "\
-INSERT INTO plugin_versions (projection, digest, declared_name, declared_version, version_label,
-                             component, status, activated_at, activated_by)
-VALUES ($1, $2, $3, $4, $5, $6, 'active', now(), $7)
-ON CONFLICT (projection, digest) DO UPDATE
-SET status = 'active', activated_at = now(), activated_by = EXCLUDED.activated_by,
-    component = EXCLUDED.component, reason = NULL";
-
-const RECORD_REJECTED: &str = "\
-INSERT INTO plugin_versions (projection, digest, status, reason)
-VALUES ($1, $2, 'rejected', $3)
-ON CONFLICT (projection, digest) DO UPDATE SET reason = EXCLUDED.reason, loaded_at = now()
-WHERE plugin_versions.status = 'rejected'";
-
-const PREVIOUS: &str = "\
-SELECT component FROM plugin_versions
-WHERE projection = $1 AND status = 'retired' AND component IS NOT NULL
-ORDER BY activated_at DESC NULLS LAST, id DESC
-LIMIT 1";
-
-const LIST: &str = "\
-SELECT v.id, v.projection, v.digest, v.declared_version, v.version_label, v.status, v.reason,
-       v.loaded_at, v.activated_at, v.activated_by,
-       (SELECT count(*) FROM outbox_events e
-        WHERE e.projection = v.projection AND e.projection_version = v.version_label) AS events
-FROM plugin_versions v
-WHERE v.projection = $1
-ORDER BY v.id";
-
-impl Registry {
+impl ActiveVersions {
     /// Records the versions loaded at start (`loaded`, one per projection, with their bytes) as
     /// active and makes them the slots' versions.
     pub async fn start(
@@ -149,7 +74,7 @@ impl Registry {
                 }),
             );
         }
-        Ok(Registry {
+        Ok(ActiveVersions {
             runtime,
             pool,
             worker_id: worker_id.to_owned(),
@@ -200,12 +125,7 @@ impl Registry {
                     use sha2::{Digest, Sha256};
                     hex::encode(Sha256::digest(&bytes))
                 };
-                sqlx::query(RECORD_REJECTED)
-                    .bind(projection)
-                    .bind(&digest)
-                    .bind(e.to_string())
-                    .execute(&self.pool)
-                    .await?;
+                versions::record_rejected(&self.pool, projection, &digest, &e.to_string()).await?;
                 tracing::warn!(projection, digest, error = %e, by, "plugin version rejected; the active version keeps serving");
                 return Err(e);
             }
@@ -222,11 +142,7 @@ impl Registry {
     /// Re-activates the version that was active before the current one.
     pub async fn rollback(&self, projection: &str, by: &str) -> Result<Arc<LoadedPlugin>> {
         self.slot_or_err(projection)?;
-        let previous: Option<(Vec<u8>,)> = sqlx::query_as(PREVIOUS)
-            .bind(projection)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some((bytes,)) = previous else {
+        let Some(bytes) = versions::previous(&self.pool, projection).await? else {
             return Err(Error::config(
                 "rollback",
                 format!("projection `{projection}` has no previous version"),
@@ -236,12 +152,6 @@ impl Registry {
     }
 }
 
-/// Every recorded version of `projection` with the number of events it settled, read through
-/// `pool` (the admin API's read pool).
-pub async fn list(pool: &PgPool, projection: &str) -> sqlx::Result<Vec<VersionRow>> {
-    sqlx::query_as(LIST).bind(projection).fetch_all(pool).await
-}
-
 async fn record_active(
     pool: &PgPool,
     projection: &str,
@@ -249,33 +159,23 @@ async fn record_active(
     bytes: &[u8],
     by: &str,
 ) -> Result<()> {
-    let mut tx = pool.begin().await?;
-    // Hosts starting together record the same version at once: serialise per projection, or
-    // both inserts race on the one-active index.
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('projector_plugin_versions:' || $1))")
-        .bind(projection)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(RETIRE_OTHERS)
-        .bind(projection)
-        .bind(&plugin.digest)
-        .execute(&mut *tx)
-        .await?;
-    sqlx::query(RECORD_ACTIVE)
-        .bind(projection)
-        .bind(&plugin.digest)
-        .bind(&plugin.info.name)
-        .bind(&plugin.info.version)
-        .bind(&plugin.version_label)
-        .bind(bytes)
-        .bind(by)
-        .execute(&mut *tx)
-        .await?;
-    tx.commit().await?;
+    versions::record_active(
+        pool,
+        &versions::Activation {
+            projection,
+            digest: &plugin.digest,
+            declared_name: &plugin.info.name,
+            declared_version: &plugin.info.version,
+            version_label: &plugin.version_label,
+            component: bytes,
+            by,
+        },
+    )
+    .await?;
     Ok(())
 }
 
-impl Registry {
+impl ActiveVersions {
     /// Watches `projection`'s configured plugin file every `every`: a file whose content differs
     /// from what was last seen there is activated as a new version (`by` = `file:<path>`); a bad
     /// one is rejected once, not at every tick. Runs until the task is aborted.
@@ -307,7 +207,7 @@ impl Registry {
     }
 }
 
-impl Registry {
+impl ActiveVersions {
     /// Makes this host run the version the table says is active for `projection`, if it runs
     /// another (another host activated it).
     pub async fn sync(&self, projection: &str) -> Result<()> {
@@ -315,11 +215,11 @@ impl Registry {
             return Ok(());
         };
         let _one_at_a_time = slot.switching.lock().await;
-        let active: Option<(String, Vec<u8>)> = sqlx::query_as(ACTIVE)
-            .bind(projection)
-            .fetch_optional(&self.pool)
-            .await?;
-        let Some((digest, bytes)) = active else {
+        let Some(versions::StoredComponent {
+            digest,
+            component: bytes,
+        }) = versions::active(&self.pool, projection).await?
+        else {
             return Ok(());
         };
         if digest == slot.current().digest {

@@ -20,6 +20,11 @@
 //! - Roles are created with a random password kept in `projector_sql_roles` (readable by the
 //!   host's own role only); hosts read it to log in. Provisioning runs under an advisory lock so
 //!   hosts starting together do not race.
+//!
+//! The catalog reads and fixed statements are `.sql` files in this directory. The DDL that names a
+//! role, a schema or a table (`CREATE ROLE`, `GRANT`, `REVOKE`, `CREATE FUNCTION` in the outbox's
+//! schema) cannot take those as parameters, so it is built in Rust here, every identifier quoted
+//! with [`quote_ident`] / [`quote_table`].
 
 use crate::outbox::settle::SETTLE_SQL;
 use crate::{Error, Result};
@@ -27,6 +32,24 @@ use projector_core::spec::ProjectionSpec;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
 use sqlx::{Connection, PgConnection};
 use std::str::FromStr;
+
+const RESOLVE_TABLE: &str = include_str!("resolve_table.sql");
+const OUTBOX_SCHEMA: &str = include_str!("outbox_schema.sql");
+const REVOKE_PUBLIC_DEFAULTS: &str = include_str!("revoke_public_defaults.sql");
+const ROLE_POWERS: &str = include_str!("role_powers.sql");
+const SCHEMAS_ROLE_MAY_CREATE_IN: &str = include_str!("schemas_role_may_create_in.sql");
+const TABLES_GRANTED: &str = include_str!("tables_granted.sql");
+const TABLES_GRANTED_LIVE: &str = include_str!("tables_granted_live.sql");
+const TABLES_GRANTED_PRIVILEGES: &str = include_str!("tables_granted_privileges.sql");
+const ROLE_EXISTS: &str = include_str!("role_exists.sql");
+const ROLE_EXISTS_WITH_MEMBER: &str = include_str!("role_exists_with_member.sql");
+const LOCK: &str = include_str!("lock.sql");
+const STORED_PASSWORD: &str = include_str!("stored_password.sql");
+const STORE_CREDENTIALS: &str = include_str!("store_credentials.sql");
+const STORED_CREDENTIALS: &str = include_str!("stored_credentials.sql");
+const SETTLE_FUNCTION: &str = include_str!("settle_function.sql");
+const MAY_SETTLE: &str = include_str!("may_settle.sql");
+const CURRENT_ROLE_MAY_CREATE_ROLES: &str = include_str!("current_role_may_create_roles.sql");
 
 /// The role a projection's statements run as in `database`. Roles are cluster-wide, so the name
 /// carries a digest of the database's name: two databases on one cluster may both have a
@@ -45,13 +68,10 @@ pub fn quote_ident(name: &str) -> String {
 /// `schema.table` as Postgres resolves the configured `table` (on the current search path),
 /// or `None` when there is no such table.
 async fn resolve_table(conn: &mut PgConnection, table: &str) -> sqlx::Result<Option<String>> {
-    sqlx::query_scalar(
-        "SELECT n.nspname || '.' || c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.oid = to_regclass($1)",
-    )
-    .bind(quote_table(table))
-    .fetch_optional(conn)
-    .await
+    sqlx::query_scalar(RESOLVE_TABLE)
+        .bind(quote_table(table))
+        .fetch_optional(conn)
+        .await
 }
 
 /// `schema.table` or `table`, each part quoted.
@@ -65,12 +85,7 @@ pub fn quote_table(table: &str) -> String {
 
 /// The schema `outbox_events` lives in (resolved on the current search path), quoted.
 async fn outbox_schema(conn: &mut PgConnection) -> sqlx::Result<String> {
-    let schema: String = sqlx::query_scalar(
-        "SELECT n.nspname::text FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-         WHERE c.oid = 'outbox_events'::regclass",
-    )
-    .fetch_one(conn)
-    .await?;
+    let schema: String = sqlx::query_scalar(OUTBOX_SCHEMA).fetch_one(conn).await?;
     Ok(quote_ident(&schema))
 }
 
@@ -103,15 +118,10 @@ async fn install_settle_function(conn: &mut PgConnection) -> sqlx::Result<()> {
 /// revokes it by default; older clusters grant it). The host's role keeps `TEMPORARY` explicitly.
 /// Application roles that need temporary tables must be granted `TEMPORARY` by name.
 async fn revoke_public_defaults(conn: &mut PgConnection) -> Result<()> {
-    let statements = [
-        "DO $revoke$ BEGIN
-             EXECUTE format('REVOKE TEMPORARY ON DATABASE %I FROM PUBLIC', current_database());
-             EXECUTE format('GRANT TEMPORARY ON DATABASE %I TO %I', current_database(), current_user);
-         END $revoke$",
-        "REVOKE CREATE ON SCHEMA public FROM PUBLIC",
-    ];
-    for stmt in statements {
-        sqlx::raw_sql(stmt).execute(&mut *conn).await.map_err(|e| {
+    sqlx::raw_sql(REVOKE_PUBLIC_DEFAULTS)
+        .execute(&mut *conn)
+        .await
+        .map_err(|e| {
             Error::config(
                 "DATABASE_URL",
                 format!(
@@ -120,7 +130,6 @@ async fn revoke_public_defaults(conn: &mut PgConnection) -> Result<()> {
                 ),
             )
         })?;
-    }
     Ok(())
 }
 
@@ -137,24 +146,14 @@ async fn verify_confined(conn: &mut PgConnection, projection: &str, role: &str) 
         bool,
         bool,
         Vec<String>,
-    ) = sqlx::query_as(
-        "SELECT has_database_privilege(r.oid, current_database(), 'TEMPORARY'),
-                has_database_privilege(r.oid, current_database(), 'CREATE'),
-                r.rolsuper, r.rolcreaterole, r.rolcreatedb, r.rolbypassrls,
-                ARRAY(SELECT g.rolname::text FROM pg_auth_members m JOIN pg_roles g ON g.oid = m.roleid
-                      WHERE m.member = r.oid)
-         FROM pg_roles r WHERE r.rolname = $1",
-    )
-    .bind(role)
-    .fetch_one(&mut *conn)
-    .await?;
-    let schemas: Vec<String> = sqlx::query_scalar(
-        "SELECT nspname::text FROM pg_namespace WHERE has_schema_privilege($1, oid, 'CREATE')
-         ORDER BY 1",
-    )
-    .bind(role)
-    .fetch_all(&mut *conn)
-    .await?;
+    ) = sqlx::query_as(ROLE_POWERS)
+        .bind(role)
+        .fetch_one(&mut *conn)
+        .await?;
+    let schemas: Vec<String> = sqlx::query_scalar(SCHEMAS_ROLE_MAY_CREATE_IN)
+        .bind(role)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut problems = Vec::new();
     if temp {
         problems.push("may create temporary tables".to_owned());
@@ -204,13 +203,10 @@ async fn source_grants(
     spec: &ProjectionSpec,
     role: &str,
 ) -> Result<(Vec<String>, Vec<String>)> {
-    let granted: Vec<String> = sqlx::query_scalar(
-        "SELECT DISTINCT table_schema || '.' || table_name FROM information_schema.role_table_grants
-         WHERE grantee = $1 ORDER BY 1",
-    )
-    .bind(role)
-    .fetch_all(&mut *conn)
-    .await?;
+    let granted: Vec<String> = sqlx::query_scalar(TABLES_GRANTED)
+        .bind(role)
+        .fetch_all(&mut *conn)
+        .await?;
     let mut wanted = Vec::new();
     for table in &spec.grants.source_tables {
         match resolve_table(conn, table).await? {
@@ -233,24 +229,17 @@ async fn source_grants(
 /// Prepared here when it is not (the current user needs `CREATEROLE`, as for [`prepare`]).
 pub async fn source_role(pool: &PgPool, spec: &ProjectionSpec) -> Result<String> {
     let mut tx = pool.begin().await?;
-    let database: String = sqlx::query_scalar("SELECT current_database()::text")
-        .fetch_one(&mut *tx)
-        .await?;
+    let database = crate::db::current_database(&mut tx).await?;
     let role = source_role_name(&database, &spec.name);
     let (granted, wanted) = source_grants(&mut tx, spec, &role).await?;
-    let (exists, member): (bool, bool) = sqlx::query_as(
-        "SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1),
-                EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1) AND pg_has_role(current_user, $1, 'MEMBER')",
-    )
-    .bind(&role)
-    .fetch_one(&mut *tx)
-    .await?;
+    let (exists, member): (bool, bool) = sqlx::query_as(ROLE_EXISTS_WITH_MEMBER)
+        .bind(&role)
+        .fetch_one(&mut *tx)
+        .await?;
     if exists && member && granted == wanted {
         return Ok(role);
     }
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('projector_sql_roles'))")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(LOCK).execute(&mut *tx).await?;
     prepare_source_role(&mut tx, spec, &role, "CURRENT_USER")
         .await
         .map_err(|e| {
@@ -275,11 +264,10 @@ async fn prepare_source_role(
     member: &str,
 ) -> Result<()> {
     let role_q = quote_ident(role);
-    let exists: bool =
-        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-            .bind(role)
-            .fetch_one(&mut *conn)
-            .await?;
+    let exists: bool = sqlx::query_scalar(ROLE_EXISTS)
+        .bind(role)
+        .fetch_one(&mut *conn)
+        .await?;
     if !exists {
         let stmt =
             format!("CREATE ROLE {role_q} NOLOGIN NOINHERIT NOSUPERUSER NOCREATEDB NOCREATEROLE");
@@ -315,8 +303,7 @@ async fn prepare_source_role(
 /// nothing a plugin left on the session (settings, session advisory locks, `LISTEN`s, cursors,
 /// temporary objects) reaches the next batch. Not `DISCARD ALL`: that would also drop the
 /// prepared statements sqlx keeps for the host's own statements.
-pub const SESSION_RESET: &str =
-    "SELECT pg_advisory_unlock_all(); UNLISTEN *; RESET ALL; CLOSE ALL; DISCARD TEMP";
+pub const SESSION_RESET: &str = include_str!("session_reset.sql");
 
 /// The projector tables a running host reads and writes (and nothing else it needs).
 const HOST_TABLES: &[&str] = &[
@@ -343,21 +330,16 @@ pub async fn prepare(
     let sql_projections: Vec<&ProjectionSpec> =
         all_projections.iter().filter(|p| p.grants.sql()).collect();
     let mut tx = pool.begin().await?;
-    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('projector_sql_roles'))")
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(LOCK).execute(&mut *tx).await?;
     install_settle_function(&mut tx).await?;
     revoke_public_defaults(&mut tx).await?;
-    let database: String = sqlx::query_scalar("SELECT current_database()::text")
-        .fetch_one(&mut *tx)
-        .await?;
+    let database = crate::db::current_database(&mut tx).await?;
     let member = host_role.map_or("CURRENT_USER".to_owned(), quote_ident);
     if let Some(host) = host_role {
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(host)
-                .fetch_one(&mut *tx)
-                .await?;
+        let exists: bool = sqlx::query_scalar(ROLE_EXISTS)
+            .bind(host)
+            .fetch_one(&mut *tx)
+            .await?;
         if !exists {
             return Err(Error::config(
                 "--host-role",
@@ -394,16 +376,14 @@ pub async fn prepare(
                 "name too long for a database role (sql projections: at most 44 characters)",
             ));
         }
-        let stored: Option<(String,)> =
-            sqlx::query_as("SELECT password FROM projector_sql_roles WHERE projection = $1")
-                .bind(&spec.name)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let exists: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)")
-                .bind(&role)
-                .fetch_one(&mut *tx)
-                .await?;
+        let stored: Option<(String,)> = sqlx::query_as(STORED_PASSWORD)
+            .bind(&spec.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        let exists: bool = sqlx::query_scalar(ROLE_EXISTS)
+            .bind(&role)
+            .fetch_one(&mut *tx)
+            .await?;
         let password = match stored {
             Some((p,)) if exists => p,
             _ => {
@@ -423,15 +403,12 @@ pub async fn prepare(
                         ),
                     )
                 })?;
-                sqlx::query(
-                    "INSERT INTO projector_sql_roles (projection, role, password) VALUES ($1, $2, $3)
-                     ON CONFLICT (projection) DO UPDATE SET role = EXCLUDED.role, password = EXCLUDED.password",
-                )
-                .bind(&spec.name)
-                .bind(&role)
-                .bind(&password)
-                .execute(&mut *tx)
-                .await?;
+                sqlx::query(STORE_CREDENTIALS)
+                    .bind(&spec.name)
+                    .bind(&role)
+                    .bind(&password)
+                    .execute(&mut *tx)
+                    .await?;
                 password
             }
         };
@@ -460,12 +437,9 @@ async fn prepared(
     conn: &mut PgConnection,
     sql_projections: &[&ProjectionSpec],
 ) -> Result<std::result::Result<Vec<(String, String, String)>, String>> {
-    let function: Option<(String, Vec<String>)> = sqlx::query_as(
-        "SELECT prosrc, coalesce(proconfig, '{}') FROM pg_proc WHERE proname = 'projector_settle'
-         AND pronamespace = (SELECT relnamespace FROM pg_class WHERE oid = 'outbox_events'::regclass)",
-    )
-    .fetch_optional(&mut *conn)
-    .await?;
+    let function: Option<(String, Vec<String>)> = sqlx::query_as(SETTLE_FUNCTION)
+        .fetch_optional(&mut *conn)
+        .await?;
     match &function {
         Some((src, config))
             if src.trim() == SETTLE_SQL.trim()
@@ -475,19 +449,14 @@ async fn prepared(
         Some(_) => return Ok(Err("projector_settle is out of date".into())),
         None => return Ok(Err("projector_settle is not installed".into())),
     }
-    let database: String = sqlx::query_scalar("SELECT current_database()::text")
-        .fetch_one(&mut *conn)
-        .await?;
+    let database = crate::db::current_database(&mut *conn).await?;
     let mut credentials = Vec::new();
     for spec in sql_projections {
         let role = role_name(&database, &spec.name);
-        let stored: Option<(String, String)> = sqlx::query_as(
-            "SELECT s.role::text, s.password FROM projector_sql_roles s
-             JOIN pg_roles r ON r.rolname = s.role WHERE s.projection = $1",
-        )
-        .bind(&spec.name)
-        .fetch_optional(&mut *conn)
-        .await?;
+        let stored: Option<(String, String)> = sqlx::query_as(STORED_CREDENTIALS)
+            .bind(&spec.name)
+            .fetch_optional(&mut *conn)
+            .await?;
         let Some((stored_role, password)) = stored.filter(|(r, _)| *r == role) else {
             return Ok(Err(format!("no role for projection `{}`", spec.name)));
         };
@@ -500,28 +469,20 @@ async fn prepared(
         }
         wanted.sort();
         wanted.dedup();
-        let granted: Vec<(String, i64)> = sqlx::query_as(
-            "SELECT table_schema || '.' || table_name, count(DISTINCT privilege_type)
-             FROM information_schema.role_table_grants
-             WHERE grantee = $1 AND table_schema NOT LIKE 'projector\\_rebuild\\_%'
-             GROUP BY 1 ORDER BY 1",
-        )
-        .bind(&role)
-        .fetch_all(&mut *conn)
-        .await?;
+        let granted: Vec<(String, i64)> = sqlx::query_as(TABLES_GRANTED_PRIVILEGES)
+            .bind(&role)
+            .fetch_all(&mut *conn)
+            .await?;
         let granted_tables: Vec<String> = granted.iter().map(|(t, _)| t.clone()).collect();
         if granted_tables != wanted || granted.iter().any(|(_, n)| *n != 4) {
             return Ok(Err(format!(
                 "role `{role}` holds {granted_tables:?}, the configuration grants {wanted:?}"
             )));
         }
-        let (execute, member): (bool, bool) = sqlx::query_as(
-            "SELECT has_function_privilege($1, 'projector_settle(uuid, bigint[], text[], text[], text[], float8[], int, text)', 'EXECUTE'),
-                    pg_has_role(current_user, $1, 'MEMBER')",
-        )
-        .bind(&role)
-        .fetch_one(&mut *conn)
-        .await?;
+        let (execute, member): (bool, bool) = sqlx::query_as(MAY_SETTLE)
+            .bind(&role)
+            .fetch_one(&mut *conn)
+            .await?;
         if !execute || !member {
             return Ok(Err(format!(
                 "role `{role}` may not settle, or the host is not a member of it"
@@ -575,11 +536,10 @@ pub async fn provision(
                 credentials
             }
             Err(why) => {
-                let (user, may_create_roles): (String, bool) = sqlx::query_as(
-                    "SELECT rolname::text, rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user",
-                )
-                .fetch_one(&mut *conn)
-                .await?;
+                let (user, may_create_roles): (String, bool) =
+                    sqlx::query_as(CURRENT_ROLE_MAY_CREATE_ROLES)
+                        .fetch_one(&mut *conn)
+                        .await?;
                 if !may_create_roles {
                     return Err(Error::config(
                         "DATABASE_URL",
@@ -627,13 +587,10 @@ pub async fn provision(
 /// alone: the rebuild grants and drops them.
 async fn grant_tables(conn: &mut PgConnection, spec: &ProjectionSpec, role: &str) -> Result<()> {
     let role_q = quote_ident(role);
-    let granted: Vec<(String,)> = sqlx::query_as(
-        "SELECT DISTINCT table_schema || '.' || table_name FROM information_schema.role_table_grants
-         WHERE grantee = $1 AND table_schema NOT LIKE 'projector\\_rebuild\\_%'",
-    )
-    .bind(role)
-    .fetch_all(&mut *conn)
-    .await?;
+    let granted: Vec<(String,)> = sqlx::query_as(TABLES_GRANTED_LIVE)
+        .bind(role)
+        .fetch_all(&mut *conn)
+        .await?;
     let wanted: Vec<String> = {
         let mut resolved = Vec::new();
         for table in &spec.grants.sql_tables {

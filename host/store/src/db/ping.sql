@@ -1,0 +1,2 @@
+-- Whether the server answers (the readiness probe): one row, no table read.
+SELECT 1

@@ -21,7 +21,10 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["projector-core", "projector-store", "projector-runtime"],
     ),
     ("projector-test-support", &[]),
-    ("projector-authoring", &["projector-core", "projector-runtime"]),
+    (
+        "projector-authoring",
+        &["projector-core", "projector-runtime"],
+    ),
     (
         "projector-bench",
         &[
@@ -74,7 +77,10 @@ fn host_crates() -> Vec<PathBuf> {
 fn each_crate_depends_only_on_the_layers_below_it() {
     let layers: BTreeMap<&str, &[&str]> = LAYERS.iter().copied().collect();
     let crates = host_crates();
-    assert!(crates.len() >= LAYERS.len(), "crates under host/: {crates:?}");
+    assert!(
+        crates.len() >= LAYERS.len(),
+        "crates under host/: {crates:?}"
+    );
     for dir in crates {
         let manifest = std::fs::read_to_string(dir.join("Cargo.toml")).unwrap();
         let name = package_name(&manifest);
@@ -157,7 +163,12 @@ fn module_edges(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
     sources(src, &mut files);
     let module_of = |p: &Path| -> (String, bool) {
         let rel = p.strip_prefix(src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_string_lossy();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_string_lossy();
         let name = first.trim_end_matches(".rs").to_owned();
         let top_file = rel.components().count() == 1;
         match name.as_str() {
@@ -189,13 +200,17 @@ fn module_edges(src: &Path) -> BTreeMap<String, BTreeSet<String>> {
                 edges.get_mut(&module).unwrap().insert(target);
             }
         }
-        if top_file && module != "(root)" && text.contains("super::") {
-            let only_siblings = paths(&text)
-                .iter()
-                .filter(|(p, _)| p == "super")
-                .all(|(_, n)| names.contains(n));
-            if !only_siblings {
-                edges.get_mut(&module).unwrap().insert("(root)".to_owned());
+        if top_file && module != "(root)" {
+            // `super::Item`, `super::{...}` or `super::*`: the root, unless it names a sibling.
+            for (at, _) in text.match_indices("super::") {
+                let rest = &text[at + "super::".len()..];
+                let word: String = rest
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !names.contains(&word) {
+                    edges.get_mut(&module).unwrap().insert("(root)".to_owned());
+                }
             }
         }
     }
@@ -264,8 +279,14 @@ fn the_cycle_finder_finds_a_cycle_it_is_shown() {
     // Positive control: two modules naming each other, and a root used by a module it uses.
     let dir = tempfile::tempdir().unwrap();
     let write = |name: &str, text: &str| std::fs::write(dir.path().join(name), text).unwrap();
-    write("lib.rs", "mod a; mod b; mod c; pub struct Plan; fn f() { c::go(); }");
-    write("a.rs", "use crate::b::X; // crate::c in a comment is not an edge\n");
+    write(
+        "lib.rs",
+        "mod a; mod b; mod c; pub struct Plan; fn f() { c::go(); }",
+    );
+    write(
+        "a.rs",
+        "use crate::b::X; // crate::c in a comment is not an edge\n",
+    );
     write("b.rs", "pub struct X; fn g() { crate::a::h(); }");
     write("c.rs", "use super::Plan; pub fn go() {}");
     let edges = module_edges(dir.path());

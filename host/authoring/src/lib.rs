@@ -8,8 +8,9 @@ pub mod expect;
 pub mod scaffold;
 pub mod testkit;
 
-use clap::{Subcommand, ValueEnum};
+use clap::Subcommand;
 pub use projector_core::{Error, Result};
+pub use scaffold::{Capability, Lang};
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -52,24 +53,6 @@ pub enum PluginAction {
         #[arg(long, default_value = "test")]
         projection: String,
     },
-}
-
-/// A language `plugin new` writes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum Lang {
-    /// Rust with wit-bindgen, built with cargo for wasm32-wasip2.
-    Rust,
-    /// Python, built with componentize-py.
-    Python,
-}
-
-/// A capability `plugin new` wires in.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
-pub enum Capability {
-    /// Bulk writes to the search cluster.
-    Search,
-    /// Statements against the host's Postgres.
-    Sql,
 }
 
 /// Runs `projector plugin ...`.

@@ -18,9 +18,27 @@
 //! Templates live in `templates/`; `#if CAPABILITY` / `#endif` lines keep or drop the lines
 //! between them, `{{name}}`, `{{table}}` and `{{wit_name}}` are substituted.
 
-use super::{Capability, Lang};
 use crate::Error;
+use clap::ValueEnum;
 use std::path::{Path, PathBuf};
+
+/// A language `plugin new` writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Lang {
+    /// Rust with the plugin SDK (plugins/sdk), built with cargo for wasm32-wasip2.
+    Rust,
+    /// Python, built with componentize-py.
+    Python,
+}
+
+/// A capability `plugin new` wires in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, ValueEnum)]
+pub enum Capability {
+    /// Bulk writes to the search cluster.
+    Search,
+    /// Statements against the host's Postgres.
+    Sql,
+}
 
 const CONTRACT: &str = include_str!("../../../wit/plugin.wit");
 const WORLD: &str = include_str!("templates/world.wit");

@@ -6,8 +6,8 @@
 //! is added. Starting, waiting for and stopping the child is the harness the integration tests
 //! use too (`projector-test-support`), which also kills a child whose handle drops.
 
-use super::workload::{self, Drain, Latency};
-use super::{Plan, Plugins};
+use crate::plan::{Plan, Plugins};
+use crate::workload::{self, Drain, Latency};
 use projector_core::{Error, Result};
 use projector_test_support::{run_once, stop_all, ChildHost, RunCommand};
 use sqlx::PgPool;

@@ -1,8 +1,8 @@
 //! Measurements that need no host: the search server's own `_bulk` ceiling, and the plugin
 //! runtime in-process (load from the compiled cache, instantiate, call).
 
-use super::workload::Document;
-use super::{Plan, Plugins};
+use crate::plan::{Plan, Plugins};
+use crate::workload::Document;
 use projector_core::spec::{Grants, Ordering, ProjectionSpec, Tuning};
 use projector_core::{Error, Result};
 use projector_runtime::{Handler, Runtime};

@@ -5,7 +5,7 @@
 //! column (and the JSON's `compared_to`, `ratio`, `target_min_ratio`, `met`); further ones are
 //! printed under it and listed, with the first, in the JSON's `ratios`.
 
-use super::Plan;
+use crate::plan::Plan;
 use serde_json::{json, Value};
 
 /// The unit of [`Row::count`] rows.

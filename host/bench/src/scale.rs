@@ -12,10 +12,11 @@
 //!
 //! Every run starts from a truncated outbox seeded in one statement, as the other drains do.
 
-use super::child::{HostConfig, Projection};
-use super::report::{Report, Row};
-use super::workload::{self, Drain, Kind, Shape, Spread};
-use super::{queue, Plan};
+use crate::child::{HostConfig, Projection};
+use crate::plan::Plan;
+use crate::queue;
+use crate::report::{Report, Row};
+use crate::workload::{self, Drain, Kind, Shape, Spread};
 use projector_core::Result;
 use sqlx::PgPool;
 use std::time::Duration;
@@ -58,7 +59,7 @@ async fn noop_drain(
     n: i64,
     spread: Spread,
     timeout: Duration,
-) -> Result<(Drain, super::child::Memory)> {
+) -> Result<(Drain, crate::child::Memory)> {
     workload::reset(pool).await?;
     workload::seed_spread(pool, Kind::Book, projection, n, spread).await?;
     let projections = [Projection::noop(projection, &plan.plugins)];

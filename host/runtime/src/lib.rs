@@ -27,6 +27,7 @@ mod bindings;
 pub mod cache;
 pub mod capability;
 pub mod config;
+pub mod dispatch;
 pub mod limits;
 pub mod log;
 pub mod search;

@@ -17,7 +17,7 @@
 use crate::metrics::Metrics;
 use crate::plugin_versions::ActiveSlot;
 use crate::settings::ProjectionSpec;
-use projector_runtime::admission::Admitted;
+use projector_runtime::dispatch::dispatch;
 use projector_runtime::Handler;
 use projector_store::outbox::{claim, lease, settle, Claim};
 use sqlx::PgPool;
@@ -145,41 +145,23 @@ impl Worker {
             None => None,
         };
         // The host answers for events the plugin must not see (too large, undeclared type).
-        let admitted = Admitted::split(&claim, tuning, &handler.plugin().info.event_types);
-        let (mut handler, mut verdicts, report, tx) = {
-            let shared = admitted.claim.clone();
-            let supervisor = self.pool.clone();
-            let mut handler = handler;
-            match tokio::task::spawn_blocking(move || match tx {
-                _ if shared.events.is_empty() => {
-                    (handler, Vec::new(), Default::default(), tx.map(Ok))
-                }
-                Some(tx) => {
-                    let (verdicts, report, tx) =
-                        handler.handle_in_transaction(&shared, tx, budget, &supervisor);
-                    (handler, verdicts, report, Some(tx))
-                }
-                None => {
-                    let (verdicts, report) = handler.handle(&shared, budget);
-                    (handler, verdicts, report, None)
-                }
-            })
-            .await
-            {
-                Ok((h, v, r, tx)) => (Some(h), admitted.merge(v), r, tx),
-                Err(e) => {
-                    // The handler itself panicked (a host bug, not a plugin trap): charge the
-                    // batch as transient and start over with a fresh handler.
-                    error!(projection, error = %e, "plugin handler panicked");
-                    let v = vec![
-                        projector_store::outbox::Verdict::transient(
-                            "host_panic",
-                            e.to_string()
-                        );
-                        claim.events.len()
-                    ];
-                    (None, v, Default::default(), None)
-                }
+        let dispatched = dispatch(handler, &claim, tuning, tx, budget, &self.pool).await;
+        let (mut handler, mut verdicts, report, tx) = match dispatched.panicked {
+            None => (
+                dispatched.handler,
+                dispatched.verdicts,
+                dispatched.report,
+                dispatched.tx,
+            ),
+            Some(e) => {
+                // The handler itself panicked (a host bug, not a plugin trap): charge the
+                // batch as transient and start over with a fresh handler.
+                error!(projection, error = %e, "plugin handler panicked");
+                let v = vec![
+                    projector_store::outbox::Verdict::transient("host_panic", e);
+                    claim.events.len()
+                ];
+                (None, v, Default::default(), None)
             }
         };
         self.metrics

@@ -39,6 +39,7 @@ use crate::settings::{ProjectionSpec, Settings};
 use crate::{Error, Result};
 use chrono::{DateTime, SecondsFormat, Utc};
 use futures_util::TryStreamExt;
+use projector_runtime::dispatch::dispatch;
 use projector_runtime::{Handler, LoadedPlugin};
 use projector_store::outbox::{Claim, ClaimedEvent, Verdict};
 use projector_store::rebuilds;
@@ -286,57 +287,47 @@ impl Applier {
     /// One call of the plugin over `claim`. A sql projection's batch is one transaction on its
     /// role, committed only when no event was transient (then the whole batch is retried).
     async fn call(&mut self, claim: Claim) -> Result<Vec<Verdict>> {
-        let admitted = projector_runtime::admission::Admitted::split(
-            &Arc::new(claim),
-            &self.spec.tuning,
-            &self.plugin.info.event_types,
-        );
-        if admitted.claim.events.is_empty() {
-            return Ok(admitted.merge(Vec::new()));
-        }
-        let verdicts = self.call_plugin(admitted.claim.clone()).await?;
-        Ok(admitted.merge(verdicts))
-    }
-
-    /// The plugin call proper.
-    async fn call_plugin(&mut self, claim: Arc<Claim>) -> Result<Vec<Verdict>> {
         let budget = self.spec.tuning.max_processing;
         let handler = self
             .handler
             .take()
             .unwrap_or_else(|| Handler::new(self.plugin.clone()));
-        let Some(pool) = &self.sql_pool else {
-            let (handler, verdicts) = tokio::task::spawn_blocking(move || {
-                let mut handler = handler;
-                let (v, _) = handler.handle(&claim, budget);
-                (handler, v)
-            })
-            .await
-            .map_err(|e| anyhow::anyhow!("plugin handler panicked: {e}"))?;
-            self.handler = Some(handler);
-            return Ok(verdicts);
+        let tx = match &self.sql_pool {
+            Some(pool) => {
+                let mut tx = pool.begin().await?;
+                if let Some(schema) = &self.shadow_schema {
+                    projector_store::rebuilds::shadow::put_first_on_search_path(&mut tx, schema)
+                        .await?;
+                }
+                Some(tx)
+            }
+            None => None,
         };
-        let mut tx = pool.begin().await?;
-        if let Some(schema) = &self.shadow_schema {
-            projector_store::rebuilds::shadow::put_first_on_search_path(&mut tx, schema).await?;
+        let claim = Arc::new(claim);
+        let dispatched = dispatch(
+            handler,
+            &claim,
+            &self.spec.tuning,
+            tx,
+            budget,
+            &self.supervisor,
+        )
+        .await;
+        if let Some(e) = dispatched.panicked {
+            return Err(anyhow::anyhow!("plugin handler panicked: {e}").into());
         }
-        let supervisor = self.supervisor.clone();
-        let (handler, verdicts, tx) = tokio::task::spawn_blocking(move || {
-            let mut handler = handler;
-            let (v, _, tx) = handler.handle_in_transaction(&claim, tx, budget, &supervisor);
-            (handler, v, tx)
-        })
-        .await
-        .map_err(|e| anyhow::anyhow!("plugin handler panicked: {e}"))?;
-        self.handler = Some(handler);
-        let tx = tx?;
-        if verdicts
-            .iter()
-            .any(|v| matches!(v, Verdict::Transient { .. }))
-        {
-            tx.rollback().await?;
-        } else {
-            tx.commit().await?;
+        self.handler = dispatched.handler;
+        let verdicts = dispatched.verdicts;
+        if let Some(tx) = dispatched.tx {
+            let tx = tx?;
+            if verdicts
+                .iter()
+                .any(|v| matches!(v, Verdict::Transient { .. }))
+            {
+                tx.rollback().await?;
+            } else {
+                tx.commit().await?;
+            }
         }
         Ok(verdicts)
     }

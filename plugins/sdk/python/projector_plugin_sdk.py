@@ -5,7 +5,7 @@ The same vocabulary and the same mapping as the Rust crate `projector-plugin-sdk
 - outcome constructors: `success()`, `transient(reason, message)`, `deterministic(reason, message)`;
 - the reasons operators see, one constant each (every top-level `NAME = "token"` below is a
   reason; docs/plugins.md's table and the Rust `reason` module hold the same set, checked by
-  host/tests/plugin_sdk.rs);
+  tests/projections/plugin_sdk.rs);
 - `execute` / `query` over the `sql` capability with JSON-serialisable parameters, raising
   `Failed` (which carries the event's outcome) when the database refuses; `sql_outcome` is the one
   mapping of `sql.SqlError` to an outcome;

@@ -3,7 +3,7 @@
 //! A reason is a metric label and what operators filter replays by, so the set is fixed and
 //! small. In the projector repository, this list, the table in docs/plugins.md ("Reason
 //! naming") and the Python helper (`plugins/sdk/python/projector_plugin_sdk.py`) name the same
-//! reasons; the test `host/tests/plugin_sdk.rs` fails when one of them has a reason the others
+//! reasons; the test `tests/projections/plugin_sdk.rs` fails when one of them has a reason the others
 //! lack, or when the table's kind differs from the first word of a constant's doc. A plugin may
 //! add reasons of its own for its sink's domain (`unknown_position`, ...).
 //!

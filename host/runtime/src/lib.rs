@@ -76,29 +76,6 @@ pub struct Backends {
     pub search: Arc<dyn search::SearchBackend>,
 }
 
-/// A shared [`sql::SqlBackend`] as an instance's own.
-struct SharedSql(Arc<dyn sql::SqlBackend>);
-
-impl sql::SqlBackend for SharedSql {
-    fn query(
-        &self,
-        scope: &BatchScope,
-        statement: &str,
-        params: &str,
-    ) -> std::result::Result<String, sql::SqlError> {
-        self.0.query(scope, statement, params)
-    }
-
-    fn execute(
-        &self,
-        scope: &BatchScope,
-        statement: &str,
-        params: &str,
-    ) -> std::result::Result<u64, sql::SqlError> {
-        self.0.execute(scope, statement, params)
-    }
-}
-
 impl WasiView for PluginState {
     fn ctx(&mut self) -> WasiCtxView<'_> {
         WasiCtxView {
@@ -458,10 +435,10 @@ impl LoadedPlugin {
                 log: log::LogCtx::new(self.log.clone()),
                 search: search::SearchCtx::new(self.search.clone()),
                 sql: sql::SqlCtx::new(match &self.sql_stand_in {
-                    Some(b) => Some(Box::new(SharedSql(b.clone()))),
+                    Some(b) => Some(b.clone()),
                     None => self.sql.as_ref().zip(sql_slot).map(
-                        |(g, slot)| -> Box<dyn sql::SqlBackend> {
-                            Box::new(sql::SqlSession {
+                        |(g, slot)| -> Arc<dyn sql::SqlBackend> {
+                            Arc::new(sql::SqlSession {
                                 conn: slot.clone(),
                                 runtime: g.runtime.clone(),
                                 statement_timeout: g.statement_timeout,

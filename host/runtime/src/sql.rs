@@ -62,12 +62,12 @@ pub trait SqlBackend: Send + Sync {
 
 /// An instance's `sql` context: its backend when the projection is granted `sql`.
 pub struct SqlCtx {
-    backend: Option<Box<dyn SqlBackend>>,
+    backend: Option<Arc<dyn SqlBackend>>,
 }
 
 impl SqlCtx {
     /// The context of an instance whose statements go to `backend` (`None`: not granted).
-    pub fn new(backend: Option<Box<dyn SqlBackend>>) -> Self {
+    pub fn new(backend: Option<Arc<dyn SqlBackend>>) -> Self {
         SqlCtx { backend }
     }
 

@@ -163,7 +163,7 @@ pub enum Command {
             default_value = "http://127.0.0.1:8080"
         )]
         admin_url: String,
-        /// The host's admin token.
+        /// The host's admin token (`load` and `rollback`; `list` needs none, reads are open).
         #[arg(
             long,
             global = true,
@@ -345,7 +345,7 @@ pub fn main() -> ExitCode {
             projection,
             json,
             db,
-        } => operator_command(db, move |pool| async move {
+        } => read_command(db, move |pool| async move {
             let rows = outbox::status::status(&pool, projection.as_deref()).await?;
             if json {
                 println!(
@@ -401,18 +401,28 @@ fn versions_command(
     token: Option<&str>,
     by: &str,
 ) -> Result<()> {
-    let token = token.ok_or_else(|| {
-        Error::config(
-            table::admin_token.env,
-            "not set: the admin API needs the host's token",
-        )
-    })?;
+    // Reads are open on the admin API: only the writes need the token.
+    let writes = !matches!(action, VersionsAction::List { .. });
+    let token = match token {
+        Some(token) => Some(token),
+        None if writes => {
+            return Err(Error::config(
+                table::admin_token.env,
+                format!(
+                    "not set: `load` and `rollback` need the host's admin token: pass --token or \
+                     set {}",
+                    table::admin_token.env
+                ),
+            ))
+        }
+        None => None,
+    };
     let base = admin_url.trim_end_matches('/');
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .build()
         .into();
-    let auth = format!("Bearer {token}");
+    let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
     let response = match &action {
         VersionsAction::Load { projection, file } => {
             let bytes = std::fs::read(file).map_err(|e| Error::Plugin {
@@ -430,10 +440,13 @@ fn versions_command(
             .header("Authorization", &auth)
             .header("X-Projector-By", by)
             .send(&b""[..]),
-        VersionsAction::List { projection } => agent
-            .get(&format!("{base}/projections/{projection}/plugins"))
-            .header("Authorization", &auth)
-            .call(),
+        VersionsAction::List { projection } => {
+            let request = agent.get(&format!("{base}/projections/{projection}/plugins"));
+            match token {
+                Some(_) => request.header("Authorization", &auth).call(),
+                None => request.call(),
+            }
+        }
     };
     let mut response =
         response.map_err(|e| Error::config("--admin-url", format!("cannot reach {base}: {e}")))?;
@@ -532,8 +545,27 @@ fn rebuild_command(args: RebuildArgs) -> Result<()> {
     })
 }
 
-/// Runs an operator command against the database (migrated first, so it works on a fresh one).
+/// Runs an operator command that writes against the database (migrated first, so it works on a
+/// fresh one).
 fn operator_command<F, Fut>(db: Database, work: F) -> Result<()>
+where
+    F: FnOnce(sqlx::PgPool) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    on_database(db, true, work)
+}
+
+/// Runs a read-only command against the database: it migrates nothing, and refuses (exit 2,
+/// naming `projector migrate`) a database whose schema is missing or behind this binary.
+fn read_command<F, Fut>(db: Database, work: F) -> Result<()>
+where
+    F: FnOnce(sqlx::PgPool) -> Fut,
+    Fut: std::future::Future<Output = Result<()>>,
+{
+    on_database(db, false, work)
+}
+
+fn on_database<F, Fut>(db: Database, migrate: bool, work: F) -> Result<()>
 where
     F: FnOnce(sqlx::PgPool) -> Fut,
     Fut: std::future::Future<Output = Result<()>>,
@@ -542,7 +574,11 @@ where
     let url = db.url()?.to_owned();
     runtime().block_on(async move {
         let pool = projector_store::db::connect(&url, 2).await?;
-        projector_store::db::migrate(&pool).await?;
+        if migrate {
+            projector_store::db::migrate(&pool).await?;
+        } else {
+            projector_store::db::require_current(&pool).await?;
+        }
         work(pool).await
     })
 }

@@ -22,7 +22,10 @@
 //! the rows themselves (first `processing_started_at` to last `done_at`), so the host's start-up
 //! and the harness's polling are not part of them. A run where any event does not end `done` is
 //! an error, not a number (the multi-host run counts lost and duplicated events instead, and
-//! holds them to zero).
+//! holds them to zero). An interrupted run (SIGINT, SIGTERM) cleans up too: the signal handlers
+//! are installed before the database is created, the measurement in progress is dropped (which
+//! kills its child hosts), the database and roles are dropped, and the command exits 130
+//! (SIGINT) or 143 (SIGTERM).
 #![deny(missing_docs)]
 
 mod child;
@@ -51,7 +54,8 @@ pub fn command(args: BenchArgs) -> Result<()> {
     projector_service::run::tokio_runtime().block_on(run(plan))
 }
 
-/// The bench's own database, dropped (with the roles its `sql` projection made) on `drop_all`.
+/// The bench's own database, dropped (with the roles its hosts made: the `sql` projection's
+/// login role and every projection's rebuild source role) on `drop_all`.
 struct BenchDb {
     admin_url: String,
     name: String,
@@ -85,17 +89,38 @@ impl BenchDb {
         })
     }
 
-    async fn drop_all(self, pool: PgPool) {
-        let roles: Vec<String> = sqlx::query_scalar("SELECT role::text FROM projector_sql_roles")
-            .fetch_all(&pool)
-            .await
-            .unwrap_or_default();
-        for role in &roles {
-            let _ = sqlx::raw_sql(&format!("DROP OWNED BY \"{role}\""))
-                .execute(&pool)
-                .await;
+    /// Drops the database and the roles recorded in it. `pool` is the run's pool on it, when the
+    /// run got that far (an interrupted one may not have: a pool of its own is opened then).
+    async fn drop_all(self, pool: Option<PgPool>) {
+        let pool = match pool {
+            Some(pool) => Some(pool),
+            None => projector_store::db::connect(&self.url, 1).await.ok(),
+        };
+        let mut roles: Vec<String> = Vec::new();
+        if let Some(pool) = pool {
+            roles = sqlx::query_scalar("SELECT role::text FROM projector_sql_roles")
+                .fetch_all(&pool)
+                .await
+                .unwrap_or_default();
+            // The hosts also made each projection's rebuild source role (not recorded there);
+            // every projection a host ran has a plugin version.
+            let projections: Vec<String> =
+                sqlx::query_scalar("SELECT DISTINCT projection FROM plugin_versions")
+                    .fetch_all(&pool)
+                    .await
+                    .unwrap_or_default();
+            roles.extend(
+                projections
+                    .iter()
+                    .map(|p| projector_store::sql_roles::source_role_name(&self.name, p)),
+            );
+            for role in &roles {
+                let _ = sqlx::raw_sql(&format!("DROP OWNED BY \"{role}\""))
+                    .execute(&pool)
+                    .await;
+            }
+            pool.close().await;
         }
-        pool.close().await;
         let Ok(mut admin) = PgConnection::connect(&self.admin_url).await else {
             return;
         };
@@ -111,14 +136,57 @@ impl BenchDb {
     }
 }
 
+/// SIGINT and SIGTERM, caught from installation on (instead of killing the process), so that an
+/// interrupted run still drops what it created.
+struct Interrupts {
+    int: tokio::signal::unix::Signal,
+    term: tokio::signal::unix::Signal,
+}
+
+impl Interrupts {
+    fn install() -> Result<Interrupts> {
+        use tokio::signal::unix::{signal, SignalKind};
+        let install =
+            |kind| signal(kind).map_err(|e| anyhow::anyhow!("installing a signal handler: {e}"));
+        Ok(Interrupts {
+            int: install(SignalKind::interrupt())?,
+            term: install(SignalKind::terminate())?,
+        })
+    }
+
+    /// Waits for the first of them (one that came before this call counts too).
+    async fn next(&mut self) -> Error {
+        // The numbers are the same on every Unix projector runs on.
+        let (name, number) = tokio::select! {
+            _ = self.int.recv() => ("SIGINT", 2),
+            _ = self.term.recv() => ("SIGTERM", 15),
+        };
+        Error::Interrupted { name, number }
+    }
+}
+
 async fn run(plan: Plan) -> Result<()> {
+    let mut interrupts = Interrupts::install()?;
     let work = std::env::temp_dir().join(format!("projector-bench-{}", std::process::id()));
     std::fs::create_dir_all(&work)
         .map_err(|e| anyhow::anyhow!("creating {}: {e}", work.display()))?;
     let db = BenchDb::create(&plan.admin_url).await?;
     info!(database = %db.name, "benchmark database created");
-    let pool = projector_store::db::connect(&db.url, plan.concurrency as u32 + 6).await?;
-    let result = measure(&plan, &db, &pool, &work).await;
+    let result = tokio::select! {
+        result = async {
+            let pool = projector_store::db::connect(&db.url, plan.concurrency as u32 + 6).await?;
+            let result = measure(&plan, &db, &pool, &work).await;
+            Ok::<_, Error>((pool, result))
+        } => result,
+        interrupted = interrupts.next() => {
+            tracing::warn!(database = %db.name, "{interrupted}: dropping the benchmark's database");
+            Err(interrupted)
+        }
+    };
+    let (pool, result) = match result {
+        Ok((pool, result)) => (Some(pool), result),
+        Err(e) => (None, Err(e)),
+    };
     db.drop_all(pool).await;
     let _ = std::fs::remove_dir_all(&work);
     let report = result?;

@@ -1,5 +1,6 @@
 //! The crate's one error type. Variants separate what the operator must fix before the host can
-//! start (exit code 2) from failures at run time (exit code 1).
+//! start (exit code 2) from failures at run time (exit code 1) and one-shot commands a signal
+//! ended (128 + the signal's number).
 
 use std::path::PathBuf;
 
@@ -35,6 +36,15 @@ pub enum Error {
     /// Anything else at run time.
     #[error("{0:#}")]
     Other(#[from] anyhow::Error),
+    /// A signal (SIGINT, SIGTERM) ended a one-shot command early, after it cleaned up.
+    #[error("interrupted by {name}")]
+    Interrupted {
+        /// The signal's name, `SIGINT` or `SIGTERM`.
+        name: &'static str,
+        /// Its number: the exit code is 128 + this, as a shell reports a process the signal
+        /// killed.
+        number: u8,
+    },
 }
 
 impl Error {
@@ -47,10 +57,12 @@ impl Error {
     }
 
     /// The process exit code for this error: 2 for problems the operator must fix in the
-    /// invocation or configuration, 1 otherwise.
+    /// invocation or configuration, 128 + the signal's number for an interrupted command (130
+    /// for SIGINT, 143 for SIGTERM), 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             Error::Config { .. } | Error::Plugin { .. } | Error::Connect(_) => 2,
+            Error::Interrupted { number, .. } => 128 + number,
             _ => 1,
         }
     }

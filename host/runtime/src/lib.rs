@@ -6,7 +6,9 @@
 //!
 //! Invariants:
 //! - A plugin is compiled and validated once at load (it must be a component of the
-//!   `projector:plugin` world and answer `describe()`); a bad file is a configuration error.
+//!   `projector:plugin` world and answer `describe()`); a bad file is a configuration error,
+//!   and a file that is no component at all is told so by [`component_header`] before
+//!   anything compiles it.
 //! - A plugin sees only what the host grants: the `log` and `config` capabilities and a WASI
 //!   context with no preopened directories, no environment, no sockets and no stdio.
 //! - A trap, a timeout or a wrong number of outcomes never reaches the host as a crash: the
@@ -26,6 +28,7 @@ pub mod admission;
 mod bindings;
 pub mod cache;
 pub mod capability;
+pub mod component_header;
 pub mod config;
 pub mod dispatch;
 pub mod limits;
@@ -234,6 +237,9 @@ impl Runtime {
             path: origin.to_path_buf(),
             message,
         };
+        if let Some(refusal) = component_header::refusal(bytes) {
+            return Err(fail(refusal));
+        }
         let digest = hex::encode(Sha256::digest(bytes));
         let started = Instant::now();
         let compiled = match &self.cache {

@@ -24,6 +24,10 @@
 //!   carries that span's `trace_id` and `span_id` (32 and 16 lowercase hex digits, as Jaeger
 //!   and the OTLP protocol spell them), also when the trace was not sampled. With tracing off
 //!   JSON records carry neither field. Text logs never do.
+//! - **Quiet by default.** Without `RUST_LOG` the filter is `info`, except Postgres NOTICEs sqlx
+//!   relays (target `sqlx::postgres::notice`), which need `warn`.
+//! - **Colour only on a terminal.** Text logs carry ANSI colour codes only when stderr is a
+//!   terminal; redirected to a file, a pipe or the journal they are plain text.
 //!
 //! Spans (schema [`OBSERVABILITY_SCHEMA`]):
 //! - `projection.process_batch`, one per claimed batch, made in `worker.rs` by [`batch_span`]
@@ -56,6 +60,9 @@ use tracing_subscriber::{filter, EnvFilter, Layer};
 /// or a value changes meaning (adding one is not a change). Stated on the "projector started"
 /// record as `observability_schema`.
 pub const OBSERVABILITY_SCHEMA: &str = "1";
+
+/// The log target sqlx writes Postgres NOTICE messages to (at `info`).
+const SQLX_NOTICE_TARGET: &str = "sqlx::postgres::notice";
 
 /// The service name when `OTEL_SERVICE_NAME` is unset.
 pub const DEFAULT_SERVICE_NAME: &str = "projector";
@@ -255,14 +262,19 @@ pub fn init(format: LogFormat, export: Option<&TraceExport>) -> Result<Telemetry
             .with_target(false)
             .with_filter(filter::Targets::new().with_target("projector", tracing::Level::INFO))
     });
-    let log_filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Postgres NOTICEs (`relation "_sqlx_migrations" already exists, skipping`, ...) are the
+    // server talking to sqlx, not news for the operator: shown only when RUST_LOG asks.
+    let log_filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("info,{SQLX_NOTICE_TARGET}=warn")));
     let log_layer = match format {
         LogFormat::Text => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .with_filter(log_filter)
             .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
+            .with_ansi(false)
             .fmt_fields(JsonFields::new())
             .event_format(WithTraceIds {
                 inner: tracing_subscriber::fmt::format()

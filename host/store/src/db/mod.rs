@@ -3,6 +3,11 @@
 //!
 //! Connection problems at start-up are configuration errors (exit 2) that name `DATABASE_URL`
 //! but never print its password.
+//!
+//! Only `projector migrate`, `projector run` (unless `--no-migrate`) and the commands that write
+//! apply migrations ([`migrate`]). A read-only command checks the schema instead
+//! ([`require_current`]): it never creates a table, and a database that is not migrated is a
+//! configuration error naming `projector migrate`.
 
 use crate::{Error, Result};
 use sqlx::postgres::{PgConnectOptions, PgConnection, PgPool, PgPoolOptions};
@@ -87,17 +92,93 @@ pub async fn migrate(pool: &PgPool) -> Result<()> {
 
 /// Whether every embedded migration is recorded as applied (and nothing else is).
 async fn up_to_date(pool: &PgPool) -> sqlx::Result<bool> {
+    Ok(matches!(schema(pool).await?, Schema::Current))
+}
+
+/// Where a database's projector schema stands against the migrations this binary embeds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schema {
+    /// No migration was ever applied (no `_sqlx_migrations` table, or an empty one).
+    Missing,
+    /// Some embedded migrations are not applied yet.
+    Behind {
+        /// The versions not applied, in order.
+        missing: Vec<i64>,
+    },
+    /// Every embedded migration is applied, and some this binary does not know are too (a newer
+    /// projector migrated it).
+    Ahead {
+        /// The applied versions this binary does not embed.
+        unknown: Vec<i64>,
+    },
+    /// Exactly the embedded migrations are applied.
+    Current,
+}
+
+/// Reads where the schema stands; creates nothing.
+pub async fn schema(pool: &PgPool) -> sqlx::Result<Schema> {
     let exists: bool = sqlx::query_scalar(MIGRATIONS_TABLE_EXISTS)
         .fetch_one(pool)
         .await?;
     if !exists {
-        return Ok(false);
+        return Ok(Schema::Missing);
     }
     let applied: Vec<i64> = sqlx::query_scalar(APPLIED_MIGRATIONS)
         .fetch_all(pool)
         .await?;
+    if applied.is_empty() {
+        return Ok(Schema::Missing);
+    }
     let embedded: Vec<i64> = MIGRATOR.iter().map(|m| m.version).collect();
-    Ok(applied == embedded)
+    let missing: Vec<i64> = embedded
+        .iter()
+        .filter(|v| !applied.contains(v))
+        .copied()
+        .collect();
+    if !missing.is_empty() {
+        return Ok(Schema::Behind { missing });
+    }
+    let unknown: Vec<i64> = applied
+        .iter()
+        .filter(|v| !embedded.contains(v))
+        .copied()
+        .collect();
+    Ok(if unknown.is_empty() {
+        Schema::Current
+    } else {
+        Schema::Ahead { unknown }
+    })
+}
+
+/// For read-only commands: succeeds when every migration this binary embeds is applied (a
+/// newer schema is fine to read), else a configuration error naming `DATABASE_URL` and the fix,
+/// `projector migrate`. Touches nothing.
+pub async fn require_current(pool: &PgPool) -> Result<()> {
+    let database = match pool.acquire().await {
+        Ok(mut conn) => current_database(&mut conn).await.unwrap_or_default(),
+        Err(e) => return Err(e.into()),
+    };
+    match schema(pool).await? {
+        Schema::Current | Schema::Ahead { .. } => Ok(()),
+        Schema::Missing => Err(Error::config(
+            "DATABASE_URL",
+            format!(
+                "database `{database}` has no projector schema (no migration applied): run \
+                 `projector migrate` first"
+            ),
+        )),
+        Schema::Behind { missing } => {
+            let missing: Vec<String> = missing.iter().map(|v| format!("{v:04}")).collect();
+            Err(Error::config(
+                "DATABASE_URL",
+                format!(
+                    "database `{database}` lacks migrations {} of this projector: run \
+                     `projector migrate` first",
+                    missing.join(", ")
+                ),
+            ))
+        }
+    }
 }
 
 /// Whether the server answers on `pool` (one round trip).

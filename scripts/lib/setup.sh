@@ -2,14 +2,19 @@
 # throwaway Postgres cluster. Source it; it defines functions only.
 
 # Installs the Postgres server (Debian's `postgresql`), curl, promtool (Debian's `prometheus`, for
-# the monitoring rules' checks), the wasm32-wasip2 target, osmem-server and componentize-py if
-# absent.
+# the monitoring rules' checks), systemd-analyze and kubectl (Debian's `systemd` and
+# `kubernetes-client`, for the packaging checks), the wasm32-wasip2 target, osmem-server and
+# componentize-py if absent.
 ensure_prerequisites() {
     local missing=()
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
     command -v curl >/dev/null || missing+=(curl)
     command -v python3 >/dev/null || missing+=(python3)
     command -v promtool >/dev/null || missing+=(prometheus)
+    # The packaging checks (tests/operations/packaging.rs): `systemd-analyze verify` on the unit,
+    # `kubectl kustomize` on the Kubernetes base (Debian's kubectl 1.20 has it).
+    command -v systemd-analyze >/dev/null || missing+=(systemd)
+    command -v kubectl >/dev/null || missing+=(kubernetes-client)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "==> installing ${missing[*]} (apt)" >&2
         apt-get update -qq

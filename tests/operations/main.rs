@@ -1,4 +1,4 @@
-//! Operating the host: the admin API, operator transitions, rebuilds, monitoring rules and dashboards, tracing, plugin-author tools, and the bench smoke run.
+//! Operating the host: the admin API, operator transitions, rebuilds, monitoring rules and dashboards, tracing, plugin-author tools, the bench smoke run, the service packaging (systemd, Kubernetes) and the frictions a new operator met.
 //!
 //! One test binary per area: each file below is one scenario family, sharing `common` (the
 //! throwaway Postgres cluster, child hosts, plugins built once per binary).
@@ -11,6 +11,8 @@ mod bench_smoke;
 mod code_shape;
 mod monitoring;
 mod operations;
+mod operator_frictions;
+mod packaging;
 mod plugin_authoring;
 mod rebuild;
 mod tracing;

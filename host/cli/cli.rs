@@ -109,7 +109,7 @@ pub enum Command {
         db: Database,
     },
     /// Per projection: events per status, stuck, blocked, failed by reason, oldest pending age,
-    /// active plugin version, paused or not.
+    /// active plugin version, paused or not. Reads only: applies no migration.
     Status {
         /// Only this projection.
         #[arg(long)]

@@ -50,6 +50,10 @@ const KEYS: &[&str] = &[
 /// Rows that count events (lost, duplicated): zero is a measurement there.
 const COUNTS: &[&str] = &["hosts_lost", "hosts_duplicated"];
 
+/// Held by every scenario that runs `projector bench` on the shared test cluster, so that the
+/// check below that no `projector_bench_*` database or role is left sees no other run's.
+pub(crate) static BENCH_RUNS: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 fn plugins_dir() -> String {
     plugin("noop")
         .parent()
@@ -60,6 +64,7 @@ fn plugins_dir() -> String {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_tiny_run_measures_everything_and_writes_a_consistent_report() {
+    let _alone = BENCH_RUNS.lock().await;
     let db = TestDb::new().await;
     let es = Osmem::start();
     let dir = tempfile::tempdir().expect("temp dir");

@@ -490,6 +490,22 @@ impl Bench {
     }
 }
 
+impl Drop for Bench {
+    /// A failing scenario still lets the bench clean up after itself (SIGINT, as tested above)
+    /// rather than leave its database on the shared cluster.
+    fn drop(&mut self) {
+        if matches!(self.child.try_wait(), Ok(None)) {
+            self.signal(libc::SIGINT);
+            let deadline = Instant::now() + PATIENCE;
+            while matches!(self.child.try_wait(), Ok(None)) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            self.child.kill().ok();
+            self.child.wait().ok();
+        }
+    }
+}
+
 async fn database_exists(pool: &sqlx::PgPool, name: &str) -> bool {
     sqlx::query_scalar("SELECT EXISTS (SELECT FROM pg_database WHERE datname = $1)")
         .bind(name)
@@ -523,43 +539,41 @@ fn processes_mentioning(needle: &str) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn an_interrupted_bench_drops_its_database_roles_and_hosts_and_exits_130() {
+    let _alone = crate::bench_smoke::BENCH_RUNS.lock().await;
     let db = TestDb::new().await;
     let es = Osmem::start();
     let mut bench = Bench::start(&db, &es);
     let name = bench.database().await;
 
-    // Wait until its `sql` projection's host has made its role: the run is deep in, with a child
-    // host and a role to clean up.
+    // Wait until its `sql` projection's host has made its login role and a rebuild source role
+    // (one per projection, named from the database and projection names): the run is deep in,
+    // with roles to clean up.
     let bench_url = projector_test_support::with_database(&db.url, &name);
     let bench_pool = sqlx::PgPool::connect(&bench_url).await.expect("connect");
     let mut roles: Vec<String> = Vec::new();
     wait_until(
-        "the chronicle host creates its role",
+        "the chronicle host creates its roles",
         BENCH_PATIENCE,
         async || {
             roles = sqlx::query_scalar("SELECT role::text FROM projector_sql_roles")
                 .fetch_all(&bench_pool)
                 .await
                 .unwrap_or_default();
-            !roles.is_empty()
+            let projections: Vec<String> =
+                sqlx::query_scalar("SELECT DISTINCT projection FROM plugin_versions")
+                    .fetch_all(&bench_pool)
+                    .await
+                    .unwrap_or_default();
+            let sources: Vec<String> = projections
+                .iter()
+                .map(|p| projector_store::sql_roles::source_role_name(&name, p))
+                .collect();
+            let made = !existing_roles(&db.pool, &sources).await.is_empty();
+            roles.extend(sources);
+            made && roles.iter().any(|r| !r.starts_with("projector_src_"))
         },
     )
     .await;
-    // And each projection's rebuild source role.
-    let projections: Vec<String> =
-        sqlx::query_scalar("SELECT DISTINCT projection FROM plugin_versions")
-            .fetch_all(&bench_pool)
-            .await
-            .expect("plugin_versions");
-    let sources: Vec<String> = projections
-        .iter()
-        .map(|p| projector_store::sql_roles::source_role_name(&name, p))
-        .collect();
-    assert!(
-        !existing_roles(&db.pool, &sources).await.is_empty(),
-        "the hosts made source roles: {sources:?}"
-    );
-    roles.extend(sources);
     bench_pool.close().await;
     // ... and while one of its child hosts runs (they name the run's work dir).
     let work_dir = format!("projector-bench-{}", bench.child.id());
@@ -592,6 +606,7 @@ async fn an_interrupted_bench_drops_its_database_roles_and_hosts_and_exits_130()
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_bench_terminated_right_after_creating_its_database_drops_it_and_exits_143() {
+    let _alone = crate::bench_smoke::BENCH_RUNS.lock().await;
     let db = TestDb::new().await;
     let es = Osmem::start();
     let mut bench = Bench::start(&db, &es);

@@ -92,6 +92,12 @@ fn the_unit_is_hardened_and_keeps_write_execute_for_the_plugin_compiler() {
         !settings.contains_key("NotifyAccess") && settings["Type"] != ["notify"],
         "{UNIT}"
     );
+    // The default worker id (`claimed_by`) is `<hostname>-<pid>`, read from /proc/sys, which
+    // ProcSubset=pid hides: every machine's host would be `projector-<pid>`.
+    assert!(
+        !settings.contains_key("ProcSubset"),
+        "{UNIT} must not set ProcSubset (the worker id needs the host name)"
+    );
     // wasmtime writes machine code and then maps it executable: W^X would stop every load.
     assert!(
         !settings.contains_key("MemoryDenyWriteExecute"),

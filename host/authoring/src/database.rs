@@ -54,9 +54,9 @@ impl Database {
             .build()
             .map_err(|e| anyhow::anyhow!("starting the database client: {e}"))?;
         let conn = rt.block_on(async {
-            let mut conn = PgConnection::connect(url).await.map_err(|e| {
-                Error::config("--database-url", format!("cannot connect: {e}"))
-            })?;
+            let mut conn = PgConnection::connect(url)
+                .await
+                .map_err(|e| Error::config("--database-url", format!("cannot connect: {e}")))?;
             sqlx::raw_sql(&format!(
                 "BEGIN; SET LOCAL statement_timeout = {}",
                 STATEMENT_TIMEOUT.as_millis()
@@ -131,9 +131,7 @@ impl Database {
         );
         let mut conn = lock(&self.conn);
         self.rt
-            .block_on(
-                sqlx::query_scalar::<_, String>(&statement).fetch_all(&mut *conn),
-            )
+            .block_on(sqlx::query_scalar::<_, String>(&statement).fetch_all(&mut *conn))
             .map_err(|e| Error::Other(anyhow::anyhow!("reading `{table}`: {e}")))
     }
 

@@ -288,19 +288,35 @@ mod tests {
 
     #[test]
     fn expected_calls_match_with_whitespace_squeezed_and_ellipses() {
-        let call = r#"sql.execute "INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING" ["x"] -> 0"#;
+        let call =
+            r#"sql.execute "INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING" ["x"] -> 0"#;
         assert!(call_matches(call, call));
         assert!(call_matches(
             r#"sql.execute "INSERT INTO t (a)   VALUES ($1) ON CONFLICT DO NOTHING" ["x"] -> 0"#,
             call
         ));
-        assert!(call_matches(r#"sql.execute "INSERT INTO t …" […] -> 0"#, call));
-        assert!(call_matches(r#"sql.execute "INSERT INTO t ..." [...] -> 0"#, call));
+        assert!(call_matches(
+            r#"sql.execute "INSERT INTO t …" […] -> 0"#,
+            call
+        ));
+        assert!(call_matches(
+            r#"sql.execute "INSERT INTO t ..." [...] -> 0"#,
+            call
+        ));
         assert!(call_matches("…", call));
-        assert!(!call_matches(r#"sql.execute "INSERT INTO t …" […] -> 1"#, call));
-        assert!(!call_matches(r#"sql.execute "INSERT INTO u …" […] -> 0"#, call));
+        assert!(!call_matches(
+            r#"sql.execute "INSERT INTO t …" […] -> 1"#,
+            call
+        ));
+        assert!(!call_matches(
+            r#"sql.execute "INSERT INTO u …" […] -> 0"#,
+            call
+        ));
         assert!(!call_matches(r#"sql.execute "INSERT INTO t (a)""#, call));
-        assert!(!call_matches("-> 0…-> 0", "-> 0"), "the parts may not overlap");
+        assert!(
+            !call_matches("-> 0…-> 0", "-> 0"),
+            "the parts may not overlap"
+        );
     }
 
     #[test]

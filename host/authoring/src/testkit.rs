@@ -464,7 +464,10 @@ pub fn run_with(
             .map(|r| r.event.clone())
             .collect();
         for mut event in first {
-            let n = results.iter().position(|r| r.event.id == event.id).map_or(0, |i| i + 1);
+            let n = results
+                .iter()
+                .position(|r| r.event.id == event.id)
+                .map_or(0, |i| i + 1);
             event.attempt += 1;
             let (result, changed) = kit.deliver(event, 2)?;
             sql_unchecked |= stand_in.database.is_none()
@@ -504,10 +507,18 @@ struct Deliverer<'a> {
 
 impl Deliverer<'_> {
     /// Delivers `event` and returns what happened, and (for a redelivery) how the sink changed.
-    fn deliver(&mut self, event: ClaimedEvent, delivery: u32) -> Result<(EventResult, Vec<String>), Error> {
+    fn deliver(
+        &mut self,
+        event: ClaimedEvent,
+        delivery: u32,
+    ) -> Result<(EventResult, Vec<String>), Error> {
         let db = self.stand_in.database.as_ref();
         let documents = || {
-            let state = self.stand_in.state.lock().unwrap_or_else(|p| p.into_inner());
+            let state = self
+                .stand_in
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
             state.documents.clone()
         };
         let before = match (delivery, db) {

@@ -472,7 +472,11 @@ async fn fetch_rows(
         for (i, col) in row.columns().iter().enumerate() {
             let raw = row.try_get_raw(i).map_err(classify)?;
             bytes += col.name().len()
-                + if raw.is_null() { 4 } else { raw.as_bytes().map_or(0, <[u8]>::len) }
+                + if raw.is_null() {
+                    4
+                } else {
+                    raw.as_bytes().map_or(0, <[u8]>::len)
+                }
                 + 4;
             if bytes > limits.max_bytes {
                 return Err(Failure::Refused(
@@ -491,7 +495,11 @@ async fn fetch_rows(
 }
 
 /// Runs a statement with JSON `params` on `conn` and returns the rows it affected.
-async fn execute_rows(conn: &mut PgConnection, statement: &str, params: &str) -> Result<u64, SqlError> {
+async fn execute_rows(
+    conn: &mut PgConnection,
+    statement: &str,
+    params: &str,
+) -> Result<u64, SqlError> {
     let query = bind_params(sqlx::query(statement).persistent(false), params)?;
     Ok(query.execute(conn).await.map_err(classify)?.rows_affected())
 }
@@ -500,7 +508,11 @@ async fn execute_rows(conn: &mut PgConnection, statement: &str, params: &str) ->
 /// mode): the same parameter binding, row conversion, default result bounds and error
 /// classification as inside a batch, without the batch's role, lease or deadline. What
 /// [`crate::sql_policy`] refuses is the caller's to check first.
-pub async fn query_on(conn: &mut PgConnection, statement: &str, params: &str) -> Result<String, SqlError> {
+pub async fn query_on(
+    conn: &mut PgConnection,
+    statement: &str,
+    params: &str,
+) -> Result<String, SqlError> {
     let limits = ResultLimits {
         max_rows: projector_core::spec::Grants::default().sql_max_rows(),
         max_bytes: projector_core::spec::Grants::default().sql_max_result_bytes(),
@@ -509,11 +521,17 @@ pub async fn query_on(conn: &mut PgConnection, statement: &str, params: &str) ->
         .await
         .map_err(|f| match f {
             Failure::Sql(e) => e,
-            Failure::Refused(reason, message) => error(ErrorKind::Other, "54000", format!("{reason}: {message}")),
+            Failure::Refused(reason, message) => {
+                error(ErrorKind::Other, "54000", format!("{reason}: {message}"))
+            }
         })
 }
 
 /// `sql.execute` on a connection the caller owns; see [`query_on`].
-pub async fn execute_on(conn: &mut PgConnection, statement: &str, params: &str) -> Result<u64, SqlError> {
+pub async fn execute_on(
+    conn: &mut PgConnection,
+    statement: &str,
+    params: &str,
+) -> Result<u64, SqlError> {
     execute_rows(conn, statement, params).await
 }

@@ -7,6 +7,7 @@
 pub mod database;
 pub mod expect;
 pub mod scaffold;
+mod search_stand_in;
 pub mod testkit;
 
 use clap::Subcommand;

@@ -23,20 +23,21 @@
 //!   the clock, so an expectation file can pin calls as well as outcomes.
 
 use crate::database::{self, Contents, Database};
+use crate::search_stand_in::{apply, render_operation, Documents};
 use crate::Error;
 use projector_core::outbox::{Claim, ClaimedEvent, Verdict};
 use projector_core::spec::{Grants, Ordering, ProjectionSpec, Tuning};
 use projector_runtime::capability::BatchScope;
 use projector_runtime::log::{Level, LogBackend};
 use projector_runtime::search::{
-    validate as validate_search, Action, BulkError, ItemResult, Operation, SearchBackend,
+    validate as validate_search, BulkError, ItemResult, Operation, SearchBackend,
 };
 use projector_runtime::sql::{ErrorKind as SqlErrorKind, SqlBackend, SqlError};
 use projector_runtime::Backends;
 use projector_runtime::{limits, Handler, Runtime};
 use serde::Deserialize;
-use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -168,9 +169,6 @@ pub struct Run {
     /// Whether redeliveries' `sql` effects went unchecked (no database).
     pub sql_unchecked: bool,
 }
-
-/// The search stand-in's documents: (index, id) → (document, external version).
-type Documents = HashMap<(String, String), (Map<String, Value>, Option<i64>)>;
 
 /// The stand-ins' shared state: the calls recorded so far and the search documents.
 #[derive(Default)]
@@ -315,79 +313,6 @@ impl SearchBackend for TestKitStandIn {
             false,
         );
         answer
-    }
-}
-
-fn render_operation(op: &Operation) -> String {
-    let action = match op.action {
-        Action::Index => "index",
-        Action::Create => "create",
-        Action::Update => "update",
-        Action::Delete => "delete",
-    };
-    let mut text = format!("{action} {}/{}", op.index, op.id);
-    if let Some(v) = op.version {
-        text.push_str(&format!(" v{v}"));
-    }
-    if let Some(doc) = &op.document {
-        // Compact, so a pretty-printed document stays on one line.
-        match serde_json::from_str::<Value>(doc) {
-            Ok(v) => text.push_str(&format!(" {v}")),
-            Err(_) => text.push_str(&format!(" {doc:?}")),
-        }
-    }
-    text
-}
-
-/// One operation against the in-memory documents, answered as OpenSearch would.
-fn apply(docs: &mut Documents, op: &Operation) -> ItemResult {
-    let item = |status: u16, error_type: &str, reason: &str| ItemResult {
-        status,
-        error_type: error_type.into(),
-        error_reason: reason.into(),
-    };
-    let conflict = || {
-        item(
-            409,
-            "version_conflict_engine_exception",
-            "version conflict, current version is newer or equal",
-        )
-    };
-    let key = (op.index.clone(), op.id.clone());
-    let existing = docs.get(&key);
-    let stale = match (existing.and_then(|(_, v)| *v), op.version) {
-        (Some(current), Some(new)) => new <= current,
-        _ => false,
-    };
-    let document = || match op.document.as_deref().map(serde_json::from_str::<Value>) {
-        Some(Ok(Value::Object(m))) => m,
-        _ => Map::new(), // validated before: cannot happen
-    };
-    match op.action {
-        Action::Index if stale => conflict(),
-        Action::Index => {
-            let created = existing.is_none();
-            docs.insert(key, (document(), op.version));
-            item(if created { 201 } else { 200 }, "", "")
-        }
-        Action::Create if existing.is_some() => conflict(),
-        Action::Create => {
-            docs.insert(key, (document(), op.version));
-            item(201, "", "")
-        }
-        Action::Update => match docs.get_mut(&key) {
-            None => item(404, "document_missing_exception", "document missing"),
-            Some((doc, _)) => {
-                doc.extend(document());
-                item(200, "", "")
-            }
-        },
-        Action::Delete if existing.is_none() => item(404, "", ""),
-        Action::Delete if stale => conflict(),
-        Action::Delete => {
-            docs.remove(&key);
-            item(200, "", "")
-        }
     }
 }
 
@@ -718,10 +643,17 @@ impl Run {
             }
         }
         let n = self.results.len().max(1) as f64;
+        let again = self.results.iter().filter(|r| r.delivery > 1).count();
+        let deliveries = match again {
+            0 => format!("{} events", self.results.len()),
+            _ => format!(
+                "{} events and {again} delivered again",
+                self.results.len() - again
+            ),
+        };
         out.push_str(&format!(
-            "{} events: {ok} success, {transient} transient, {deterministic} deterministic; \
-             handle() {:.1} µs per event\n",
-            self.results.len(),
+            "{deliveries}: {ok} success, {transient} transient, {deterministic} deterministic; \
+             handle() {:.1} µs per delivery\n",
             self.handle_time.as_secs_f64() * 1e6 / n
         ));
         out
@@ -731,30 +663,6 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn op(action: Action, id: &str, version: Option<i64>) -> Operation {
-        Operation {
-            action,
-            index: "books".into(),
-            id: id.into(),
-            document: (!matches!(action, Action::Delete)).then(|| r#"{"t": 1}"#.into()),
-            version,
-        }
-    }
-
-    #[test]
-    fn the_search_stand_in_answers_like_the_cluster() {
-        let mut docs = HashMap::new();
-        let status = |docs: &mut _, o| apply(docs, &o).status;
-        assert_eq!(status(&mut docs, op(Action::Index, "a", Some(2))), 201);
-        assert_eq!(status(&mut docs, op(Action::Index, "a", Some(2))), 409);
-        assert_eq!(status(&mut docs, op(Action::Index, "a", Some(3))), 200);
-        assert_eq!(status(&mut docs, op(Action::Create, "a", None)), 409);
-        assert_eq!(status(&mut docs, op(Action::Update, "b", None)), 404);
-        assert_eq!(status(&mut docs, op(Action::Delete, "a", Some(1))), 409);
-        assert_eq!(status(&mut docs, op(Action::Delete, "a", Some(4))), 200);
-        assert_eq!(status(&mut docs, op(Action::Delete, "a", Some(5))), 404);
-    }
 
     #[test]
     fn events_lines_default_and_errors_name_the_line() {

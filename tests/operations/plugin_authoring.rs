@@ -110,21 +110,21 @@ fn a_rust_scaffold_with_both_capabilities_builds_inside_a_cargo_workspace_and_pa
         .prefix("plugin-authoring-")
         .tempdir_in(target)
         .unwrap();
-    let project = parent.path().join("scaffold-both");
+    let project = parent.path().join("order-lines");
     plugin_new(
         &project,
         &[
-            "scaffold-both",
+            "order-lines",
             "--capability",
             "sql",
             "--capability",
             "search",
         ],
     );
-    assert!(project.join("migrations/0001_scaffold_both.sql").is_file());
-    let component = cargo_build(&project, "scaffold-both");
+    assert!(project.join("migrations/0001_order_lines.sql").is_file());
+    let component = cargo_build(&project, "order-lines");
 
-    let out = own_test(&project, &component, &["--config", "index=books"]);
+    let out = own_test(&project, &component, &["--config", "index=orders"]);
     let text = stdout(&out);
     assert!(out.status.success(), "{}", output_text(&out));
     assert!(
@@ -132,13 +132,18 @@ fn a_rust_scaffold_with_both_capabilities_builds_inside_a_cargo_workspace_and_pa
         "{text}"
     );
     assert!(text.contains("expectations met"), "{text}");
+    // The scaffold's test events are about the plugin's own aggregate, named after the plugin.
     assert!(
-        text.contains("call sql.execute \"INSERT INTO scaffold_both"),
+        text.contains("event 1 00000000-0000-4000-8000-000000000001 order.created: success"),
+        "{text}"
+    );
+    assert!(
+        text.contains("call sql.execute \"INSERT INTO order_lines"),
         "{text}"
     );
     assert!(
         text.contains(
-            "call search.bulk [index books/book-1 v2 {\"title\":\"Dune Messiah\"}] -> [200]"
+            "call search.bulk [index orders/order-1 v2 {\"title\":\"Dune Messiah\"}] -> [200]"
         ),
         "{text}"
     );
@@ -152,7 +157,7 @@ fn a_rust_scaffold_with_both_capabilities_builds_inside_a_cargo_workspace_and_pa
         text.contains("+ deterministic bad_config: the projection's config has no `index`"),
         "{text}"
     );
-    assert!(text.contains("\"book-1\",\"{\\\"title\\\":\\\"Dune\\\"}\"] -> 1  (rolled back: the outcome is not success)"), "{text}");
+    assert!(text.contains("\"order-1\",\"{\\\"title\\\":\\\"Dune\\\"}\"] -> 1  (rolled back: the outcome is not success)"), "{text}");
 }
 
 #[test]
@@ -184,11 +189,11 @@ fn a_rust_scaffold_without_capabilities_builds_outside_any_workspace_and_passes_
 #[test]
 fn a_python_scaffold_builds_with_componentize_py_and_passes_its_test() {
     let dir = tempfile::tempdir().unwrap();
-    let project = dir.path().join("py-books");
+    let project = dir.path().join("book-shelf");
     plugin_new(
         &project,
         &[
-            "py-books",
+            "book-shelf",
             "--lang",
             "python",
             "--capability",
@@ -202,14 +207,14 @@ fn a_python_scaffold_builds_with_componentize_py_and_passes_its_test() {
         "projection",
         &project,
         "app",
-        &project.join("py-books.wasm"),
+        &project.join("book-shelf.wasm"),
     );
     let out = own_test(&project, &component, &["--config", "index=books"]);
     assert!(out.status.success(), "{}", output_text(&out));
     let text = stdout(&out);
-    assert!(text.contains("plugin py-books@0.1.0+sha256:"), "{text}");
+    assert!(text.contains("plugin book-shelf@0.1.0+sha256:"), "{text}");
     assert!(
-        text.contains("call sql.execute \"INSERT INTO py_books"),
+        text.contains("call sql.execute \"INSERT INTO book_shelf"),
         "{text}"
     );
     assert!(text.contains("expectations met"), "{text}");

@@ -458,6 +458,24 @@ fn usage_errors_exit_2_with_one_line_naming_the_flag_or_value() {
         ),
         (&["plugin", "test", noop], "--events"),
         (
+            &[
+                "plugin", "test", noop, "--events", events_s, "--sql-table", "t",
+            ],
+            "--database-url",
+        ),
+        (
+            &[
+                "plugin",
+                "test",
+                noop,
+                "--events",
+                events_s,
+                "--database-url",
+                "postgres://nobody@127.0.0.1:1/none",
+            ],
+            "--database-url: cannot connect",
+        ),
+        (
             &["plugin", "new", "Books"],
             "NAME: `Books` is not a plugin name",
         ),

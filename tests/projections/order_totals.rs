@@ -170,6 +170,28 @@ async fn the_test_kit_passes_the_example_delivered_twice_and_catches_a_version_t
     assert!(totals(&db.pool).await.is_empty());
     assert_eq!(applied(&db.pool).await, 0);
 
+    // The Python port, on the Python SDK's apply_once, meets the same expectation file.
+    let dir = tempfile::tempdir().unwrap();
+    let python = componentize_py(
+        "sql-plugin",
+        &repo_root().join("examples/python/order_totals"),
+        "app",
+        &dir.path().join("order_totals_py.wasm"),
+    );
+    let mut args = vec![
+        "plugin",
+        "test",
+        python.to_str().unwrap(),
+        "--events",
+        events.to_str().unwrap(),
+        "--deliver-twice",
+    ];
+    args.extend_from_slice(&pinned);
+    // Compiling the 18 MB component takes a while on a loaded machine (docs/plugins.md).
+    let out = run_projector_within(&args, &[], secs(300));
+    assert!(out.status.success(), "{}", output_text(&out));
+    assert!(output_text(&out).contains("expectations met"), "{}", output_text(&out));
+
     // Without a database the kit says what it could not check, rather than passing silently.
     let (code, text) = kit("order_totals", &[]);
     assert_eq!(code, Some(0), "{text}");

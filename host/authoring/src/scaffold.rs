@@ -273,11 +273,22 @@ fn readme(name: &str, lang: Lang, capabilities: &[Capability]) -> String {
          ```sh\n{build}\n{test}\n```\n\n\
          The test runs the component over `tests/events.jsonl` with the test kit's in-memory \
          stand-ins and compares the outcomes (and recorded capability calls) with \
-         `tests/expected.jsonl`; it exits 1 with a diff when they differ.\n\n\
+         `tests/expected.jsonl`; it exits 1 with a diff when they differ.\n\n{twice}\
          Run it in a host (`projector.toml`):\n\n```toml\n[[projection]]\nname = \"{name}\"\n\
          plugin = \"{component}\"\n{config}[projection.grants]\n{grants}```\n\n\
          or load it into a running host: `projector versions load --projection {name} {component}`.\n\
          The guide: docs/plugins.md in the projector repository.\n",
+        twice = if capabilities.contains(&Capability::Sql) {
+            format!(
+                "To check that a second delivery of an event changes nothing, run the test \
+                 against a development database holding `migrations/` (one transaction, rolled \
+                 back): add `--database-url URL --sql-table {} --deliver-twice` (and drop \
+                 `--expect`, whose file has no lines for the second deliveries).\n\n",
+                artifact_stem(name)
+            )
+        } else {
+            String::new()
+        },
         build = build_command(name, lang),
         test = test_command(name, lang, capabilities),
         component = component_path(name, lang),

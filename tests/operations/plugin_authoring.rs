@@ -461,7 +461,13 @@ fn usage_errors_exit_2_with_one_line_naming_the_flag_or_value() {
         (&["plugin", "test", noop], "--events"),
         (
             &[
-                "plugin", "test", noop, "--events", events_s, "--sql-table", "t",
+                "plugin",
+                "test",
+                noop,
+                "--events",
+                events_s,
+                "--sql-table",
+                "t",
             ],
             "--database-url",
         ),

@@ -190,7 +190,11 @@ async fn the_test_kit_passes_the_example_delivered_twice_and_catches_a_version_t
     // Compiling the 18 MB component takes a while on a loaded machine (docs/plugins.md).
     let out = run_projector_within(&args, &[], secs(300));
     assert!(out.status.success(), "{}", output_text(&out));
-    assert!(output_text(&out).contains("expectations met"), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("expectations met"),
+        "{}",
+        output_text(&out)
+    );
 
     // Without a database the kit says what it could not check, rather than passing silently.
     let (code, text) = kit("order_totals", &[]);

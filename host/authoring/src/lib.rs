@@ -1,6 +1,8 @@
 //! For plugin authors, no running host needed: `projector plugin new` writes a ready-to-build
 //! plugin project ([`scaffold`]); `projector plugin test` runs a component over a file of events
-//! with recording in-memory stand-ins for the capabilities ([`testkit`]) and checks the outcomes
+//! with recording in-memory stand-ins for the capabilities ([`testkit`]), or for `sql` a real
+//! Postgres in a transaction rolled back at the end ([`database`]), optionally delivering every
+//! event twice to check that a redelivery changes nothing, and checks the outcomes
 //! against an expectation file ([`expect`]). The guide is `docs/plugins.md`.
 #![deny(missing_docs)]
 

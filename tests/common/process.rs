@@ -29,7 +29,13 @@ pub fn free_port() -> u16 {
 /// Runs a one-shot `projector` command (`migrate`, a `run` that should refuse to start, ...) and
 /// returns its output. Panics if it has not exited after 60 s.
 pub fn run_projector(args: &[&str], env: &[(&str, &str)]) -> Output {
-    support::run_once(projector_bin(), args, env, PATIENCE).unwrap_or_else(|e| panic!("{e}"))
+    run_projector_within(args, env, PATIENCE)
+}
+
+/// [`run_projector`] for a command allowed `timeout` (one that compiles an 18 MB Python
+/// component on a loaded machine).
+pub fn run_projector_within(args: &[&str], env: &[(&str, &str)], timeout: Duration) -> Output {
+    support::run_once(projector_bin(), args, env, timeout).unwrap_or_else(|e| panic!("{e}"))
 }
 
 /// stdout and stderr of an `Output`, for failure messages.

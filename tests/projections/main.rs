@@ -1,4 +1,4 @@
-//! The projections and their plugins: the three seed projections (search index, chronicle, query cache), the `sql` capability, hot swaps, the compiled-code cache, the examples, the cost of a plugin call.
+//! The projections and their plugins: the three seed projections (search index, chronicle, query cache), the `sql` capability, hot swaps, the compiled-code cache, the examples (order-totals: a counting read model, redelivered and backfilled), the cost of a plugin call.
 //!
 //! One test binary per area: each file below is one scenario family, sharing `common` (the
 //! throwaway Postgres cluster, child hosts, plugins built once per binary).
@@ -10,6 +10,7 @@ mod chronicle_entries;
 mod compiled_cache;
 mod examples;
 mod hot_swap;
+mod order_totals;
 mod plugin_cost;
 mod plugin_sdk;
 mod query_cache;

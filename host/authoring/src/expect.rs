@@ -11,6 +11,12 @@
 //!
 //! `outcome` is required; `id`, `reason`, `message` and `calls` are compared only when given, so
 //! an author pins as much as matters (`calls` are the lines the transcript prints after `call`).
+//! A call is compared with runs of whitespace as one space, and `…` (or `...`) in an expected
+//! call stands for any text, so a call can be pinned by its table and answer without the full
+//! statement: `sql.execute "INSERT INTO order_totals_applied …" […] -> 0`.
+//!
+//! With `--deliver-twice` the run has a result per delivery: the file's events, then the
+//! redeliveries in the same order; the expectation file has a line for each.
 
 use super::testkit::{render_verdict, EventResult, Run};
 use crate::Error;
@@ -202,7 +208,9 @@ fn event_diff(r: &EventResult, e: &Expectation) -> String {
     if let Some(calls) = &e.calls {
         let actual: Vec<&str> = r.calls.iter().map(|c| c.text.as_str()).collect();
         let wanted: Vec<&str> = calls.iter().map(String::as_str).collect();
-        if actual != wanted {
+        let same = actual.len() == wanted.len()
+            && wanted.iter().zip(&actual).all(|(w, a)| call_matches(w, a));
+        if !same {
             out.push_str("    calls\n");
             for line in line_diff(&wanted, &actual) {
                 out.push_str(&format!("    {line}\n"));
@@ -212,13 +220,37 @@ fn event_diff(r: &EventResult, e: &Expectation) -> String {
     out
 }
 
-/// A line diff (longest common subsequence): `  same`, `- expected only`, `+ actual only`.
+/// Whether the actual call `actual` is what `expected` pins: equal with whitespace runs
+/// collapsed, `…` or `...` in `expected` matching any text.
+fn call_matches(expected: &str, actual: &str) -> bool {
+    let squeeze = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let (expected, actual) = (squeeze(expected).replace("...", "…"), squeeze(actual));
+    let mut parts = expected.split('…');
+    let first = parts.next().unwrap_or_default();
+    let Some(mut rest) = actual.strip_prefix(first) else {
+        return false;
+    };
+    let mut parts: Vec<&str> = parts.collect();
+    let Some(last) = parts.pop() else {
+        return rest.is_empty();
+    };
+    for part in parts {
+        match rest.find(part) {
+            Some(at) => rest = &rest[at + part.len()..],
+            None => return false,
+        }
+    }
+    rest.len() >= last.len() && rest.ends_with(last)
+}
+
+/// A line diff (longest common subsequence): `  same`, `- expected only`, `+ actual only`;
+/// lines are the same when [`call_matches`] says so.
 fn line_diff(a: &[&str], b: &[&str]) -> Vec<String> {
     let (n, m) = (a.len(), b.len());
     let mut lcs = vec![vec![0usize; m + 1]; n + 1];
     for i in (0..n).rev() {
         for j in (0..m).rev() {
-            lcs[i][j] = if a[i] == b[j] {
+            lcs[i][j] = if call_matches(a[i], b[j]) {
                 lcs[i + 1][j + 1] + 1
             } else {
                 lcs[i + 1][j].max(lcs[i][j + 1])
@@ -227,8 +259,8 @@ fn line_diff(a: &[&str], b: &[&str]) -> Vec<String> {
     }
     let (mut i, mut j, mut out) = (0, 0, Vec::new());
     while i < n || j < m {
-        if i < n && j < m && a[i] == b[j] {
-            out.push(format!("  {}", a[i]));
+        if i < n && j < m && call_matches(a[i], b[j]) {
+            out.push(format!("  {}", b[j]));
             i += 1;
             j += 1;
         } else if i < n && (j == m || lcs[i + 1][j] >= lcs[i][j + 1]) {
@@ -251,6 +283,39 @@ mod tests {
         assert_eq!(
             line_diff(&["a", "b", "c"], &["a", "x", "c", "d"]),
             vec!["  a", "- b", "+ x", "  c", "+ d"]
+        );
+    }
+
+    #[test]
+    fn expected_calls_match_with_whitespace_squeezed_and_ellipses() {
+        let call =
+            r#"sql.execute "INSERT INTO t (a) VALUES ($1) ON CONFLICT DO NOTHING" ["x"] -> 0"#;
+        assert!(call_matches(call, call));
+        assert!(call_matches(
+            r#"sql.execute "INSERT INTO t (a)   VALUES ($1) ON CONFLICT DO NOTHING" ["x"] -> 0"#,
+            call
+        ));
+        assert!(call_matches(
+            r#"sql.execute "INSERT INTO t …" […] -> 0"#,
+            call
+        ));
+        assert!(call_matches(
+            r#"sql.execute "INSERT INTO t ..." [...] -> 0"#,
+            call
+        ));
+        assert!(call_matches("…", call));
+        assert!(!call_matches(
+            r#"sql.execute "INSERT INTO t …" […] -> 1"#,
+            call
+        ));
+        assert!(!call_matches(
+            r#"sql.execute "INSERT INTO u …" […] -> 0"#,
+            call
+        ));
+        assert!(!call_matches(r#"sql.execute "INSERT INTO t (a)""#, call));
+        assert!(
+            !call_matches("-> 0…-> 0", "-> 0"),
+            "the parts may not overlap"
         );
     }
 

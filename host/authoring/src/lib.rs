@@ -1,11 +1,15 @@
 //! For plugin authors, no running host needed: `projector plugin new` writes a ready-to-build
 //! plugin project ([`scaffold`]); `projector plugin test` runs a component over a file of events
-//! with recording in-memory stand-ins for the capabilities ([`testkit`]) and checks the outcomes
+//! with recording in-memory stand-ins for the capabilities ([`testkit`]), or for `sql` a real
+//! Postgres in a transaction rolled back at the end ([`database`]), optionally delivering every
+//! event twice to check that a redelivery changes nothing, and checks the outcomes
 //! against an expectation file ([`expect`]). The guide is `docs/plugins.md`.
 #![deny(missing_docs)]
 
+pub mod database;
 pub mod expect;
 pub mod scaffold;
+mod search_stand_in;
 pub mod testkit;
 
 use clap::Subcommand;
@@ -52,6 +56,18 @@ pub enum PluginAction {
         /// The projection name the events carry.
         #[arg(long, default_value = "test")]
         projection: String,
+        /// Run the plugin's sql on this PostgreSQL database (which holds its tables) in one
+        /// transaction, rolled back at the end, instead of the in-memory stand-in.
+        #[arg(long, value_name = "URL")]
+        database_url: Option<String>,
+        /// A table the plugin writes (repeatable, needs --database-url): read back after the run
+        /// and compared around every redelivery.
+        #[arg(long = "sql-table", value_name = "TABLE", requires = "database_url")]
+        sql_tables: Vec<String>,
+        /// After the file, deliver every event that succeeded again (same id, next attempt) and
+        /// fail when a second delivery changes the sink (search documents, --sql-table rows).
+        #[arg(long)]
+        deliver_twice: bool,
     },
 }
 
@@ -79,12 +95,27 @@ pub fn command(action: PluginAction) -> crate::Result<()> {
             expect,
             write_expect,
             projection,
+            database_url,
+            sql_tables,
+            deliver_twice,
         } => {
             let config = parse_config(&config)?;
             let expected = expect.as_deref().map(expect::read).transpose()?;
             let input = testkit::read_events(&events)?;
-            let run = testkit::run(&plugin, input, config, &projection)?;
+            let options = testkit::Options {
+                database_url,
+                sql_tables,
+                deliver_twice,
+            };
+            let run = testkit::run_with(&plugin, input, config, &projection, &options)?;
             print!("{}", run.transcript());
+            if !run.findings.is_empty() {
+                return Err(Error::Other(anyhow::anyhow!(
+                    "the plugin is not idempotent: {} of its redelivered events changed the sink \
+                     (NOT IDEMPOTENT above)",
+                    run.findings.len()
+                )));
+            }
             if let Some(path) = write_expect {
                 std::fs::write(&path, expect::render(&run)).map_err(|e| {
                     Error::config(

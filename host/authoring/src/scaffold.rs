@@ -138,13 +138,38 @@ fn render(template: &str, name: &str, capabilities: &[Capability]) -> String {
     out
 }
 
-/// The test the scaffold ships: three events, the last one with a payload that is not JSON.
+/// The aggregate the scaffold's test events are about: the plugin name's first word
+/// (`order-totals` → `order`, so its events are `order.created`, `order.renamed`).
+pub fn aggregate_noun(name: &str) -> &str {
+    name.split('-').next().unwrap_or(name)
+}
+
+/// The search index the scaffold's search plugin writes: the noun's plural (`orders`).
+pub fn index_name(name: &str) -> String {
+    let noun = aggregate_noun(name);
+    if noun.ends_with('s') {
+        noun.to_owned()
+    } else {
+        format!("{noun}s")
+    }
+}
+
+/// The test the scaffold ships: three events about the plugin's aggregate (see
+/// [`aggregate_noun`]), the last one with a payload that is not JSON.
 fn test_files(name: &str, capabilities: &[Capability]) -> (String, String) {
     let table = artifact_stem(name);
+    let noun = aggregate_noun(name);
+    let index = index_name(name);
     let events = [
-        r#"{"event_type": "book.created", "aggregate_type": "book", "aggregate_id": "book-1", "payload": {"title": "Dune"}}"#,
-        r#"{"event_type": "book.renamed", "aggregate_type": "book", "aggregate_id": "book-1", "payload": {"title": "Dune Messiah"}}"#,
-        r#"{"event_type": "book.created", "aggregate_type": "book", "aggregate_id": "book-2", "payload": "not json"}"#,
+        format!(
+            r#"{{"event_type": "{noun}.created", "aggregate_type": "{noun}", "aggregate_id": "{noun}-1", "payload": {{"title": "Dune"}}}}"#
+        ),
+        format!(
+            r#"{{"event_type": "{noun}.renamed", "aggregate_type": "{noun}", "aggregate_id": "{noun}-1", "payload": {{"title": "Dune Messiah"}}}}"#
+        ),
+        format!(
+            r#"{{"event_type": "{noun}.created", "aggregate_type": "{noun}", "aggregate_id": "{noun}-2", "payload": "not json"}}"#
+        ),
     ];
     let calls = |seq: u32, id: &str, doc: &str| {
         let mut calls = Vec::new();
@@ -154,29 +179,30 @@ fn test_files(name: &str, capabilities: &[Capability]) -> (String, String) {
                  VALUES ($1::uuid, $2, $3, $4::jsonb) ON CONFLICT (event_id) DO UPDATE SET \
                  event_type = EXCLUDED.event_type, aggregate_id = EXCLUDED.aggregate_id, \
                  payload = EXCLUDED.payload\" [\"00000000-0000-4000-8000-00000000000{seq}\",\
-                 \"book.{}\",\"{id}\",{}] -> 1",
+                 \"{noun}.{}\",\"{id}\",{}] -> 1",
                 if seq == 1 { "created" } else { "renamed" },
                 serde_json::to_string(doc).expect("a string")
             ));
         }
         if capabilities.contains(&Capability::Search) {
             calls.push(format!(
-                "search.bulk [index books/{id} v{seq} {doc}] -> [201]"
+                "search.bulk [index {index}/{id} v{seq} {doc}] -> [201]"
             ));
         }
         calls.push(format!(
-            "log debug [event 00000000-0000-4000-8000-00000000000{seq}] projected book.{} \
+            "log debug [event 00000000-0000-4000-8000-00000000000{seq}] projected {noun}.{} \
              (payload keys: title)",
             if seq == 1 { "created" } else { "renamed" }
         ));
         serde_json::to_string(&calls).expect("strings")
     };
-    // The second index of book-1 is a newer version of the same document: 200, not 201.
-    let second = calls(2, "book-1", r#"{"title":"Dune Messiah"}"#).replace("-> [201]", "-> [200]");
+    // The second index of the first aggregate is a newer version of the same document: 200.
+    let first = format!("{noun}-1");
+    let second = calls(2, &first, r#"{"title":"Dune Messiah"}"#).replace("-> [201]", "-> [200]");
     let expected = [
         format!(
             r#"{{"outcome": "success", "calls": {}}}"#,
-            calls(1, "book-1", r#"{"title":"Dune"}"#)
+            calls(1, &first, r#"{"title":"Dune"}"#)
         ),
         format!(r#"{{"outcome": "success", "calls": {second}}}"#),
         r#"{"outcome": "deterministic", "reason": "bad_payload", "message": "payload is not a JSON object", "calls": []}"#.to_owned(),
@@ -185,11 +211,11 @@ fn test_files(name: &str, capabilities: &[Capability]) -> (String, String) {
 }
 
 /// The `projector plugin test` flags the scaffold's test needs.
-fn test_flags(capabilities: &[Capability]) -> &'static str {
+fn test_flags(name: &str, capabilities: &[Capability]) -> String {
     if capabilities.contains(&Capability::Search) {
-        " --config index=books"
+        format!(" --config index={}", index_name(name))
     } else {
-        ""
+        String::new()
     }
 }
 
@@ -216,7 +242,7 @@ pub fn test_command(name: &str, lang: Lang, capabilities: &[Capability]) -> Stri
     format!(
         "projector plugin test {} --events tests/events.jsonl --expect tests/expected.jsonl{}",
         component_path(name, lang),
-        test_flags(capabilities)
+        test_flags(name, capabilities)
     )
 }
 
@@ -235,23 +261,34 @@ fn readme(name: &str, lang: Lang, capabilities: &[Capability]) -> String {
         ));
     }
     if capabilities.contains(&Capability::Search) {
-        grants.push_str("search_indices = [\"books\"]\n");
+        grants.push_str(&format!("search_indices = [\"{}\"]\n", index_name(name)));
     }
     let config = if capabilities.contains(&Capability::Search) {
-        "[projection.config]\nindex = \"books\"\n"
+        format!("[projection.config]\nindex = \"{}\"\n", index_name(name))
     } else {
-        ""
+        String::new()
     };
     format!(
         "# {name}\n\nA projector projection plugin. Needs {install}.\n\n\
          ```sh\n{build}\n{test}\n```\n\n\
          The test runs the component over `tests/events.jsonl` with the test kit's in-memory \
          stand-ins and compares the outcomes (and recorded capability calls) with \
-         `tests/expected.jsonl`; it exits 1 with a diff when they differ.\n\n\
+         `tests/expected.jsonl`; it exits 1 with a diff when they differ.\n\n{twice}\
          Run it in a host (`projector.toml`):\n\n```toml\n[[projection]]\nname = \"{name}\"\n\
          plugin = \"{component}\"\n{config}[projection.grants]\n{grants}```\n\n\
          or load it into a running host: `projector versions load --projection {name} {component}`.\n\
          The guide: docs/plugins.md in the projector repository.\n",
+        twice = if capabilities.contains(&Capability::Sql) {
+            format!(
+                "To check that a second delivery of an event changes nothing, run the test \
+                 against a development database holding `migrations/` (one transaction, rolled \
+                 back): add `--database-url URL --sql-table {} --deliver-twice` (and drop \
+                 `--expect`, whose file has no lines for the second deliveries).\n\n",
+                artifact_stem(name)
+            )
+        } else {
+            String::new()
+        },
         build = build_command(name, lang),
         test = test_command(name, lang, capabilities),
         component = component_path(name, lang),
@@ -363,6 +400,23 @@ mod tests {
             let e = check_name(bad).unwrap_err().to_string();
             assert!(e.starts_with("NAME: "), "{e}");
         }
+    }
+
+    #[test]
+    fn test_events_are_about_the_plugins_own_aggregate() {
+        let (events, expected) = test_files("order-totals", &[Capability::Search]);
+        assert!(
+            events.contains(r#""event_type": "order.created""#),
+            "{events}"
+        );
+        assert!(events.contains(r#""aggregate_id": "order-1""#), "{events}");
+        assert!(!events.contains("book"), "{events}");
+        assert!(expected.contains("index orders/order-1 v1"), "{expected}");
+        assert_eq!(index_name("news-feed"), "news");
+        assert_eq!(
+            test_flags("order-totals", &[Capability::Search]),
+            " --config index=orders"
+        );
     }
 
     #[test]

@@ -9,26 +9,35 @@
 //! - The stand-ins are not the sinks: the `sql` stand-in has no tables (`execute` answers 1 row
 //!   affected, `query` no rows) and the `search` stand-in is a map of documents with external
 //!   versions. What they prove is what the plugin *asks for* and how it classifies answers.
+//!   With a database ([`Options::database_url`], see [`crate::database`]) `sql` statements run on
+//!   a real Postgres instead, in one transaction rolled back at the end.
+//! - Redelivery ([`Options::deliver_twice`]): after the file, every event that succeeded is
+//!   delivered again (same id and seq, the next attempt), one call each, as a lease expiry, a
+//!   replay or a rebuild over the live model would. A redelivery that changes what the sink
+//!   holds (the search documents; with a database, the rows of the `--sql-table` tables) is a
+//!   finding: the plugin is not idempotent, and the run fails.
 //! - One event per `handle()` call, so every recorded call belongs to one event; an event whose
 //!   outcome is not `success` has its `sql` calls marked rolled back, as the host's savepoint
 //!   would.
 //! - Deterministic output for deterministic plugins: event defaults are fixed, nothing depends on
 //!   the clock, so an expectation file can pin calls as well as outcomes.
 
+use crate::database::{self, Contents, Database};
+use crate::search_stand_in::{apply, render_operation, Documents};
 use crate::Error;
 use projector_core::outbox::{Claim, ClaimedEvent, Verdict};
 use projector_core::spec::{Grants, Ordering, ProjectionSpec, Tuning};
 use projector_runtime::capability::BatchScope;
 use projector_runtime::log::{Level, LogBackend};
 use projector_runtime::search::{
-    validate as validate_search, Action, BulkError, ItemResult, Operation, SearchBackend,
+    validate as validate_search, BulkError, ItemResult, Operation, SearchBackend,
 };
 use projector_runtime::sql::{ErrorKind as SqlErrorKind, SqlBackend, SqlError};
 use projector_runtime::Backends;
 use projector_runtime::{limits, Handler, Runtime};
 use serde::Deserialize;
-use serde_json::{Map, Value};
-use std::collections::{BTreeMap, HashMap};
+use serde_json::Value;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -127,6 +136,21 @@ pub struct EventResult {
     pub verdict: Verdict,
     /// The capability calls made while handling it, in order.
     pub calls: Vec<Call>,
+    /// 1 for the delivery from the file, 2 for its redelivery ([`Options::deliver_twice`]).
+    pub delivery: u32,
+}
+
+/// How `projector plugin test` runs beyond the defaults.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Run `sql` statements on this Postgres (see [`crate::database`]) instead of the stand-in.
+    pub database_url: Option<String>,
+    /// Tables to read back (with a database): compared around every redelivery and printed
+    /// after the run.
+    pub sql_tables: Vec<String>,
+    /// Deliver every event that succeeded a second time, after the file, and fail the run when a
+    /// second delivery changes the sink.
+    pub deliver_twice: bool,
 }
 
 /// A test-kit run.
@@ -138,10 +162,13 @@ pub struct Run {
     pub results: Vec<EventResult>,
     /// Time spent in `handle()` calls (including the stand-ins), summed over events.
     pub handle_time: Duration,
+    /// Redeliveries that changed the sink: the event, then one line per changed row or document.
+    pub findings: Vec<(usize, Vec<String>)>,
+    /// What the `--sql-table` tables held at the end (with a database).
+    pub tables: Option<Contents>,
+    /// Whether redeliveries' `sql` effects went unchecked (no database).
+    pub sql_unchecked: bool,
 }
-
-/// The search stand-in's documents: (index, id) → (document, external version).
-type Documents = HashMap<(String, String), (Map<String, Value>, Option<i64>)>;
 
 /// The stand-ins' shared state: the calls recorded so far and the search documents.
 #[derive(Default)]
@@ -154,6 +181,8 @@ struct Recorder {
 #[derive(Default)]
 struct TestKitStandIn {
     state: Mutex<Recorder>,
+    /// Where `sql` goes when the run has a database.
+    database: Option<Database>,
 }
 
 impl TestKitStandIn {
@@ -214,9 +243,10 @@ impl LogBackend for TestKitStandIn {
 impl SqlBackend for TestKitStandIn {
     fn query(&self, _: &BatchScope, statement: &str, params: &str) -> Result<String, SqlError> {
         let result = check_params(params);
-        let (shown, answer) = match &result {
-            Ok(p) => (p.clone(), Ok("[]".to_owned())),
-            Err(e) => (params.to_owned(), Err(e.clone())),
+        let (shown, answer) = match (&result, &self.database) {
+            (Ok(p), Some(db)) => (p.clone(), db.query(statement, p)),
+            (Ok(p), None) => (p.clone(), Ok("[]".to_owned())),
+            (Err(e), _) => (params.to_owned(), Err(e.clone())),
         };
         let outcome = match &answer {
             Ok(rows) => rows.clone(),
@@ -230,9 +260,13 @@ impl SqlBackend for TestKitStandIn {
     }
 
     fn execute(&self, _: &BatchScope, statement: &str, params: &str) -> Result<u64, SqlError> {
-        let (shown, answer) = match check_params(params) {
-            Ok(p) => (p, Ok(1)),
-            Err(e) => (params.to_owned(), Err(e)),
+        let (shown, answer) = match (check_params(params), &self.database) {
+            (Ok(p), Some(db)) => {
+                let answer = db.execute(statement, &p);
+                (p, answer)
+            }
+            (Ok(p), None) => (p, Ok(1)),
+            (Err(e), _) => (params.to_owned(), Err(e)),
         };
         let outcome = match &answer {
             Ok(n) => n.to_string(),
@@ -282,79 +316,6 @@ impl SearchBackend for TestKitStandIn {
     }
 }
 
-fn render_operation(op: &Operation) -> String {
-    let action = match op.action {
-        Action::Index => "index",
-        Action::Create => "create",
-        Action::Update => "update",
-        Action::Delete => "delete",
-    };
-    let mut text = format!("{action} {}/{}", op.index, op.id);
-    if let Some(v) = op.version {
-        text.push_str(&format!(" v{v}"));
-    }
-    if let Some(doc) = &op.document {
-        // Compact, so a pretty-printed document stays on one line.
-        match serde_json::from_str::<Value>(doc) {
-            Ok(v) => text.push_str(&format!(" {v}")),
-            Err(_) => text.push_str(&format!(" {doc:?}")),
-        }
-    }
-    text
-}
-
-/// One operation against the in-memory documents, answered as OpenSearch would.
-fn apply(docs: &mut Documents, op: &Operation) -> ItemResult {
-    let item = |status: u16, error_type: &str, reason: &str| ItemResult {
-        status,
-        error_type: error_type.into(),
-        error_reason: reason.into(),
-    };
-    let conflict = || {
-        item(
-            409,
-            "version_conflict_engine_exception",
-            "version conflict, current version is newer or equal",
-        )
-    };
-    let key = (op.index.clone(), op.id.clone());
-    let existing = docs.get(&key);
-    let stale = match (existing.and_then(|(_, v)| *v), op.version) {
-        (Some(current), Some(new)) => new <= current,
-        _ => false,
-    };
-    let document = || match op.document.as_deref().map(serde_json::from_str::<Value>) {
-        Some(Ok(Value::Object(m))) => m,
-        _ => Map::new(), // validated before: cannot happen
-    };
-    match op.action {
-        Action::Index if stale => conflict(),
-        Action::Index => {
-            let created = existing.is_none();
-            docs.insert(key, (document(), op.version));
-            item(if created { 201 } else { 200 }, "", "")
-        }
-        Action::Create if existing.is_some() => conflict(),
-        Action::Create => {
-            docs.insert(key, (document(), op.version));
-            item(201, "", "")
-        }
-        Action::Update => match docs.get_mut(&key) {
-            None => item(404, "document_missing_exception", "document missing"),
-            Some((doc, _)) => {
-                doc.extend(document());
-                item(200, "", "")
-            }
-        },
-        Action::Delete if existing.is_none() => item(404, "", ""),
-        Action::Delete if stale => conflict(),
-        Action::Delete => {
-            docs.remove(&key);
-            item(200, "", "")
-        }
-    }
-}
-
 /// Loads `plugin` with the stand-ins and runs it over `events`, one event per call.
 pub fn run(
     plugin: &Path,
@@ -362,14 +323,32 @@ pub fn run(
     config: BTreeMap<String, String>,
     projection: &str,
 ) -> Result<Run, Error> {
+    run_with(plugin, events, config, projection, &Options::default())
+}
+
+/// [`run`] with a database and/or redeliveries (see [`Options`]).
+pub fn run_with(
+    plugin: &Path,
+    events: Vec<ClaimedEvent>,
+    config: BTreeMap<String, String>,
+    projection: &str,
+    options: &Options,
+) -> Result<Run, Error> {
     let bytes = std::fs::read(plugin).map_err(|e| Error::Plugin {
         path: plugin.to_path_buf(),
         message: format!("cannot read: {e}"),
     })?;
+    let database = match &options.database_url {
+        Some(url) => Some(Database::open(url, options.sql_tables.clone())?),
+        None => None,
+    };
     let runtime =
         Runtime::new().map_err(|e| anyhow::anyhow!("starting the WebAssembly runtime: {e:#}"))?;
     let spec = test_spec(projection, plugin, config);
-    let stand_in = Arc::new(TestKitStandIn::default());
+    let stand_in = Arc::new(TestKitStandIn {
+        database,
+        ..TestKitStandIn::default()
+    });
     let loaded = runtime
         .load_with_backends(
             &spec,
@@ -391,21 +370,119 @@ pub fn run(
         })?;
     stand_in.take(); // anything logged while loading belongs to no event
     let label = loaded.version_label.clone();
-    let mut handler = Handler::new(loaded);
+    let mut kit = Deliverer {
+        handler: Handler::new(loaded),
+        stand_in: &stand_in,
+        projection,
+        handle_time: Duration::ZERO,
+    };
     let mut results = Vec::with_capacity(events.len());
-    let mut handle_time = Duration::ZERO;
     for event in events {
+        results.push(kit.deliver(event, 1)?.0);
+    }
+    let mut findings = Vec::new();
+    let mut sql_unchecked = false;
+    if options.deliver_twice {
+        let first: Vec<ClaimedEvent> = results
+            .iter()
+            .filter(|r| matches!(r.verdict, Verdict::Success))
+            .map(|r| r.event.clone())
+            .collect();
+        for mut event in first {
+            let n = results
+                .iter()
+                .position(|r| r.event.id == event.id)
+                .map_or(0, |i| i + 1);
+            event.attempt += 1;
+            let (result, changed) = kit.deliver(event, 2)?;
+            sql_unchecked |= stand_in.database.is_none()
+                && result.calls.iter().any(|c| c.text.starts_with("sql."));
+            if !changed.is_empty() {
+                findings.push((n, changed));
+            }
+            results.push(result);
+        }
+    }
+    let handle_time = kit.handle_time;
+    let tables = match &stand_in.database {
+        Some(db) => Some(db.contents()?),
+        None => None,
+    };
+    if let Some(db) = Arc::into_inner(stand_in).and_then(|s| s.database) {
+        db.finish();
+    }
+    Ok(Run {
+        plugin: label,
+        results,
+        handle_time,
+        findings,
+        tables,
+        sql_unchecked,
+    })
+}
+
+/// Delivers events to one plugin instance, one per call, each (with a database) under its own
+/// savepoint.
+struct Deliverer<'a> {
+    handler: Handler,
+    stand_in: &'a TestKitStandIn,
+    projection: &'a str,
+    handle_time: Duration,
+}
+
+impl Deliverer<'_> {
+    /// Delivers `event` and returns what happened, and (for a redelivery) how the sink changed.
+    fn deliver(
+        &mut self,
+        event: ClaimedEvent,
+        delivery: u32,
+    ) -> Result<(EventResult, Vec<String>), Error> {
+        let db = self.stand_in.database.as_ref();
+        let documents = || {
+            let state = self
+                .stand_in
+                .state
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            state.documents.clone()
+        };
+        let before = match (delivery, db) {
+            (1, _) => None,
+            (_, Some(db)) => Some((documents(), Some(db.contents()?))),
+            (_, None) => Some((documents(), None)),
+        };
+        if let Some(db) = db {
+            db.begin_delivery()?;
+        }
         let claim = Claim {
             batch_id: Uuid::new_v4(),
-            projection: projection.to_owned(),
+            projection: self.projection.to_owned(),
             events: vec![event.clone()],
         };
         let started = Instant::now();
-        let (mut verdicts, _report) = handler.handle(&claim, DEFAULT_DEADLINE);
-        handle_time += started.elapsed();
-        let verdict = verdicts.pop().expect("one verdict per event");
+        let (mut verdicts, _report) = self.handler.handle(&claim, DEFAULT_DEADLINE);
+        self.handle_time += started.elapsed();
+        let mut verdict = verdicts.pop().expect("one verdict per event");
+        if let Some(db) = db {
+            if let Some(message) = db.refusal() {
+                verdict = Verdict::Deterministic {
+                    reason: "sql_forbidden_statement".into(),
+                    message,
+                };
+            }
+            let success = matches!(verdict, Verdict::Success);
+            if success && !db.end_delivery(true)? {
+                verdict = Verdict::transient(
+                    "sql_aborted",
+                    "the plugin answered success but a statement of this event failed; its writes were rolled back",
+                );
+            } else if !success {
+                db.end_delivery(false)?;
+            }
+        }
         let failed = !matches!(verdict, Verdict::Success);
-        let calls = stand_in
+        let calls = self
+            .stand_in
             .take()
             .into_iter()
             .map(|(mut call, is_sql)| {
@@ -413,17 +490,31 @@ pub fn run(
                 call
             })
             .collect();
-        results.push(EventResult {
-            event,
-            verdict,
-            calls,
-        });
+        let mut changed = Vec::new();
+        if let Some((docs, tables)) = before {
+            let after = documents();
+            let mut keys: Vec<_> = docs.keys().chain(after.keys()).collect();
+            keys.sort();
+            keys.dedup();
+            for key in keys {
+                if docs.get(key) != after.get(key) {
+                    changed.push(format!("search document {}/{} changed", key.0, key.1));
+                }
+            }
+            if let (Some(tables), Some(db)) = (tables, db) {
+                changed.extend(database::changes(&tables, &db.contents()?));
+            }
+        }
+        Ok((
+            EventResult {
+                event,
+                verdict,
+                calls,
+                delivery,
+            },
+            changed,
+        ))
     }
-    Ok(Run {
-        plugin: label,
-        results,
-        handle_time,
-    })
 }
 
 /// A projection that grants every capability: the stand-ins answer them all.
@@ -471,14 +562,31 @@ pub fn render_verdict(v: &Verdict, with_message: bool) -> String {
 }
 
 impl Run {
+    /// The number the transcript gives result `i`: its event's line in the events file (a
+    /// redelivery has the number of the event it repeats).
+    pub fn position(&self, i: usize) -> usize {
+        let r = &self.results[i];
+        if r.delivery == 1 {
+            return i + 1;
+        }
+        self.results
+            .iter()
+            .position(|o| o.delivery == 1 && o.event.id == r.event.id)
+            .map_or(i + 1, |p| p + 1)
+    }
+
     /// The human-readable transcript: a banner saying this is the test kit, then per event its
     /// outcome and recorded calls, then a summary.
     pub fn transcript(&self) -> String {
         let mut out = String::new();
-        out.push_str(
+        out.push_str(if self.tables.is_some() {
+            "projector plugin test: TEST KIT run with in-memory stand-ins for log and search, \
+             sql on PostgreSQL in one transaction rolled back at the end (not the projector \
+             runtime's sinks, roles or grants)\n"
+        } else {
             "projector plugin test: TEST KIT run with in-memory stand-ins for log, sql and search \
-             (no Postgres, no search cluster; not the projector runtime's sinks)\n",
-        );
+             (no Postgres, no search cluster; not the projector runtime's sinks)\n"
+        });
         out.push_str(&format!("plugin {}\n", self.plugin));
         let (mut ok, mut transient, mut deterministic) = (0, 0, 0);
         for (i, r) in self.results.iter().enumerate() {
@@ -488,9 +596,14 @@ impl Run {
                 Verdict::Deterministic { .. } => deterministic += 1,
                 Verdict::Deferred => {}
             }
+            let again = if r.delivery > 1 {
+                format!(" again (attempt {})", r.event.attempt)
+            } else {
+                String::new()
+            };
             out.push_str(&format!(
-                "event {} {} {}: {}\n",
-                i + 1,
+                "event {}{again} {} {}: {}\n",
+                self.position(i),
                 r.event.id,
                 r.event.event_type,
                 render_verdict(&r.verdict, true)
@@ -504,11 +617,43 @@ impl Run {
                 out.push_str(&format!("  call {}{note}\n", call.text));
             }
         }
+        if let Some(tables) = &self.tables {
+            for (table, rows) in tables {
+                out.push_str(&format!(
+                    "table {table} after the run ({} rows; rolled back):\n",
+                    rows.len()
+                ));
+                for row in rows {
+                    out.push_str(&format!("  {row}\n"));
+                }
+            }
+        }
+        if self.sql_unchecked {
+            out.push_str(
+                "note: the sql stand-in keeps no rows, so what redeliveries wrote was not \
+                 compared; run with --database-url URL --sql-table TABLE to check it\n",
+            );
+        }
+        for (n, changed) in &self.findings {
+            out.push_str(&format!(
+                "NOT IDEMPOTENT: delivering event {n} again changed the sink:\n"
+            ));
+            for line in changed {
+                out.push_str(&format!("  {line}\n"));
+            }
+        }
         let n = self.results.len().max(1) as f64;
+        let again = self.results.iter().filter(|r| r.delivery > 1).count();
+        let deliveries = match again {
+            0 => format!("{} events", self.results.len()),
+            _ => format!(
+                "{} events and {again} delivered again",
+                self.results.len() - again
+            ),
+        };
         out.push_str(&format!(
-            "{} events: {ok} success, {transient} transient, {deterministic} deterministic; \
-             handle() {:.1} µs per event\n",
-            self.results.len(),
+            "{deliveries}: {ok} success, {transient} transient, {deterministic} deterministic; \
+             handle() {:.1} µs per delivery\n",
             self.handle_time.as_secs_f64() * 1e6 / n
         ));
         out
@@ -518,30 +663,6 @@ impl Run {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn op(action: Action, id: &str, version: Option<i64>) -> Operation {
-        Operation {
-            action,
-            index: "books".into(),
-            id: id.into(),
-            document: (!matches!(action, Action::Delete)).then(|| r#"{"t": 1}"#.into()),
-            version,
-        }
-    }
-
-    #[test]
-    fn the_search_stand_in_answers_like_the_cluster() {
-        let mut docs = HashMap::new();
-        let status = |docs: &mut _, o| apply(docs, &o).status;
-        assert_eq!(status(&mut docs, op(Action::Index, "a", Some(2))), 201);
-        assert_eq!(status(&mut docs, op(Action::Index, "a", Some(2))), 409);
-        assert_eq!(status(&mut docs, op(Action::Index, "a", Some(3))), 200);
-        assert_eq!(status(&mut docs, op(Action::Create, "a", None)), 409);
-        assert_eq!(status(&mut docs, op(Action::Update, "b", None)), 404);
-        assert_eq!(status(&mut docs, op(Action::Delete, "a", Some(1))), 409);
-        assert_eq!(status(&mut docs, op(Action::Delete, "a", Some(4))), 200);
-        assert_eq!(status(&mut docs, op(Action::Delete, "a", Some(5))), 404);
-    }
 
     #[test]
     fn events_lines_default_and_errors_name_the_line() {

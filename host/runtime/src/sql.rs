@@ -431,44 +431,7 @@ impl SqlBackend for SqlSession {
         let limits = self.limits;
         let (statement, params) = (statement.to_owned(), params.to_owned());
         self.run(scope.deadline, move |conn| {
-            Box::pin(async move {
-                let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
-                // Streamed: a result is judged row by row as it arrives, never collected whole
-                // before its size is known.
-                let mut rows = query.fetch(conn);
-                let mut out = Vec::new();
-                let mut bytes = 2usize;
-                while let Some(row) = rows.try_next().await.map_err(classify)? {
-                    if out.len() >= limits.max_rows {
-                        return Err(Failure::Refused(
-                            "sql_result_too_large",
-                            format!(
-                                "the query returned more than {} rows (sql_max_rows)",
-                                limits.max_rows
-                            ),
-                        ));
-                    }
-                    let mut obj = Map::new();
-                    for (i, col) in row.columns().iter().enumerate() {
-                        let raw = row.try_get_raw(i).map_err(classify)?;
-                        bytes += col.name().len()
-                            + if raw.is_null() { 4 } else { raw.as_bytes().map_or(0, <[u8]>::len) }
-                            + 4;
-                        if bytes > limits.max_bytes {
-                            return Err(Failure::Refused(
-                                "sql_result_too_large",
-                                format!(
-                                    "the query's result is larger than {} bytes (sql_max_result_bytes)",
-                                    limits.max_bytes
-                                ),
-                            ));
-                        }
-                        obj.insert(col.name().to_owned(), column_json(&row, i)?);
-                    }
-                    out.push(Value::Object(obj));
-                }
-                Ok(Value::Array(out).to_string())
-            })
+            Box::pin(async move { fetch_rows(conn, &statement, &params, limits).await })
         })
     }
 
@@ -476,10 +439,99 @@ impl SqlBackend for SqlSession {
         self.admit(statement, &scope.projection)?;
         let (statement, params) = (statement.to_owned(), params.to_owned());
         self.run(scope.deadline, move |conn| {
-            Box::pin(async move {
-                let query = bind_params(sqlx::query(&statement).persistent(false), &params)?;
-                Ok(query.execute(conn).await.map_err(classify)?.rows_affected())
-            })
+            Box::pin(async move { Ok(execute_rows(conn, &statement, &params).await?) })
         })
     }
+}
+
+/// Runs a query with JSON `params` on `conn` and returns its rows as a JSON array of objects,
+/// streamed and stopped at `limits`.
+async fn fetch_rows(
+    conn: &mut PgConnection,
+    statement: &str,
+    params: &str,
+    limits: ResultLimits,
+) -> Result<String, Failure> {
+    let query = bind_params(sqlx::query(statement).persistent(false), params)?;
+    // Streamed: a result is judged row by row as it arrives, never collected whole
+    // before its size is known.
+    let mut rows = query.fetch(conn);
+    let mut out = Vec::new();
+    let mut bytes = 2usize;
+    while let Some(row) = rows.try_next().await.map_err(classify)? {
+        if out.len() >= limits.max_rows {
+            return Err(Failure::Refused(
+                "sql_result_too_large",
+                format!(
+                    "the query returned more than {} rows (sql_max_rows)",
+                    limits.max_rows
+                ),
+            ));
+        }
+        let mut obj = Map::new();
+        for (i, col) in row.columns().iter().enumerate() {
+            let raw = row.try_get_raw(i).map_err(classify)?;
+            bytes += col.name().len()
+                + if raw.is_null() {
+                    4
+                } else {
+                    raw.as_bytes().map_or(0, <[u8]>::len)
+                }
+                + 4;
+            if bytes > limits.max_bytes {
+                return Err(Failure::Refused(
+                    "sql_result_too_large",
+                    format!(
+                        "the query's result is larger than {} bytes (sql_max_result_bytes)",
+                        limits.max_bytes
+                    ),
+                ));
+            }
+            obj.insert(col.name().to_owned(), column_json(&row, i)?);
+        }
+        out.push(Value::Object(obj));
+    }
+    Ok(Value::Array(out).to_string())
+}
+
+/// Runs a statement with JSON `params` on `conn` and returns the rows it affected.
+async fn execute_rows(
+    conn: &mut PgConnection,
+    statement: &str,
+    params: &str,
+) -> Result<u64, SqlError> {
+    let query = bind_params(sqlx::query(statement).persistent(false), params)?;
+    Ok(query.execute(conn).await.map_err(classify)?.rows_affected())
+}
+
+/// `sql.query` on a connection the caller owns (the authoring test kit's `--database-url`
+/// mode): the same parameter binding, row conversion, default result bounds and error
+/// classification as inside a batch, without the batch's role, lease or deadline. What
+/// [`crate::sql_policy`] refuses is the caller's to check first.
+pub async fn query_on(
+    conn: &mut PgConnection,
+    statement: &str,
+    params: &str,
+) -> Result<String, SqlError> {
+    let limits = ResultLimits {
+        max_rows: projector_core::spec::Grants::default().sql_max_rows(),
+        max_bytes: projector_core::spec::Grants::default().sql_max_result_bytes(),
+    };
+    fetch_rows(conn, statement, params, limits)
+        .await
+        .map_err(|f| match f {
+            Failure::Sql(e) => e,
+            Failure::Refused(reason, message) => {
+                error(ErrorKind::Other, "54000", format!("{reason}: {message}"))
+            }
+        })
+}
+
+/// `sql.execute` on a connection the caller owns; see [`query_on`].
+pub async fn execute_on(
+    conn: &mut PgConnection,
+    statement: &str,
+    params: &str,
+) -> Result<u64, SqlError> {
+    execute_rows(conn, statement, params).await
 }

@@ -8,7 +8,8 @@ The same vocabulary and the same mapping as the Rust crate `projector-plugin-sdk
   tests/projections/plugin_sdk.rs);
 - `execute` / `query` over the `sql` capability with JSON-serialisable parameters, raising
   `Failed` (which carries the event's outcome) when the database refuses; `sql_outcome` is the one
-  mapping of `sql.SqlError` to an outcome;
+  mapping of `sql.SqlError` to an outcome; `apply_once` runs an effect at most once per event
+  through an applied-events table in the same transaction;
 - `write` over the `search` capability, with `item_outcome` and `request_outcome`, the one
   classification of bulk results.
 
@@ -118,6 +119,34 @@ def query(statement: str, params: list) -> list:
         return json.loads(sql.query(statement, json.dumps(params)))
     except Err as e:
         raise Failed(sql_outcome(e.value)) from None
+
+
+def apply_once(applied_table: str, event_id: str, effect):
+    """Runs `effect()` for event `event_id` only if this sink has not applied that event before,
+    and records that it has: `INSERT INTO <applied_table> (event_id) VALUES ($1::uuid) ON CONFLICT
+    DO NOTHING`, then `effect()` when the insert added the row. Returns `(True, effect's result)`
+    when applied now, `(False, None)` when already applied (a redelivery, a replay, a rebuild over
+    the live model). Both run in the batch's transaction: an effect that raises `Failed` rolls the
+    id back with it. `applied_table` needs a unique `event_id uuid` column."""
+    if not _is_table_name(applied_table):
+        raise Failed(deterministic(
+            SQL_ERROR,
+            f"apply_once: `{applied_table}` is not a table name (lowercase letters, digits and `_`, "
+            "optionally `schema.` before it)"))
+    recorded = execute(
+        f"INSERT INTO {applied_table} (event_id) VALUES ($1::uuid) ON CONFLICT DO NOTHING",
+        [event_id])
+    if recorded == 0:
+        return False, None
+    return True, effect()
+
+
+def _is_table_name(name: str) -> bool:
+    parts = name.split(".")
+    return 1 <= len(parts) <= 2 and all(
+        0 < len(p) <= 63 and (p[0].islower() or p[0] == "_") and p.isascii()
+        and all(c.islower() or c.isdigit() or c == "_" for c in p)
+        for p in parts)
 
 
 # search

@@ -6,8 +6,9 @@
 //! - outcome constructors ([`success`], [`transient`], [`deterministic`]) and the reasons
 //!   operators see ([`reason`], the table in docs/plugins.md);
 //! - typed [`sql`] (parameters from `impl Serialize`, rows into `T: DeserializeOwned`) with the
-//!   one mapping of database errors to outcomes, and [`search`] with the one classification of
-//!   bulk results.
+//!   one mapping of database errors to outcomes, [`sql::apply_once`] (an effect applied at most
+//!   once per event, through an applied-events table in the same transaction), and [`search`]
+//!   with the one classification of bulk results.
 //!
 //! ```ignore
 //! use projector_plugin_sdk::{reason, sql, deterministic, Event, Guest, Outcome, PluginInfo};

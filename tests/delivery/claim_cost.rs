@@ -7,6 +7,10 @@
 //!   aggregates leaves its cost flat, and so does a long finished history behind them. The
 //!   backlog-walking claim it replaced is measured alongside as the positive control: its cost
 //!   grows with the backlog, so the measurement can see growth.
+//! - It also costs O(batch) whatever the number of aggregates: ten times as many aggregates with
+//!   unfinished events (ten each) leaves it flat. The claim before the recursive walk over
+//!   the heads (`tests/fixtures/claim_ordered_before_walk.sql`) is the positive control: its
+//!   planner read and sorted every head.
 //! - The settle's cost is linear in the batch: no plan node compares every outcome with every
 //!   claimed row (the generic plan of the old statement did, 250,000 comparisons for 500).
 
@@ -44,6 +48,13 @@ LIMIT $2";
 /// claimed rows pairwise in a join filter, which the measurement must see.
 const OLD_SETTLE_SQL: &str = include_str!("../fixtures/settle_before_heads.sql");
 
+/// The ordered claim before its walk over the heads became recursive (1b20de5): a plain `ORDER
+/// BY next_seq` over the heads, which the planner served with a scan and sort of every head.
+const OLD_CLAIM_SQL: &str = concat!(
+    include_str!("../fixtures/claim_ordered_before_walk.sql"),
+    include_str!("../../host/store/src/outbox/claim_returning.sql")
+);
+
 fn spec(projection: &str, batch_size: i64) -> ProjectionSpec {
     ProjectionSpec {
         name: projection.to_owned(),
@@ -66,6 +77,8 @@ fn spec(projection: &str, batch_size: i64) -> ProjectionSpec {
 struct Cost {
     buffers: i64,
     join_filter_removed: i64,
+    /// Rows of `outbox_heads` the plan's scans of it read (returned or filtered out, every loop).
+    heads_read: i64,
 }
 
 fn walk(node: &Value, cost: &mut Cost) {
@@ -73,6 +86,10 @@ fn walk(node: &Value, cost: &mut Cost) {
     cost.join_filter_removed = cost
         .join_filter_removed
         .max(n("Rows Removed by Join Filter"));
+    if node.get("Relation Name").and_then(Value::as_str) == Some("outbox_heads") {
+        cost.heads_read +=
+            (n("Actual Rows") + n("Rows Removed by Filter")) * n("Actual Loops").max(1);
+    }
     for child in node
         .get("Plans")
         .and_then(Value::as_array)
@@ -111,6 +128,7 @@ async fn cost_with(conn: &mut PgConnection, execute: &str, settings: &str) -> Co
         buffers: top["Shared Hit Blocks"].as_i64().unwrap()
             + top["Shared Read Blocks"].as_i64().unwrap(),
         join_filter_removed: 0,
+        heads_read: 0,
     };
     walk(top, &mut c);
     c
@@ -119,6 +137,12 @@ async fn cost_with(conn: &mut PgConnection, execute: &str, settings: &str) -> Co
 async fn prepare(conn: &mut PgConnection) {
     sqlx::raw_sql(&format!(
         "PREPARE ordered_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4) AS {CLAIM_ORDERED_SQL}"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE old_ordered_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4) AS {OLD_CLAIM_SQL}"
     ))
     .execute(&mut *conn)
     .await
@@ -226,6 +250,92 @@ async fn the_ordered_claim_costs_the_batch_not_the_backlog_or_the_history() {
     );
 }
 
+/// Ten events on each of the aggregates `wide-<first>` .. `wide-<first + aggregates - 1>` of
+/// projection `wide`, interleaved as independent writers interleave them (the bench's shape).
+async fn add_wide_events(db: &TestDb, first: i64, aggregates: i64) {
+    sqlx::query(
+        "INSERT INTO outbox_events (projection, event_type, aggregate_id, payload)
+         SELECT 'wide', 'wide.changed', 'wide-' || ($1 + i % $2), jsonb_build_object('n', i)
+         FROM generate_series(0, 10 * $2 - 1) AS i",
+    )
+    .bind(first)
+    .bind(aggregates)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    sqlx::raw_sql("ANALYZE outbox_events; ANALYZE outbox_heads")
+        .execute(&db.pool)
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_ordered_claim_costs_the_batch_not_the_number_of_aggregates() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    prepare(&mut conn).await;
+    const NEW: &str =
+        "EXECUTE ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
+    const OLD: &str = "EXECUTE old_ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
+
+    // A host runs whichever plan Postgres picks for its prepared statement: a custom plan for
+    // the first five executions and whenever the generic one is estimated dearer. The old claim's
+    // plan depended on the heads' statistics; the recursive walk's does not, and it is measured
+    // under both.
+    let custom = "SET LOCAL plan_cache_mode = force_custom_plan;";
+    // Heads come and go all day (a head is deleted when its aggregate's last event is done), so
+    // the table carries dead space until vacuum: 100,000 heads of another projection added and
+    // removed. With it, the old claim's custom plan scanned and sorted every head.
+    sqlx::raw_sql(
+        "INSERT INTO outbox_heads (projection, aggregate_id, next_seq)
+         SELECT 'gone', 'gone-' || i, i FROM generate_series(1, 100000) AS i;
+         DELETE FROM outbox_heads WHERE projection = 'gone';",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // 2,000 aggregates with ten unfinished events each, then 20,000.
+    add_wide_events(&db, 0, 2_000).await;
+    let new_small = cost(&mut conn, NEW).await;
+    let new_small_custom = cost_with(&mut conn, NEW, custom).await;
+    let old_small = cost_with(&mut conn, OLD, custom).await;
+    add_wide_events(&db, 2_000, 18_000).await;
+    let new_big = cost(&mut conn, NEW).await;
+    let new_big_custom = cost_with(&mut conn, NEW, custom).await;
+    let old_big = cost_with(&mut conn, OLD, custom).await;
+    eprintln!(
+        "heads read per claim of 100, custom plan, 2,000 -> 20,000 aggregates: recursive walk {} -> {}",
+        new_small_custom.heads_read, new_big_custom.heads_read
+    );
+    assert!(
+        new_big_custom.heads_read * 2 < new_small_custom.heads_read * 3,
+        "the ordered claim's custom plan grew with the number of aggregates: {} -> {} heads read",
+        new_small_custom.heads_read,
+        new_big_custom.heads_read
+    );
+    eprintln!(
+        "heads read per claim of 100, 2,000 -> 20,000 aggregates with ten events each: recursive walk, generic plan {} -> {} ({} -> {} buffers); claim before it, custom plan (control) {} -> {} ({} -> {} buffers)",
+        new_small.heads_read, new_big.heads_read, new_small.buffers, new_big.buffers,
+        old_small.heads_read, old_big.heads_read, old_small.buffers, old_big.buffers
+    );
+    assert!(
+        old_big.heads_read > 5 * old_small.heads_read,
+        "control: the claim before the recursive walk should read every head, measured {} -> {}",
+        old_small.heads_read,
+        old_big.heads_read
+    );
+    assert!(
+        new_big.heads_read * 2 < new_small.heads_read * 3
+            && new_big.buffers * 2 < new_small.buffers * 3,
+        "the ordered claim grew with the number of aggregates: {} -> {} heads read, {} -> {} buffers",
+        new_small.heads_read,
+        new_big.heads_read,
+        new_small.buffers,
+        new_big.buffers
+    );
+}
+
 /// The settle of a claimed batch, as an `EXECUTE` of the prepared `settle` with every outcome
 /// `success`.
 async fn settle_statement(db: &TestDb, projection: &str, batch: i64) -> String {
@@ -250,6 +360,16 @@ async fn settle_statement(db: &TestDb, projection: &str, batch: i64) -> String {
 async fn the_settle_costs_what_its_batch_holds_in_the_generic_plan() {
     let db = TestDb::new().await;
     db.migrate();
+    // The index on the fencing token that migration 0001 made and 0008 dropped: the old
+    // statement's bad plan ran through it, so the control needs it back, and the new statement
+    // must find each row by its key even with it there.
+    sqlx::raw_sql(
+        "CREATE INDEX outbox_events_claim_batch ON outbox_events (claim_batch_id) \
+         WHERE status = 'processing'",
+    )
+    .execute(&db.pool)
+    .await
+    .unwrap();
     for (projection, n) in [("small", 100), ("large", 1_000)] {
         let events: Vec<NewEvent> = (0..2 * n)
             .map(|i| NewEvent::new(projection, format!("agg-{}", i % n), json!({"n": i})))

@@ -84,7 +84,12 @@ async fn late_ack_of_a_reclaimed_claim_changes_nothing() {
         "a fenced-off ack settles nothing: {late:?}"
     );
     assert_eq!(
-        lease::renew(&db.pool, a.batch_id, p.tuning.lease)
+        lease::renew(
+            &db.pool,
+            a.batch_id,
+            &a.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
+            p.tuning.lease
+        )
             .await
             .unwrap(),
         0

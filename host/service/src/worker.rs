@@ -123,7 +123,11 @@ impl Worker {
         }
         debug!(projection, claim_batch_id = %claim.batch_id, size = claim.events.len(), "claimed batch");
 
-        let renewer = self.spawn_lease_renewal(claim.batch_id, started);
+        let renewer = self.spawn_lease_renewal(
+            claim.batch_id,
+            claim.events.iter().map(|e| e.seq).collect(),
+            started,
+        );
         let budget = tuning.max_processing;
         let claim = Arc::new(claim);
         let call_started = Instant::now();
@@ -367,6 +371,7 @@ impl Worker {
     fn spawn_lease_renewal(
         &self,
         batch_id: uuid::Uuid,
+        seqs: Vec<i64>,
         started: Instant,
     ) -> tokio::task::JoinHandle<()> {
         let pool = self.pool.clone();
@@ -381,7 +386,7 @@ impl Worker {
                     warn!(projection = %projection, claim_batch_id = %batch_id, "batch exceeded OUTBOX_MAX_PROCESSING_SECONDS; lease no longer renewed");
                     return;
                 }
-                match lease::renew(&pool, batch_id, lease).await {
+                match lease::renew(&pool, batch_id, &seqs, lease).await {
                     Ok(0) => return,
                     Ok(_) => {}
                     Err(e) => {

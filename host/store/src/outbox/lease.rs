@@ -16,11 +16,17 @@ const RENEW_SQL: &str = include_str!("lease_renew.sql");
 const RELEASE_SQL: &str = include_str!("lease_release.sql");
 const SWEEP_SQL: &str = include_str!("lease_sweep_exhausted.sql");
 
-/// Extends the lease of every row `batch_id` still holds; returns how many it holds.
-pub async fn renew(pool: &PgPool, batch_id: Uuid, lease: Duration) -> sqlx::Result<u64> {
+/// Extends the lease of the rows `seqs` that `batch_id` still holds; returns how many it holds.
+pub async fn renew(
+    pool: &PgPool,
+    batch_id: Uuid,
+    seqs: &[i64],
+    lease: Duration,
+) -> sqlx::Result<u64> {
     let done = sqlx::query(RENEW_SQL)
         .bind(batch_id)
         .bind(lease.as_secs_f64())
+        .bind(seqs)
         .execute(pool)
         .await?;
     Ok(done.rows_affected())

@@ -18,7 +18,8 @@
 --
 -- Plan: the outcomes drive the join and each finds its row through the primary key, in the
 -- custom and the generic plan alike. The fence is written as a CASE so that it is a filter on
--- the row found, never an index condition (outbox_events_claim_batch): with it as one, the
+-- the row found, never an index condition (the index on claim_batch_id, dropped in migration
+-- 0008): with it as one, the
 -- generic plan (Postgres switches to it after five executions) started from the claim's rows
 -- and compared every pair, 250,000 comparisons for a batch of 500 (tests/claim_cost.rs).
 WITH settled AS (

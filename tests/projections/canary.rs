@@ -441,3 +441,143 @@ async fn a_canary_failing_30_percent_of_its_events_is_rolled_back_and_its_failur
     );
     assert!(host_version_outcomes(&host, "stamp@3.0.0") > 0.0);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_canary_is_followed_by_every_replica_survives_a_restart_and_is_aborted_or_promoted_by_hand(
+) {
+    let db = TestDb::new().await;
+    db.migrate();
+    let (_dir, config) = stamp_projection(&db, &plugin("stamp_v1").display().to_string()).await;
+    let start = || {
+        let mut h = Host::start(
+            &db.url,
+            &["--config", config.to_str().unwrap()],
+            &[
+                ("OUTBOX_ADMIN_TOKEN", TOKEN),
+                ("OUTBOX_BATCH_SIZE", "3"),
+                // Never due on its own here: the operator decides.
+                ("OUTBOX_CANARY_MIN_EVENTS", "1000000"),
+            ],
+        );
+        h.wait_ready(PATIENCE);
+        h
+    };
+    let a = start();
+    let mut b = start();
+    let admin_url = format!("http://127.0.0.1:{}", a.port);
+    let cli = |args: &[&str]| {
+        let mut all = vec!["versions"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--projection", "stamp", "--by", "ops"]);
+        all.extend_from_slice(&["--admin-url", &admin_url]);
+        let out = run_projector(&all, &[("OUTBOX_ADMIN_TOKEN", TOKEN)]);
+        assert!(out.status.success(), "{}", output_text(&out));
+        serde_json::from_slice::<Value>(&out.stdout).unwrap()
+    };
+    let v2 = plugin("stamp_v2");
+    cli(&["load", "--canary", "30%", v2.to_str().unwrap()]);
+    wait_until("b follows the canary", PATIENCE, async || {
+        b.log_text()
+            .contains("following the canary another host started")
+    })
+    .await;
+
+    // B restarts while the canary runs: it comes back running it.
+    b.sigterm();
+    b.wait_exit(secs(30));
+    let b = start();
+    assert!(b
+        .log_text()
+        .contains("following the canary another host started"));
+    let write = async |from: usize| {
+        let events: Vec<NewEvent> = (from..from + 120)
+            .map(|i| NewEvent::new("stamp", format!("agg-{}", i % 60), json!({"n": i})))
+            .collect();
+        insert_events(&db.pool, &events).await;
+        wait_settled(&db.pool, "stamp", (from + 120) as i64, PATIENCE).await;
+    };
+    write(0).await;
+    let rows = delivered(&db.pool).await;
+    for r in &rows {
+        let expected = if canary_side(&r.aggregate_id) {
+            "2.0.0"
+        } else {
+            "1.0.0"
+        };
+        assert_eq!(r.stamped.as_deref(), Some(expected), "{r:?}");
+    }
+    let (on_a, on_b) = (
+        host_version_outcomes(&a, "stamp@2.0.0"),
+        host_version_outcomes(&b, "stamp@2.0.0"),
+    );
+    println!(
+        "CANARY by hand: during the canary {:?}; v2 outcomes on host a {on_a}, on host b {on_b}",
+        by_version(&rows)
+    );
+
+    // Aborted by hand: every aggregate is back on v1, on both hosts.
+    let aborted = cli(&["abort"]);
+    assert!(
+        aborted["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("stamp@1.0.0+"),
+        "{aborted}"
+    );
+    let row = canary_row(&a);
+    assert_eq!(row["state"], "aborted", "{row}");
+    assert_eq!(row["reason"], "aborted by hand", "{row}");
+    wait_until("b follows the abort", PATIENCE, async || {
+        b.log_text().contains("following the end of the canary")
+    })
+    .await;
+    write(120).await;
+    let after_abort = delivered(&db.pool).await;
+    assert!(after_abort[120..]
+        .iter()
+        .all(|r| r.stamped.as_deref() == Some("1.0.0")));
+
+    // Tried again, then promoted by hand: v2 everywhere, its source `promote`.
+    cli(&["load", "--canary", "30", v2.to_str().unwrap()]);
+    let promoted = cli(&["promote"]);
+    assert!(
+        promoted["version"]
+            .as_str()
+            .unwrap()
+            .starts_with("stamp@2.0.0+"),
+        "{promoted}"
+    );
+    wait_until("b follows the promotion", PATIENCE, async || {
+        b.log_text()
+            .contains("following the version another host activated")
+    })
+    .await;
+    write(240).await;
+    let after_promote = delivered(&db.pool).await;
+    assert!(after_promote[240..]
+        .iter()
+        .all(|r| r.stamped.as_deref() == Some("2.0.0")));
+    let (_, status) = a.send("GET", "/projections/stamp/status", None, b"");
+    assert_eq!(status["plugin"]["source"], "promote", "{status}");
+    assert_eq!(status["canary"]["state"], "promoted", "{status}");
+    assert_eq!(status["canary"]["decided_by"], "ops", "{status}");
+    // Nothing left to promote.
+    let out = run_projector(
+        &[
+            "versions",
+            "promote",
+            "--projection",
+            "stamp",
+            "--admin-url",
+            &admin_url,
+        ],
+        &[("OUTBOX_ADMIN_TOKEN", TOKEN)],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", output_text(&out));
+    assert!(
+        output_text(&out).contains("no running canary"),
+        "{}",
+        output_text(&out)
+    );
+    assert_eq!(stamp_duplicates(&db.pool).await, 0);
+}

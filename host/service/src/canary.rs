@@ -104,13 +104,13 @@ pub fn outcomes(
     verdicts: &[Verdict],
     settled: &[Settled],
 ) -> SideOutcomes {
+    let verdict_of: std::collections::HashMap<i64, &Verdict> =
+        events.iter().map(|e| e.seq).zip(verdicts).collect();
     let mut out = SideOutcomes::default();
     for s in settled {
-        let Some(i) = events.iter().position(|e| e.seq == s.seq) else {
-            continue;
-        };
-        if matches!(verdicts[i], Verdict::Deferred) {
-            continue;
+        match verdict_of.get(&s.seq) {
+            None | Some(Verdict::Deferred) => continue,
+            Some(_) => {}
         }
         out.events += 1;
         match s.status.as_str() {

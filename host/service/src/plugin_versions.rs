@@ -15,11 +15,12 @@
 //!   at most one is a running `canary`; every host runs those and follows every change (NOTIFY,
 //!   and a re-read after each reconnection). Changes of one projection are serialised in this
 //!   host, and across hosts by an advisory lock per projection held by the changing transaction.
-//! - At start ([`ActiveVersions::start`]) the configured file is activated only when the table
-//!   has no active version, when the file's component is one the table has never been given (a
-//!   new deploy), or under `OUTBOX_PLUGIN_FILE_POLICY=file`. Otherwise a file that differs from
-//!   the active version is ignored with a WARN naming both versions and the policy: a restart
-//!   never silently undoes an upload, a rollback or a promotion.
+//! - At start ([`ActiveVersions::start`], by [`crate::version_rule`]) the configured file is
+//!   activated only when the table has no active version, when the file's component is one the
+//!   table has never been given (a new deploy), or under `OUTBOX_PLUGIN_FILE_POLICY=file`.
+//!   Otherwise a file that differs from the active version is ignored with a WARN naming both
+//!   versions and the policy: a restart never silently undoes an upload, a rollback or a
+//!   promotion.
 //! - Every activation records its source: `file`, `upload`, `rollback`, `canary`, `promote`.
 //! - A canary is decided once ([`ActiveVersions::decide`]): under the projection's lock, by
 //!   whichever host first sees its outcome count reach `min_events`, or by hand (promote,
@@ -127,8 +128,22 @@ impl ActiveVersions {
         let mut slots = HashMap::new();
         for (spec, file, bytes) in loaded {
             let spec = Arc::new(spec);
-            let plugin =
-                startup_version(&runtime, &pool, worker_id, policy, &spec, file, &bytes).await?;
+            let database_version = async |component: Vec<u8>| {
+                let origin = format!("(active version of `{}` in plugin_versions)", spec.name);
+                load_blocking(&runtime, &spec, worker_id, component, origin)
+                    .await
+                    .0
+            };
+            let plugin = crate::version_rule::startup_version(
+                &pool,
+                worker_id,
+                policy,
+                &spec,
+                file,
+                &bytes,
+                database_version,
+            )
+            .await?;
             slots.insert(
                 spec.name.clone(),
                 Arc::new(ActiveSlot {
@@ -227,73 +242,6 @@ impl ActiveVersions {
         };
         self.activate(projection, bytes, by, "rollback").await
     }
-}
-
-/// The version a starting host runs for `spec`, given its configured `file` (see the module
-/// invariants); records the file as active when it wins.
-async fn startup_version(
-    runtime: &Arc<Runtime>,
-    pool: &PgPool,
-    worker_id: &str,
-    policy: PluginFilePolicy,
-    spec: &Arc<ProjectionSpec>,
-    file: Arc<LoadedPlugin>,
-    bytes: &[u8],
-) -> Result<Arc<LoadedPlugin>> {
-    let projection = spec.name.as_str();
-    let by = format!("startup:{worker_id}");
-    let mut tx = versions::begin_locked(pool, projection).await?;
-    let active = versions::active_on(&mut tx, projection).await?;
-    let known = versions::known_on(&mut tx, projection, &file.digest).await?;
-    let file_is_new = known
-        .as_ref()
-        .is_none_or(|(status, _)| status == "rejected");
-    let active = match active {
-        Some(active) if active.digest != file.digest => active,
-        Some(_) => {
-            tracing::info!(projection, version = %file.version_label, "the configured file is the active version");
-            return Ok(file);
-        }
-        None => {
-            versions::record_active_on(&mut tx, &activation(projection, &file, bytes, &by, "file"))
-                .await?;
-            tx.commit().await?;
-            tracing::info!(projection, version = %file.version_label, "first start: the configured file is registered as the active version");
-            return Ok(file);
-        }
-    };
-    let active_label = active.version_label.clone().unwrap_or_default();
-    let active_source = active.source.clone().unwrap_or_default();
-    if policy == PluginFilePolicy::File || file_is_new {
-        versions::record_active_on(&mut tx, &activation(projection, &file, bytes, &by, "file"))
-            .await?;
-        tx.commit().await?;
-        let why = if file_is_new {
-            "the configured file is a version the database has never been given (a new deploy)"
-        } else {
-            "OUTBOX_PLUGIN_FILE_POLICY=file: the configured file wins over the database"
-        };
-        tracing::warn!(projection, file_version = %file.version_label, replaced = %active_label,
-            replaced_source = %active_source, policy = %policy,
-            "the configured file replaces the database's active version: {why}");
-        return Ok(file);
-    }
-    tx.commit().await?;
-    tracing::warn!(projection, file_version = %file.version_label, file = %spec.plugin.display(),
-        active_version = %active_label, active_source = %active_source,
-        activated_by = active.activated_by.as_deref().unwrap_or("-"), policy = %policy,
-        "the configured plugin file differs from the database's active version; running the database's version (OUTBOX_PLUGIN_FILE_POLICY=database: the database's active version is the truth; set it to `file` to make the file win, or activate the file with `projector versions load`)");
-    let origin = format!("(active version of `{projection}` in plugin_versions)");
-    let (loaded, _) = load_blocking(runtime, spec, worker_id, active.component, origin).await;
-    loaded.map_err(|e| {
-        Error::config(
-            "OUTBOX_PLUGIN_FILE_POLICY",
-            format!(
-                "the database's active version {active_label} of `{projection}` cannot be loaded by this host ({e}); \
-                 set OUTBOX_PLUGIN_FILE_POLICY=file to run the configured file"
-            ),
-        )
-    })
 }
 
 impl ActiveVersions {

@@ -186,13 +186,30 @@ pub enum Command {
 /// `projector versions ...`.
 #[derive(Debug, Subcommand)]
 pub enum VersionsAction {
-    /// Validate FILE and make it the projection's active version.
+    /// Validate FILE and make it the projection's active version, or, with `--canary P%`, run it
+    /// for P % of the projection's aggregates until it is promoted or rolled back.
     Load {
         /// The projection.
         #[arg(long)]
         projection: String,
+        /// Start a canary for this share of aggregates (`10%` or `10`, 1 to 99) instead of
+        /// activating FILE for all of them.
+        #[arg(long, value_name = "PERCENT", value_parser = parse_share)]
+        canary: Option<u8>,
         /// The component.
         file: PathBuf,
+    },
+    /// Promote the projection's running canary: it becomes the active version.
+    Promote {
+        /// The projection.
+        #[arg(long)]
+        projection: String,
+    },
+    /// Abort the projection's running canary: its aggregates go back to the active version.
+    Abort {
+        /// The projection.
+        #[arg(long)]
+        projection: String,
     },
     /// Re-activate the version that was active before the current one.
     Rollback {
@@ -409,7 +426,7 @@ fn versions_command(
             return Err(Error::config(
                 table::admin_token.env,
                 format!(
-                    "not set: `load` and `rollback` need the host's admin token: pass --token or \
+                    "not set: `load`, `rollback`, `promote` and `abort` need the host's admin token: pass --token or \
                      set {}",
                     table::admin_token.env
                 ),
@@ -424,19 +441,34 @@ fn versions_command(
         .into();
     let auth = token.map(|t| format!("Bearer {t}")).unwrap_or_default();
     let response = match &action {
-        VersionsAction::Load { projection, file } => {
+        VersionsAction::Load {
+            projection,
+            canary,
+            file,
+        } => {
             let bytes = std::fs::read(file).map_err(|e| Error::Plugin {
                 path: file.clone(),
                 message: format!("cannot read: {e}"),
             })?;
+            let query = canary.map(|p| format!("?canary={p}")).unwrap_or_default();
             agent
-                .put(&format!("{base}/projections/{projection}/plugin"))
+                .put(&format!("{base}/projections/{projection}/plugin{query}"))
                 .header("Authorization", &auth)
                 .header("X-Projector-By", by)
                 .send(&bytes[..])
         }
         VersionsAction::Rollback { projection } => agent
             .post(&format!("{base}/projections/{projection}/rollback"))
+            .header("Authorization", &auth)
+            .header("X-Projector-By", by)
+            .send(&b""[..]),
+        VersionsAction::Promote { projection } => agent
+            .post(&format!("{base}/projections/{projection}/canary/promote"))
+            .header("Authorization", &auth)
+            .header("X-Projector-By", by)
+            .send(&b""[..]),
+        VersionsAction::Abort { projection } => agent
+            .post(&format!("{base}/projections/{projection}/canary/abort"))
             .header("Authorization", &auth)
             .header("X-Projector-By", by)
             .send(&b""[..]),
@@ -463,7 +495,21 @@ fn versions_command(
             "--projection",
             format!("unknown to the host ({status})"),
         )),
+        409 => Err(Error::config(
+            "--canary",
+            format!("refused by the host ({status}): {body}"),
+        )),
         _ => Err(Error::Other(anyhow::anyhow!("the host answered {status}"))),
+    }
+}
+
+/// `--canary`: a share of aggregates, `10%` or `10`, 1 to 99.
+fn parse_share(s: &str) -> std::result::Result<u8, String> {
+    match s.trim().trim_end_matches('%').parse::<u8>() {
+        Ok(p) if (1..=99).contains(&p) => Ok(p),
+        _ => Err(format!(
+            "`{s}` is not a share of aggregates between 1% and 99%"
+        )),
     }
 }
 

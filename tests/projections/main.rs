@@ -1,4 +1,4 @@
-//! The projections and their plugins: the three seed projections (search index, chronicle, query cache), the `sql` capability, hot swaps, the compiled-code cache, the examples (order-totals: a counting read model, redelivered and backfilled), the cost of a plugin call.
+//! The projections and their plugins: the three seed projections (search index, chronicle, query cache), the `sql` capability, hot swaps, which version runs after restarts, canary rollouts, the compiled-code cache, the examples (order-totals: a counting read model, redelivered and backfilled), the cost of a plugin call.
 //!
 //! One test binary per area: each file below is one scenario family, sharing `common` (the
 //! throwaway Postgres cluster, child hosts, plugins built once per binary).
@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod canary;
 mod chronicle_entries;
 mod compiled_cache;
 mod examples;
@@ -16,3 +17,4 @@ mod plugin_sdk;
 mod query_cache;
 mod search_index;
 mod sql_capability;
+mod version_rule;

@@ -14,8 +14,9 @@
 //!   write routes, before a byte of the body is read: without the right token the answer is 401
 //!   (with no token configured, 403), the connection is closed, and nothing changes. The token is
 //!   compared in constant time (SHA-256 digests, `subtle`). Writes: `PUT .../plugin` (body = the
-//!   component), `POST .../rollback`, `.../replay`, `.../skip`, `.../pause`, `.../resume`,
-//!   `.../rebuild`.
+//!   component; `?canary=P` starts a canary for P % of aggregates instead), `POST .../rollback`,
+//!   `.../canary/promote`, `.../canary/abort`, `.../replay`, `.../skip`, `.../pause`,
+//!   `.../resume`, `.../rebuild`.
 //! - Bodies are bounded per route: [`MAX_COMPONENT_BYTES`] for a component, [`MAX_JSON_BYTES`]
 //!   for every JSON write. A larger `Content-Length` is 413 before the body is read; a chunked
 //!   body is 413 as soon as it passes the limit.
@@ -108,6 +109,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(token.clone());
     let json_writes = Router::new()
         .route("/projections/{name}/rollback", post(rollback))
+        .route("/projections/{name}/canary/promote", post(promote_canary))
+        .route("/projections/{name}/canary/abort", post(abort_canary))
         .route("/projections/{name}/replay", post(replay))
         .route("/projections/{name}/skip", post(skip))
         .route("/projections/{name}/pause", post(pause))
@@ -350,23 +353,102 @@ fn activated(name: &str, result: crate::Result<Arc<projector_runtime::LoadedPlug
     }
 }
 
+/// The answer to a canary request: the version it concerns, or why not (404 for a projection
+/// this host does not run, 409 when the canary state does not allow it, 422 for a bad
+/// component).
+fn canary_reply(
+    name: &str,
+    status: &str,
+    result: crate::Result<Arc<projector_runtime::LoadedPlugin>>,
+) -> Reply {
+    match result {
+        Ok(p) => reply(
+            StatusCode::OK,
+            json!({"projection": name, "status": status, "version": p.version_label, "digest": p.digest}),
+        ),
+        Err(crate::Error::Config { key, message }) if key == "projection" => {
+            reply(StatusCode::NOT_FOUND, json!({"error": message}))
+        }
+        Err(e @ crate::Error::Config { .. }) => {
+            reply(StatusCode::CONFLICT, json!({"error": e.to_string()}))
+        }
+        other => activated(name, other),
+    }
+}
+
+/// `?canary=P` (or `P%`) of a plugin upload: the canary's share in percent, 1 to 99.
+fn canary_share(uri: &axum::http::Uri) -> Result<Option<u8>, Reply> {
+    let Some(raw) = uri
+        .query()
+        .unwrap_or_default()
+        .split('&')
+        .find_map(|kv| kv.strip_prefix("canary="))
+    else {
+        return Ok(None);
+    };
+    let text = raw.trim_end_matches("%25").trim_end_matches('%');
+    match text.parse::<u8>() {
+        Ok(p) if (1..=99).contains(&p) => Ok(Some(p)),
+        _ => Err(reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("canary: `{raw}` is not a share between 1 and 99 percent")}),
+        )),
+    }
+}
+
 async fn load_plugin(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    uri: axum::http::Uri,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
+    let share = match canary_share(&uri) {
+        Ok(share) => share,
+        Err(r) => return r,
+    };
     let (body, versions) =
         match body_within(body, MAX_COMPONENT_BYTES).and_then(|b| Ok((b, versions(&state)?))) {
             Ok(ok) => ok,
             Err(r) => return r,
         };
-    activated(
-        &name,
-        versions
-            .activate(&name, body.to_vec(), &actor(&headers))
-            .await,
-    )
+    match share {
+        None => activated(
+            &name,
+            versions
+                .activate(&name, body.to_vec(), &actor(&headers), "upload")
+                .await,
+        ),
+        Some(share) => canary_reply(
+            &name,
+            "canary",
+            versions
+                .start_canary(&name, body.to_vec(), share, &actor(&headers))
+                .await,
+        ),
+    }
+}
+
+async fn promote_canary(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    match versions(&state) {
+        Ok(v) => canary_reply(&name, "active", v.promote(&name, &actor(&headers)).await),
+        Err(r) => r,
+    }
+}
+
+async fn abort_canary(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    headers: HeaderMap,
+) -> Reply {
+    match versions(&state) {
+        Ok(v) => canary_reply(&name, "active", v.abort(&name, &actor(&headers)).await),
+        Err(r) => r,
+    }
 }
 
 async fn rollback(
@@ -382,10 +464,14 @@ async fn rollback(
 }
 
 async fn list_plugins(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
-    match projector_store::versions::list(&state.read_pool, &name).await {
-        Ok(rows) => reply(
+    let listed = match projector_store::versions::list(&state.read_pool, &name).await {
+        Ok(rows) => rows,
+        Err(e) => return read_failed(e),
+    };
+    match projector_store::versions::canaries(&state.read_pool, Some(&name)).await {
+        Ok(canaries) => reply(
             StatusCode::OK,
-            json!({"projection": name, "versions": rows}),
+            json!({"projection": name, "versions": listed, "canaries": canaries}),
         ),
         Err(e) => read_failed(e),
     }

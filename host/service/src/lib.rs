@@ -11,7 +11,9 @@
 //! Where things are:
 //! - [`settings`]: `OUTBOX_*` settings from flags, environment and TOML, validated once.
 //! - [`worker`]: one claim → call → settle loop.
-//! - [`plugin_versions`]: each projection's active plugin version, hot swaps and rollbacks.
+//! - [`plugin_versions`]: each projection's active plugin version, hot swaps and rollbacks,
+//!   canary rollouts. [`version_rule`]: which version a starting host runs. [`canary`]: a canary
+//!   in the claim loop (the split of a batch by aggregate, its counters, the decision rule).
 //! - [`rebuild`]: rebuilding a read model from its source of truth (direct, through the outbox,
 //!   or zero-downtime into shadow tables).
 //! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics` and
@@ -20,6 +22,7 @@
 //! - [`telemetry`]: the log subscriber, OpenTelemetry trace export, span and attribute names.
 #![deny(missing_docs)]
 
+pub mod canary;
 pub mod http;
 pub mod metrics;
 pub mod plugin_versions;
@@ -27,6 +30,7 @@ pub mod rebuild;
 pub mod run;
 pub mod settings;
 pub mod telemetry;
+pub mod version_rule;
 pub mod worker;
 
 pub use projector_core::{Error, Result};

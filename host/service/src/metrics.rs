@@ -75,6 +75,8 @@ pub struct Metrics {
     pub dispatch_total: IntCounterVec,
     /// Stuck rows taken over from an expired lease.
     pub reclaimed: IntCounterVec,
+    /// Outcomes by plugin version (`outcome`: `success`, `transient`, `terminal`).
+    pub by_version: IntCounterVec,
     /// Plugin calls that trapped.
     pub plugin_traps: IntCounterVec,
     /// Batch duration, claim to settle.
@@ -198,6 +200,12 @@ impl Metrics {
                 "projector_reclaimed_total",
                 "Events taken over from an expired lease.",
                 &["projection"],
+            ),
+            by_version: counter(
+                &r,
+                "projector_version_outcomes_total",
+                "Outcomes recorded per plugin version (the label stamped on events): success, transient (retried) or terminal (failed).",
+                &["projection", "version", "outcome"],
             ),
             plugin_traps: counter(
                 &r,
@@ -340,6 +348,28 @@ impl Metrics {
             self.dispatch_total
                 .with_label_values(&[projection, result, &event.event_type])
                 .inc();
+        }
+    }
+
+    /// Counts one settled (sub-)batch's outcomes under the `version` that produced them. The
+    /// `version` label takes one value per version a host ran, so it stays bounded.
+    pub fn record_version(
+        &self,
+        projection: &str,
+        version: &str,
+        outcomes: projector_store::versions::SideOutcomes,
+    ) {
+        let success = outcomes.events - outcomes.transient - outcomes.terminal;
+        for (outcome, n) in [
+            ("success", success),
+            ("transient", outcomes.transient),
+            ("terminal", outcomes.terminal),
+        ] {
+            if n > 0 {
+                self.by_version
+                    .with_label_values(&[projection, version, outcome])
+                    .inc_by(n as u64);
+            }
         }
     }
 

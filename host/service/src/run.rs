@@ -172,10 +172,25 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
     let worker_id: Arc<str> = settings.worker_id.as_str().into();
     let mut workers = tokio::task::JoinSet::new();
     let versions = Arc::new(
-        ActiveVersions::start(Arc::new(runtime), pool.clone(), &settings.worker_id, loaded).await?,
+        ActiveVersions::start(
+            Arc::new(runtime),
+            pool.clone(),
+            &settings.worker_id,
+            settings.plugin_file_policy,
+            settings.canary,
+            loaded,
+        )
+        .await?,
     );
     let _ = state.versions.set(versions.clone());
-    let mut watchers = vec![tokio::spawn(versions.clone().follow(shutdown.clone()))];
+    let mut watchers = vec![
+        tokio::spawn(versions.clone().follow(shutdown.clone())),
+        tokio::spawn(
+            versions
+                .clone()
+                .watch_canaries(crate::canary::DECISION_TICK, shutdown.clone()),
+        ),
+    ];
     if let Some(every) = settings.plugin_watch {
         for spec in &settings.projections {
             watchers.push(tokio::spawn(

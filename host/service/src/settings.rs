@@ -45,6 +45,38 @@ pub enum LogFormat {
     Json,
 }
 
+/// Which version a starting host runs when its configured plugin file differs from the version
+/// the database says is active (docs/plugins.md, "Which version runs").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PluginFilePolicy {
+    /// The database's active version, unless the file is a version no host was given before
+    /// (a new deploy), which is then registered and activated.
+    Database,
+    /// The file, always: it is activated at every start (the rule before 0.9).
+    File,
+}
+
+impl std::str::FromStr for PluginFilePolicy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "database" => Ok(Self::Database),
+            "file" => Ok(Self::File),
+            other => Err(format!("expected `database` or `file`, got `{other}`")),
+        }
+    }
+}
+
+impl std::fmt::Display for PluginFilePolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Database => "database",
+            Self::File => "file",
+        })
+    }
+}
+
 /// A setting's kind: the type a flag, variable or TOML key gives ([`Kind::Raw`]), the bounds it
 /// is checked against, and the type the service uses once checked ([`Kind::Value`]).
 pub trait Kind {
@@ -593,6 +625,15 @@ settings! {
         plugin_watch_seconds: SecondsOrOff = (2.0),
             "OUTBOX_PLUGIN_WATCH_SECONDS", "plugin-watch-seconds",
             "how often plugin files are checked for a new version; 0 = off";
+        plugin_file_policy: Choice<PluginFilePolicy> = (PluginFilePolicy::Database),
+            "OUTBOX_PLUGIN_FILE_POLICY", "plugin-file-policy",
+            "at start, when the configured plugin file differs from the database's active version: `database` keeps the database's version unless the file is new to it, `file` activates the file";
+        canary_min_events: Count<10_000_000> = (1000),
+            "OUTBOX_CANARY_MIN_EVENTS", "canary-min-events",
+            "outcomes a canary version handles before it is promoted or rolled back (recorded with the canary when it starts)";
+        canary_margin_percent: Count<100> = (5),
+            "OUTBOX_CANARY_MARGIN_PERCENT", "canary-margin-percent",
+            "percentage points by which a canary's transient or terminal failure rate may exceed the active version's and still be promoted";
         retention_done_seconds: SecondsOrOff = (0.0),
             "OUTBOX_RETENTION_DONE_SECONDS", "retention-done-seconds",
             "delete `done` rows older than this, in the background";
@@ -696,8 +737,21 @@ pub struct Settings {
     pub admin_token: Option<String>,
     /// How often plugin files are checked for a new version; `None` disables watching.
     pub plugin_watch: Option<Duration>,
+    /// Which version a starting host runs when its file differs from the database's.
+    pub plugin_file_policy: PluginFilePolicy,
+    /// The decision rule recorded with each canary this host starts.
+    pub canary: CanaryRule,
     /// Background deletion of old `done` rows; `None` keeps them.
     pub retention: Option<Retention>,
+}
+
+/// When a canary is decided, and how much worse than the active version it may be.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CanaryRule {
+    /// Canary outcomes before the decision.
+    pub min_events: i64,
+    /// Percentage points by which a canary failure rate may exceed the baseline's.
+    pub margin_percent: f64,
 }
 
 /// Retention of `done` rows ([`projector_store::outbox::retention`]).
@@ -915,6 +969,11 @@ impl Settings {
                 interval: host.retention_interval_seconds,
             }),
             plugin_watch: on(host.plugin_watch_seconds),
+            plugin_file_policy: host.plugin_file_policy,
+            canary: CanaryRule {
+                min_events: host.canary_min_events,
+                margin_percent: host.canary_margin_percent as f64,
+            },
             admin_token,
             plugin_cache_dir,
             elastic,

@@ -13,6 +13,10 @@
 //!   settles wrote (up to [`RetryWakeups::CAP`], the latest dropped first; the poll covers those),
 //!   not only the last batch's earliest, so a retry is not left to the poll because a later batch
 //!   came in between.
+//! - While a canary runs, a claimed batch is split by aggregate ([`crate::canary::split`]) and
+//!   its parts run one after the other under the batch's one lease, each on its own version and
+//!   handler, each settled stamped with its version; their outcomes are added to the canary's
+//!   counters.
 
 use crate::metrics::Metrics;
 use crate::plugin_versions::ActiveSlot;
@@ -20,6 +24,7 @@ use crate::settings::ProjectionSpec;
 use projector_runtime::dispatch::dispatch;
 use projector_runtime::Handler;
 use projector_store::outbox::{claim, lease, settle, Claim};
+use projector_store::versions::SideOutcomes;
 use sqlx::PgPool;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,6 +59,8 @@ impl Worker {
     pub async fn run(self) {
         let projection = self.spec.name.clone();
         let mut handler = Some(Handler::new(self.plugin.current()));
+        // While a canary runs, its version's handler (the active one's stays in `handler`).
+        let mut canary_handler: Option<Handler> = None;
         let mut failures: u32 = 0;
         // The retries this loop scheduled: waking when one falls due beats waiting for the poll.
         let mut retries = RetryWakeups::default();
@@ -65,20 +72,42 @@ impl Worker {
             let idle = match claimed {
                 Ok(claim) if !claim.events.is_empty() => {
                     failures = 0;
-                    // The version is read once per batch: a swap takes effect at the next batch.
+                    // The versions are read once per batch: a swap takes effect at the next batch.
                     let current = self.plugin.current();
+                    let canary = self.plugin.canary();
                     let span = crate::telemetry::batch_span(
                         &claim,
                         &self.worker_id,
                         &current.version_label,
                     );
-                    let handler_in = match handler.take() {
-                        Some(h) if Arc::ptr_eq(h.plugin(), &current) => h,
-                        _ => Handler::new(current),
-                    };
-                    let (h, retry_in) = self.process(claim, handler_in).instrument(span).await;
-                    handler = Some(h);
-                    retries.schedule(tokio::time::Instant::now(), retry_in);
+                    // Without a canary, one part: the whole claim on the active version.
+                    for part in crate::canary::split(claim, current, canary.as_deref()) {
+                        let kept = match part.canary_side {
+                            true => &mut canary_handler,
+                            false => &mut handler,
+                        };
+                        let handler_in = match kept.take() {
+                            Some(h) if Arc::ptr_eq(h.plugin(), &part.plugin) => h,
+                            _ => Handler::new(part.plugin),
+                        };
+                        let (h, retry_in, outcomes) = self
+                            .process(part.claim, handler_in)
+                            .instrument(span.clone())
+                            .await;
+                        *kept = Some(h);
+                        retries.schedule(tokio::time::Instant::now(), retry_in);
+                        if let Some(id) = part.canary_id {
+                            let counted = projector_store::versions::count_canary(
+                                &self.pool,
+                                id,
+                                part.canary_side,
+                                outcomes,
+                            );
+                            if let Err(e) = counted.await {
+                                warn!(projection = %projection, error = %e, "cannot count the canary's outcomes");
+                            }
+                        }
+                    }
                     false
                 }
                 Ok(_) => {
@@ -107,10 +136,15 @@ impl Worker {
         debug!(projection = %projection, "claim loop stopped");
     }
 
-    /// Handles one claimed batch end to end; gives the handler back with the retry delays it
-    /// scheduled.
-    async fn process(&self, claim: Claim, handler: Handler) -> (Handler, Vec<Duration>) {
+    /// Handles one claimed batch (or a canary's part of one) end to end; gives the handler back
+    /// with the retry delays it scheduled and the outcomes it recorded.
+    async fn process(
+        &self,
+        claim: Claim,
+        handler: Handler,
+    ) -> (Handler, Vec<Duration>, SideOutcomes) {
         let started = Instant::now();
+        let plugin = handler.plugin().clone();
         let projection = self.spec.name.as_str();
         let tuning = &self.spec.tuning;
         let reclaimed = claim.events.iter().filter(|e| e.reclaimed).count();
@@ -143,7 +177,7 @@ impl Worker {
                     {
                         warn!(projection, error = %e, "release failed; the batch will be reclaimed after its lease");
                     }
-                    return (handler, vec![self.poll_interval]);
+                    return (handler, vec![self.poll_interval], SideOutcomes::default());
                 }
             },
             None => None,
@@ -199,10 +233,7 @@ impl Worker {
         // Runs are settled up to their first non-success (a no-op with one event per aggregate).
         projector_store::outbox::defer_after_failures(&claim.events, &mut verdicts);
 
-        let version = handler
-            .as_ref()
-            .map(|h| h.plugin().version_label.clone())
-            .unwrap_or_else(|| self.plugin.current().version_label.clone());
+        let version = plugin.version_label.clone();
         let settled = match tx {
             Some(Ok(tx)) => {
                 self.settle_in_transaction(tx, &claim, &verdicts, &version)
@@ -238,9 +269,12 @@ impl Worker {
         };
         crate::telemetry::record_events(&claim, &verdicts, settled.as_deref());
         let mut retry_in = Vec::new();
+        let mut outcomes = SideOutcomes::default();
         match settled {
             Some(settled) => {
                 retry_in = settled.iter().filter_map(|s| s.retry_in).collect();
+                outcomes = crate::canary::outcomes(&claim.events, &verdicts, &settled);
+                self.metrics.record_version(projection, &version, outcomes);
                 if settled.len() < claim.events.len() {
                     warn!(projection, claim_batch_id = %claim.batch_id, held = settled.len(), claimed = claim.events.len(),
                         "lease lost before settling: outcomes of rows reclaimed elsewhere were discarded");
@@ -257,10 +291,8 @@ impl Worker {
             .batch_duration
             .with_label_values(&[projection])
             .observe(started.elapsed().as_secs_f64());
-        let handler = handler
-            .take()
-            .unwrap_or_else(|| Handler::new(self.plugin.current()));
-        (handler, retry_in)
+        let handler = handler.take().unwrap_or_else(|| Handler::new(plugin));
+        (handler, retry_in, outcomes)
     }
 
     /// Settles, retrying briefly on database errors within the lease: giving up only means the

@@ -35,6 +35,8 @@ pub struct ProjectionStatus {
     pub plugin: Option<ActivePlugin>,
     /// The pause, if the projection is paused.
     pub paused: Option<Pause>,
+    /// The running canary, else the latest decided one, if the projection had any.
+    pub canary: Option<crate::versions::CanaryRow>,
 }
 
 /// The plugin version a projection's hosts run.
@@ -48,6 +50,8 @@ pub struct ActivePlugin {
     pub activated_at: Option<chrono::DateTime<chrono::Utc>>,
     /// Who activated it.
     pub activated_by: Option<String>,
+    /// Where the activation came from: `file`, `upload`, `rollback`, `canary` or `promote`.
+    pub source: Option<String>,
 }
 
 /// Who paused a projection, when and why.
@@ -67,6 +71,7 @@ const BLOCKED: &str = include_str!("status_blocked.sql");
 const FAILED_BY_REASON: &str = include_str!("status_failed_by_reason.sql");
 const PLUGINS: &str = include_str!("status_plugins.sql");
 const PAUSES: &str = include_str!("status_pauses.sql");
+const CANARIES: &str = include_str!("../versions/canaries.sql");
 
 /// The state of `projection` (or of every projection), sorted by name.
 pub async fn status(
@@ -90,6 +95,7 @@ pub async fn status(
                 oldest_pending_age_seconds: None,
                 plugin: None,
                 paused: None,
+                canary: None,
             })
     }
     let counts: Vec<(String, String, i64)> = sqlx::query_as(COUNTS)
@@ -122,23 +128,37 @@ pub async fn status(
     for (name, reason, n) in failed {
         entry(&mut all, &name).failed_by_reason.insert(reason, n);
     }
-    let plugins: Vec<(
+    type PluginRow = (
         String,
         Option<String>,
         String,
         Option<chrono::DateTime<chrono::Utc>>,
         Option<String>,
-    )> = sqlx::query_as(PLUGINS)
+        Option<String>,
+    );
+    let plugins: Vec<PluginRow> = sqlx::query_as(PLUGINS)
         .bind(projection)
         .fetch_all(&mut *tx)
         .await?;
-    for (name, version, digest, activated_at, activated_by) in plugins {
+    for (name, version, digest, activated_at, activated_by, source) in plugins {
         entry(&mut all, &name).plugin = Some(ActivePlugin {
             version,
             digest,
             activated_at,
             activated_by,
+            source,
         });
+    }
+    // Latest first: the first row of a projection is its running or latest canary.
+    let canaries: Vec<crate::versions::CanaryRow> = sqlx::query_as(CANARIES)
+        .bind(projection)
+        .fetch_all(&mut *tx)
+        .await?;
+    for c in canaries {
+        let e = entry(&mut all, &c.projection.clone());
+        if e.canary.is_none() {
+            e.canary = Some(c);
+        }
     }
     let pauses: Vec<(
         String,
@@ -212,12 +232,14 @@ pub fn render_table(rows: &[ProjectionStatus]) -> String {
                 .map(|a| format!("{a:.1}s"))
                 .unwrap_or_else(|| "-".into()),
         );
-        line.push(
-            r.plugin
-                .as_ref()
-                .and_then(|p| p.version.clone())
-                .unwrap_or_else(|| "-".into()),
-        );
+        line.push(match &r.plugin {
+            Some(p) => format!(
+                "{} ({})",
+                p.version.as_deref().unwrap_or("-"),
+                p.source.as_deref().unwrap_or("-")
+            ),
+            None => "-".into(),
+        });
         line.push(match &r.paused {
             Some(p) => format!("yes (by {})", p.paused_by),
             None => "no".into(),
@@ -237,6 +259,12 @@ pub fn render_table(rows: &[ProjectionStatus]) -> String {
         out.push_str(cells.join("  ").trim_end());
         out.push('\n');
     }
+    for (r, c) in rows
+        .iter()
+        .filter_map(|r| r.canary.as_ref().map(|c| (r, c)))
+    {
+        out.push_str(&render_canary(&r.projection, c));
+    }
     for r in rows.iter().filter(|r| !r.failed_by_reason.is_empty()) {
         let reasons: Vec<String> = r
             .failed_by_reason
@@ -253,4 +281,41 @@ pub fn render_table(rows: &[ProjectionStatus]) -> String {
         ));
     }
     out
+}
+
+/// One line on a projection's canary: state, share, outcomes and failure rates per version, and
+/// the decision with its reason once taken.
+pub fn render_canary(projection: &str, c: &crate::versions::CanaryRow) -> String {
+    let rate = |n: i64, of: i64| {
+        if of == 0 {
+            "-".to_owned()
+        } else {
+            format!("{:.1}%", 100.0 * n as f64 / of as f64)
+        }
+    };
+    let side = |label: &Option<String>, events: i64, transient: i64, terminal: i64| {
+        format!(
+            "{} {events} outcomes, transient {}, terminal {}",
+            label.as_deref().unwrap_or("-"),
+            rate(transient, events),
+            rate(terminal, events)
+        )
+    };
+    let mut line = format!(
+        "canary of {projection}: {} ({}% of aggregates, decided after {} outcomes, margin {} points); canary {}; baseline {}",
+        c.state,
+        c.share_percent,
+        c.min_events,
+        c.margin_percent,
+        side(&c.canary_version, c.canary_events, c.canary_transient, c.canary_terminal),
+        side(&c.baseline_version, c.baseline_events, c.baseline_transient, c.baseline_terminal),
+    );
+    if let Some(reason) = &c.reason {
+        line.push_str(&format!(
+            "; by {}: {reason}",
+            c.decided_by.as_deref().unwrap_or("-")
+        ));
+    }
+    line.push('\n');
+    line
 }

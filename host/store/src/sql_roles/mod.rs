@@ -309,6 +309,7 @@ pub const SESSION_RESET: &str = include_str!("session_reset.sql");
 const HOST_TABLES: &[&str] = &[
     "outbox_events",
     "plugin_versions",
+    "plugin_canaries",
     "replay_audit",
     "projection_pauses",
     "projector_rebuilds",

@@ -2,14 +2,17 @@
 # throwaway Postgres cluster. Source it; it defines functions only.
 
 # Installs the Postgres server (Debian's `postgresql`), curl, promtool (Debian's `prometheus`, for
-# the monitoring rules' checks), the wasm32-wasip2 target, osmem-server and componentize-py if
-# absent.
+# the monitoring rules' checks), Chromium and its WebDriver (Debian's `chromium` and
+# `chromium-driver`, for the console's browser test), the wasm32-wasip2 target, osmem-server and
+# componentize-py if absent.
 ensure_prerequisites() {
     local missing=()
     compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
     command -v curl >/dev/null || missing+=(curl)
     command -v python3 >/dev/null || missing+=(python3)
     command -v promtool >/dev/null || missing+=(prometheus)
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "==> installing ${missing[*]} (apt)" >&2
         apt-get update -qq

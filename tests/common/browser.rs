@@ -193,13 +193,23 @@ impl Browser {
         path
     }
 
-    /// The text of the first element `css` matches (waiting for one).
+    /// The rendered text of the first element `css` matches, waiting up to 30 s for one. Read in
+    /// one script, so a page that re-renders the element meanwhile cannot make it stale.
     pub async fn text(&self, css: &str) -> String {
-        self.wait_for(css)
-            .await
-            .text()
-            .await
-            .unwrap_or_else(|e| panic!("text of {css}: {e}"))
+        let deadline = Instant::now() + ELEMENT_WAIT;
+        loop {
+            let text = self
+                .eval(
+                    "const e = document.querySelector(arguments[0]); return e === null ? null : e.innerText;",
+                    vec![json!(css)],
+                )
+                .await;
+            if let Value::String(text) = text {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "no element {css} within {ELEMENT_WAIT:?}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// The first element `css` matches, waiting up to 30 s for it.
@@ -226,13 +236,17 @@ impl Browser {
         }
     }
 
-    /// Clicks the first element `css` matches.
+    /// Clicks the first element `css` matches (found again if the page re-rendered it between
+    /// the lookup and the click).
     pub async fn click(&self, css: &str) {
-        self.wait_for(css)
-            .await
-            .click()
-            .await
-            .unwrap_or_else(|e| panic!("click {css}: {e}"));
+        let deadline = Instant::now() + ELEMENT_WAIT;
+        loop {
+            match self.wait_for(css).await.click().await {
+                Ok(()) => return,
+                Err(e) if e.contains("stale element") && Instant::now() < deadline => continue,
+                Err(e) => panic!("click {css}: {e}"),
+            }
+        }
     }
 
     /// Runs `script` (a function body; `arguments[i]` are `args`) in the page; its return value.

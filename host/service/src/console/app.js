@@ -430,6 +430,7 @@
         await api("GET", projectionPath(p, "/events?status=failed&limit=1"));
         st.textContent = "token accepted";
         st.className = "ok";
+        $("notice").textContent = "";
       } catch (e) {
         st.textContent = "token refused: " + e.message;
         st.className = "error";

@@ -409,10 +409,16 @@ pub fn main() -> ExitCode {
                 let detail = outbox::events::detail(&pool, &projection, key)
                     .await?
                     .ok_or_else(|| {
-                        Error::config("--event", format!("projection `{projection}` has no such event"))
+                        Error::config(
+                            "--event",
+                            format!("projection `{projection}` has no such event"),
+                        )
                     })?;
                 // JSON either way: the payload and headers are JSON documents.
-                println!("{}", serde_json::to_string_pretty(&detail).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&detail).expect("serialisable")
+                );
                 return Ok(());
             }
             let query = outbox::events::Query {
@@ -424,7 +430,10 @@ pub fn main() -> ExitCode {
             };
             let rows = outbox::events::list(&pool, &projection, &query).await?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&rows).expect("serialisable"));
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).expect("serialisable")
+                );
             } else {
                 print!("{}", outbox::events::render_table(&rows));
             }

@@ -89,7 +89,9 @@ impl Element {
     /// Types `text` into it.
     pub async fn send_keys(&self, text: &str) -> Result<(), String> {
         let path = format!("/element/{}/value", self.id);
-        self.session.command("POST", &path, Some(json!({"text": text}))).map(|_| ())
+        self.session
+            .command("POST", &path, Some(json!({"text": text})))
+            .map(|_| ())
     }
 
     /// Empties it (an input).
@@ -140,7 +142,10 @@ impl Browser {
         let profile = tempfile::tempdir().expect("a profile directory");
         let deadline = Instant::now() + Duration::from_secs(30);
         while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver did not listen on {port}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         let mut args: Vec<String> = CHROMIUM_FLAGS.iter().map(|s| s.to_string()).collect();
@@ -207,7 +212,10 @@ impl Browser {
             if let Value::String(text) = text {
                 return text;
             }
-            assert!(Instant::now() < deadline, "no element {css} within {ELEMENT_WAIT:?}");
+            assert!(
+                Instant::now() < deadline,
+                "no element {css} within {ELEMENT_WAIT:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -226,7 +234,7 @@ impl Browser {
                     return Element {
                         session: self.session.clone(),
                         id: v[ELEMENT_KEY].as_str().expect("an element id").to_owned(),
-                    }
+                    };
                 }
                 Err(e) if Instant::now() >= deadline => {
                     panic!("no element {css} within {ELEMENT_WAIT:?}: {e}")

@@ -42,12 +42,20 @@ async fn assert_page_shows(browser: &Browser, status: &Value) {
     let counts = &status["counts"];
     for s in ["pending", "processing", "done", "failed", "skipped"] {
         let shown = cell(browser, &format!("counts.{s}")).await;
-        assert_eq!(shown, counts[s].to_string(), "counts.{s}: page vs projector status");
+        assert_eq!(
+            shown,
+            counts[s].to_string(),
+            "counts.{s}: page vs projector status"
+        );
     }
     let lag = counts["pending"].as_i64().unwrap() + counts["processing"].as_i64().unwrap();
     assert_eq!(cell(browser, "lag").await, lag.to_string(), "lag");
     for field in ["stuck", "blocked"] {
-        assert_eq!(cell(browser, field).await, status[field].to_string(), "{field}");
+        assert_eq!(
+            cell(browser, field).await,
+            status[field].to_string(),
+            "{field}"
+        );
     }
     assert_eq!(
         cell(browser, "plugin.version").await,
@@ -63,8 +71,14 @@ async fn assert_page_shows(browser: &Browser, status: &Value) {
     let age = cell(browser, "oldest_pending_age_seconds").await;
     match status["oldest_pending_age_seconds"].as_f64() {
         Some(cli) => {
-            let shown: f64 = age.trim_end_matches(" s").parse().expect("an age in seconds");
-            assert!((shown - cli).abs() < 10.0, "oldest pending: page {shown}, cli {cli}");
+            let shown: f64 = age
+                .trim_end_matches(" s")
+                .parse()
+                .expect("an age in seconds");
+            assert!(
+                (shown - cli).abs() < 10.0,
+                "oldest pending: page {shown}, cli {cli}"
+            );
         }
         None => assert_eq!(age, "-"),
     }
@@ -81,7 +95,10 @@ async fn assert_page_shows(browser: &Browser, status: &Value) {
         .iter()
         .map(|(r, n)| (r.clone(), n.to_string()))
         .collect();
-    assert_eq!(shown, expected, "failed by reason: page vs projector status");
+    assert_eq!(
+        shown, expected,
+        "failed by reason: page vs projector status"
+    );
 }
 
 /// Waits until the page's overview shows `failed` failed events (it refreshes every 2 s).
@@ -144,7 +161,11 @@ async fn the_console_shows_what_projector_status_shows_keeps_hostile_payloads_as
     events.push(NewEvent::new("p", AGGREGATE_MARKUP, hostile));
     // Behind the failed ones of their aggregates: blocked.
     events.push(NewEvent::new("p", "f0", json!({"outcome": "success"})));
-    events.push(NewEvent::new("p", AGGREGATE_MARKUP, json!({"outcome": "success"})));
+    events.push(NewEvent::new(
+        "p",
+        AGGREGATE_MARKUP,
+        json!({"outcome": "success"}),
+    ));
     let ids = insert_events(&db.pool, &events).await;
     let hostile_id = ids[7];
     let dir = tempfile::tempdir().unwrap();
@@ -232,11 +253,17 @@ async fn the_console_shows_what_projector_status_shows_keeps_hostile_payloads_as
         .await;
     let payload = browser.text("#event-payload").await;
     assert!(payload.contains(SCRIPT_TAG), "{payload}");
-    assert!(payload.contains(r#"<img src=x onerror=\"window.__pwned=2\">"#), "{payload}");
+    assert!(
+        payload.contains(r#"<img src=x onerror=\"window.__pwned=2\">"#),
+        "{payload}"
+    );
     assert_eq!(browser.text("#event-error").await, ERROR_MARKUP);
     let listed = browser.text("#event-list tbody").await;
     assert!(listed.contains(AGGREGATE_MARKUP), "{listed}");
-    assert!(browser.text("#event-seq").await.contains(&hostile_id.to_string()));
+    assert!(browser
+        .text("#event-seq")
+        .await
+        .contains(&hostile_id.to_string()));
     let probe = "return {pwned: window.__pwned === undefined ? null : window.__pwned, \
                  imgs: document.querySelectorAll('img').length, \
                  scripts: document.scripts.length, violations: window.__violations};";
@@ -262,7 +289,11 @@ async fn the_console_shows_what_projector_status_shows_keeps_hostile_payloads_as
         .await;
     let controlled = browser.eval(probe, vec![]).await;
     assert_eq!(controlled["imgs"], 1, "{controlled}");
-    assert_eq!(controlled["pwned"], Value::Null, "the policy stopped it: {controlled}");
+    assert_eq!(
+        controlled["pwned"],
+        Value::Null,
+        "the policy stopped it: {controlled}"
+    );
     browser
         .eval(
             "document.getElementById('control').remove(); window.__violations = [];",

@@ -36,14 +36,30 @@ fn seqs(rows: &Value) -> Vec<i64> {
 /// done ones; settled by a host that is then stopped. Returns the ids in insert order.
 async fn seeded(db: &TestDb) -> Vec<uuid::Uuid> {
     let events = vec![
-        NewEvent::new("p", "a", json!({"outcome": "deterministic", "reason": "bad_payload", "title": "first"})),
+        NewEvent::new(
+            "p",
+            "a",
+            json!({"outcome": "deterministic", "reason": "bad_payload", "title": "first"}),
+        ),
         NewEvent::new("p", "a", json!({"outcome": "success"})),
-        NewEvent::new("p", "b", json!({"outcome": "deterministic", "reason": "es_mapping", "message": "mapping conflict on title"})),
+        NewEvent::new(
+            "p",
+            "b",
+            json!({"outcome": "deterministic", "reason": "es_mapping", "message": "mapping conflict on title"}),
+        ),
         NewEvent::new("p", "c", json!({"outcome": "success"})),
-        NewEvent::new("p", "d", json!({"outcome": "deterministic", "reason": "bad_payload", "title": "second"})),
+        NewEvent::new(
+            "p",
+            "d",
+            json!({"outcome": "deterministic", "reason": "bad_payload", "title": "second"}),
+        ),
     ];
     let ids = insert_events(&db.pool, &events).await;
-    let mut host = Host::start(&db.url, &["--plugin", &format!("p={}", plugin("scripted").display())], &[]);
+    let mut host = Host::start(
+        &db.url,
+        &["--plugin", &format!("p={}", plugin("scripted").display())],
+        &[],
+    );
     host.wait_ready(PATIENCE);
     wait_until("3 failed and 1 done", PATIENCE, async || {
         let c = status_counts(&db.pool, "p").await;
@@ -71,21 +87,42 @@ async fn projector_events_lists_failed_and_blocked_events_with_ids_reasons_and_p
     assert_eq!(failed[0]["id"], ids[0].to_string());
     assert_eq!(failed[0]["error_reason"], "bad_payload");
     assert_eq!(failed[0]["failure_kind"], "deterministic");
-    assert!(failed[0]["payload_excerpt"].as_str().unwrap().contains("\"first\""), "{failed}");
+    assert!(
+        failed[0]["payload_excerpt"]
+            .as_str()
+            .unwrap()
+            .contains("\"first\""),
+        "{failed}"
+    );
     assert_eq!(failed[1]["error_excerpt"], "mapping conflict on title");
-    assert!(failed[1]["projection_version"].as_str().unwrap().starts_with("scripted@"));
+    assert!(failed[1]["projection_version"]
+        .as_str()
+        .unwrap()
+        .starts_with("scripted@"));
 
     // By reason; a page and the next one.
-    assert_eq!(seqs(&events_json(&db, &["--reason", "bad_payload"])), [seq[0], seq[4]]);
+    assert_eq!(
+        seqs(&events_json(&db, &["--reason", "bad_payload"])),
+        [seq[0], seq[4]]
+    );
     assert_eq!(seqs(&events_json(&db, &["--limit", "2"])), [seq[0], seq[2]]);
     let after = seq[2].to_string();
-    assert_eq!(seqs(&events_json(&db, &["--limit", "2", "--after", &after])), [seq[4]]);
+    assert_eq!(
+        seqs(&events_json(&db, &["--limit", "2", "--after", &after])),
+        [seq[4]]
+    );
 
     // Blocked: the pending event behind the failed one of its aggregate, naming it.
     let blocked = events_json(&db, &["--status", "blocked"]);
     assert_eq!(seqs(&blocked), [seq[1]]);
     assert_eq!(blocked[0]["blocked_by"], seq[0]);
-    assert_eq!(seqs(&events_json(&db, &["--status", "blocked", "--reason", "es_mapping"])), Vec::<i64>::new());
+    assert_eq!(
+        seqs(&events_json(
+            &db,
+            &["--status", "blocked", "--reason", "es_mapping"]
+        )),
+        Vec::<i64>::new()
+    );
     assert_eq!(seqs(&events_json(&db, &["--status", "done"])), [seq[3]]);
 
     // The table names the same ids.
@@ -93,11 +130,24 @@ async fn projector_events_lists_failed_and_blocked_events_with_ids_reasons_and_p
     assert!(out.status.success(), "{}", output_text(&out));
     let table = String::from_utf8(out.stdout).unwrap();
     assert!(table.starts_with("seq"), "{table}");
-    assert!(table.contains(&ids[2].to_string()) && !table.contains(&ids[0].to_string()), "{table}");
+    assert!(
+        table.contains(&ids[2].to_string()) && !table.contains(&ids[0].to_string()),
+        "{table}"
+    );
 
     // The ids go straight into skip; one event's detail then shows it skipped, with its audit.
     let skip = run_projector(
-        &["skip", "--projection", "p", "--ids", &ids[4].to_string(), "--by", "ops", "--reason", "poison"],
+        &[
+            "skip",
+            "--projection",
+            "p",
+            "--ids",
+            &ids[4].to_string(),
+            "--by",
+            "ops",
+            "--reason",
+            "poison",
+        ],
         &[("DATABASE_URL", db.url.as_str())],
     );
     assert!(skip.status.success(), "{}", output_text(&skip));
@@ -118,8 +168,17 @@ async fn projector_events_lists_failed_and_blocked_events_with_ids_reasons_and_p
         (vec!["--event", "999999"], "--event"),
     ] {
         let out = events_cli(&db, &args);
-        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", output_text(&out));
-        assert!(String::from_utf8_lossy(&out.stderr).contains(named), "{args:?}: {}", output_text(&out));
+        assert_eq!(
+            out.status.code(),
+            Some(2),
+            "{args:?}: {}",
+            output_text(&out)
+        );
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(named),
+            "{args:?}: {}",
+            output_text(&out)
+        );
     }
 }
 
@@ -140,17 +199,44 @@ async fn the_events_api_needs_the_token_answers_as_the_cli_and_refuses_cross_sit
         let (status, answer) = host.send("GET", path, None, b"");
         assert_eq!(status, 401, "GET {path}: {answer}");
     }
-    let (status, listed) = host.send("GET", "/projections/p/events?status=failed", Some(TOKEN), b"");
+    let (status, listed) = host.send(
+        "GET",
+        "/projections/p/events?status=failed",
+        Some(TOKEN),
+        b"",
+    );
     assert_eq!(status, 200, "{listed}");
-    assert_eq!(listed["events"], events_json(&db, &[]), "the API lists what the CLI lists");
-    let (_, blocked) = host.send("GET", "/projections/p/events?status=blocked", Some(TOKEN), b"");
-    assert_eq!(blocked["events"], events_json(&db, &["--status", "blocked"]));
+    assert_eq!(
+        listed["events"],
+        events_json(&db, &[]),
+        "the API lists what the CLI lists"
+    );
+    let (_, blocked) = host.send(
+        "GET",
+        "/projections/p/events?status=blocked",
+        Some(TOKEN),
+        b"",
+    );
+    assert_eq!(
+        blocked["events"],
+        events_json(&db, &["--status", "blocked"])
+    );
     let (_, page) = host.send("GET", "/projections/p/events?limit=2", Some(TOKEN), b"");
     let next = page["next_after"].as_i64().expect("a next page");
-    let (_, rest) = host.send("GET", &format!("/projections/p/events?limit=2&after={next}"), Some(TOKEN), b"");
+    let (_, rest) = host.send(
+        "GET",
+        &format!("/projections/p/events?limit=2&after={next}"),
+        Some(TOKEN),
+        b"",
+    );
     assert_eq!(rest["events"][0]["id"], ids[4].to_string(), "{rest}");
     assert_eq!(rest["next_after"], Value::Null, "{rest}");
-    let (status, detail) = host.send("GET", &format!("/projections/p/events/{}", ids[2]), Some(TOKEN), b"");
+    let (status, detail) = host.send(
+        "GET",
+        &format!("/projections/p/events/{}", ids[2]),
+        Some(TOKEN),
+        b"",
+    );
     assert_eq!(status, 200, "{detail}");
     assert_eq!(detail["error"], "mapping conflict on title");
     assert_eq!(detail["headers"]["json"], json!({}));
@@ -163,7 +249,10 @@ async fn the_events_api_needs_the_token_answers_as_the_cli_and_refuses_cross_sit
     ] {
         let (status, answer) = host.send("GET", path, Some(TOKEN), b"");
         assert_eq!(status, code, "{path}: {answer}");
-        assert!(answer["error"].as_str().unwrap().contains(named), "{path}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(named),
+            "{path}: {answer}"
+        );
     }
 
     // A write a browser marks as cross-site is refused, token or not, and changes nothing.
@@ -172,7 +261,11 @@ async fn the_events_api_needs_the_token_answers_as_the_cli_and_refuses_cross_sit
         .http_status_as_error(false)
         .build()
         .into();
-    for (header, value) in [("Origin", "http://evil.example"), ("Sec-Fetch-Site", "cross-site"), ("Origin", "null")] {
+    for (header, value) in [
+        ("Origin", "http://evil.example"),
+        ("Sec-Fetch-Site", "cross-site"),
+        ("Origin", "null"),
+    ] {
         let mut r = agent
             .post(&url)
             .header("Authorization", &format!("Bearer {TOKEN}"))
@@ -196,7 +289,12 @@ async fn the_events_api_needs_the_token_answers_as_the_cli_and_refuses_cross_sit
         .header("Sec-Fetch-Site", "same-origin")
         .send(&br#"{"reason": "same origin"}"#[..])
         .unwrap();
-    assert_eq!(r.status().as_u16(), 200, "{}", r.body_mut().read_to_string().unwrap());
+    assert_eq!(
+        r.status().as_u16(),
+        200,
+        "{}",
+        r.body_mut().read_to_string().unwrap()
+    );
 
     // The history the console charts: samples from memory, every projection of the host.
     wait_until("a history sample", PATIENCE, async || {
@@ -205,7 +303,11 @@ async fn the_events_api_needs_the_token_answers_as_the_cli_and_refuses_cross_sit
     })
     .await;
     let (_, h) = host.send("GET", "/projections/p/history", None, b"");
-    assert_eq!(h["samples"].as_array().unwrap().last().unwrap()["blocked"], 1, "{h}");
+    assert_eq!(
+        h["samples"].as_array().unwrap().last().unwrap()["blocked"],
+        1,
+        "{h}"
+    );
     let (status, _) = host.send("GET", "/projections/nope/history", None, b"");
     assert_eq!(status, 404);
 }

@@ -33,7 +33,10 @@ const APP_CSS: &str = include_str!("console/app.css");
 /// The console's routes: `/ui` (the page), `/ui/app.js`, `/ui/app.css`.
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
-        .route("/ui", get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }))
+        .route(
+            "/ui",
+            get(|| async { asset("text/html; charset=utf-8", INDEX_HTML) }),
+        )
         .route("/ui/", get(|| async { Redirect::permanent("/ui") }))
         .route(
             "/ui/app.js",
@@ -111,7 +114,10 @@ mod tests {
                 }),
                 _ => html.contains(inline),
             };
-            assert!(!found, "index.html has inline `{inline}` (the policy forbids it)");
+            assert!(
+                !found,
+                "index.html has inline `{inline}` (the policy forbids it)"
+            );
         }
     }
 }

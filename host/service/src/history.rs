@@ -160,7 +160,11 @@ mod tests {
         let start = Instant::now();
         push(&mut ring, start, sample(1));
         push(&mut ring, start + WINDOW / 2, sample(2));
-        push(&mut ring, start + WINDOW + Duration::from_secs(1), sample(3));
+        push(
+            &mut ring,
+            start + WINDOW + Duration::from_secs(1),
+            sample(3),
+        );
         let lags: Vec<i64> = ring.iter().map(|(_, s)| s.lag).collect();
         assert_eq!(lags, [2, 3]);
     }
@@ -177,9 +181,15 @@ mod tests {
         history.record(&metrics);
         let first = history.samples("p").unwrap();
         assert_eq!(first.len(), 1);
-        assert_eq!((first[0].lag, first[0].blocked, first[0].done_per_second), (7, 2, 0.0));
+        assert_eq!(
+            (first[0].lag, first[0].blocked, first[0].done_per_second),
+            (7, 2, 0.0)
+        );
         std::thread::sleep(MIN_SPACING + Duration::from_millis(50));
-        metrics.dispatch_success.with_label_values(&["p"]).inc_by(10);
+        metrics
+            .dispatch_success
+            .with_label_values(&["p"])
+            .inc_by(10);
         history.record(&metrics);
         let rate = history.samples("p").unwrap()[1].done_per_second;
         assert!(rate > 5.0 && rate <= 10.0, "{rate}");

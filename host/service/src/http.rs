@@ -400,7 +400,10 @@ async fn rollback(
     };
     let by = actor(&headers);
     // The console asks why; the versions table has no column for it, so the log keeps it.
-    if let Some(reason) = headers.get("x-projector-reason").and_then(|v| v.to_str().ok()) {
+    if let Some(reason) = headers
+        .get("x-projector-reason")
+        .and_then(|v| v.to_str().ok())
+    {
         tracing::info!(projection = %name, by = %by, reason, "plugin rollback requested");
     }
     activated(&name, versions.rollback(&name, &by).await)
@@ -517,7 +520,10 @@ async fn list_events(
     };
     let status = q.status.unwrap_or_else(|| "failed".to_owned());
     if let Err(e) = events::check_status(&status) {
-        return reply(StatusCode::BAD_REQUEST, json!({"error": format!("status: {e}")}));
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("status: {e}")}),
+        );
     }
     let limit = q.limit.unwrap_or(DEFAULT_EVENTS_PAGE);
     if !(1..=events::MAX_PAGE).contains(&limit) {
@@ -535,7 +541,9 @@ async fn list_events(
     };
     match events::list(&state.read_pool, &name, &query).await {
         Ok(rows) => {
-            let next = (rows.len() as i64 == limit).then(|| rows.last().map(|r| r.seq)).flatten();
+            let next = (rows.len() as i64 == limit)
+                .then(|| rows.last().map(|r| r.seq))
+                .flatten();
             reply(
                 StatusCode::OK,
                 json!({"projection": name, "status": query.status, "events": rows, "next_after": next}),
@@ -687,12 +695,14 @@ async fn resume(
     match projector_store::outbox::operator::resume(&state.pool, &name).await {
         Ok(was) => {
             // A pause is a row that goes away on resume: the log keeps who resumed and why.
-            let by = b.by.filter(|v| !v.trim().is_empty()).unwrap_or_else(|| actor(&headers));
+            let by =
+                b.by.filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| actor(&headers));
             tracing::info!(projection = %name, by = %by, reason = b.reason.as_deref().unwrap_or(""),
                 was_paused = was, "projection resumed");
             reply(
-            StatusCode::OK,
-            json!({"projection": name, "paused": false, "was_paused": was}),
+                StatusCode::OK,
+                json!({"projection": name, "paused": false, "was_paused": was}),
             )
         }
         Err(e) => internal(e),

@@ -77,7 +77,10 @@ mod tests {
         ]);
         assert_eq!(cross_site(&same), None);
         // Behind a TLS-terminating proxy the scheme differs; host and port are what count.
-        let proxied = headers(&[("host", "ops.example:443"), ("origin", "https://ops.example:443")]);
+        let proxied = headers(&[
+            ("host", "ops.example:443"),
+            ("origin", "https://ops.example:443"),
+        ]);
         assert_eq!(cross_site(&proxied), None);
     }
 

@@ -19,7 +19,14 @@ use sqlx::PgPool;
 use uuid::Uuid;
 
 /// The statuses an operator may list: the stored ones and `blocked`.
-pub const LISTABLE: [&str; 6] = ["failed", "blocked", "pending", "processing", "done", "skipped"];
+pub const LISTABLE: [&str; 6] = [
+    "failed",
+    "blocked",
+    "pending",
+    "processing",
+    "done",
+    "skipped",
+];
 /// The most events one page holds.
 pub const MAX_PAGE: i64 = 500;
 /// Characters of the error and of the payload text a listed event carries.
@@ -95,7 +102,11 @@ pub fn check_status(status: &str) -> Result<(), String> {
 }
 
 /// One page of `projection`'s events as `query` selects them, oldest first.
-pub async fn list(pool: &PgPool, projection: &str, query: &Query) -> sqlx::Result<Vec<EventSummary>> {
+pub async fn list(
+    pool: &PgPool,
+    projection: &str,
+    query: &Query,
+) -> sqlx::Result<Vec<EventSummary>> {
     let limit = query.limit.clamp(1, MAX_PAGE);
     if query.status == "blocked" {
         sqlx::query_as(BLOCKED)
@@ -189,8 +200,16 @@ impl Document {
     fn new(text: String, bytes: i32) -> Document {
         let whole = usize::try_from(bytes).is_ok_and(|b| b == text.len());
         match whole.then(|| serde_json::from_str(&text).ok()).flatten() {
-            Some(json) => Document { json: Some(json), truncated_text: None, bytes },
-            None => Document { json: None, truncated_text: Some(text), bytes },
+            Some(json) => Document {
+                json: Some(json),
+                truncated_text: None,
+                bytes,
+            },
+            None => Document {
+                json: None,
+                truncated_text: Some(text),
+                bytes,
+            },
         }
     }
 }
@@ -315,7 +334,14 @@ pub async fn detail(
 /// The table `projector events` prints: one line per event.
 pub fn render_table(rows: &[EventSummary]) -> String {
     let mut table = vec![[
-        "seq", "id", "status", "event_type", "aggregate", "attempts", "reason", "payload",
+        "seq",
+        "id",
+        "status",
+        "event_type",
+        "aggregate",
+        "attempts",
+        "reason",
+        "payload",
     ]
     .map(str::to_owned)
     .to_vec()];
@@ -343,7 +369,13 @@ pub fn render_table(rows: &[EventSummary]) -> String {
         ]);
     }
     let widths: Vec<usize> = (0..table[0].len())
-        .map(|c| table.iter().map(|l| l[c].chars().count()).max().unwrap_or(0))
+        .map(|c| {
+            table
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
         .collect();
     let mut out = String::new();
     for line in &table {
@@ -376,7 +408,10 @@ mod tests {
         let whole = Document::new(r#"{"a": 1}"#.into(), 8);
         assert_eq!(whole.json, Some(serde_json::json!({"a": 1})));
         let cut = Document::new(r#"{"a": "#.into(), 20);
-        assert_eq!((cut.json, cut.truncated_text.as_deref(), cut.bytes), (None, Some(r#"{"a": "#), 20));
+        assert_eq!(
+            (cut.json, cut.truncated_text.as_deref(), cut.bytes),
+            (None, Some(r#"{"a": "#), 20)
+        );
     }
 
     #[test]

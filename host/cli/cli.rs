@@ -121,6 +121,39 @@ pub enum Command {
         #[command(flatten)]
         db: Database,
     },
+    /// List a projection's failed (or blocked, or other) events with ids, reasons and payload
+    /// excerpts, oldest first; or, with --event, one event's record and replay history.
+    Events {
+        /// The projection.
+        #[arg(long)]
+        projection: String,
+        /// Which events: failed, blocked (pending behind a failed event of their aggregate),
+        /// pending, processing, done or skipped.
+        #[arg(long, default_value = "failed", value_parser = parse_listable_status)]
+        status: String,
+        /// Only events failed with this reason (blocked: whose blocking event failed so).
+        #[arg(long)]
+        reason: Option<String>,
+        /// Only events of this type.
+        #[arg(long)]
+        event_type: Option<String>,
+        /// Only events after this seq (the last seq of the previous page).
+        #[arg(long, value_name = "SEQ", default_value_t = 0)]
+        after: i64,
+        /// At most this many.
+        #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(i64).range(1..=outbox::events::MAX_PAGE))]
+        limit: i64,
+        /// One event (its seq or its id): its payload, headers, attempts, error, the version
+        /// that last handled it, and its replays and skips.
+        #[arg(long, value_name = "SEQ|ID", conflicts_with_all = ["status", "reason", "event_type", "after", "limit"])]
+        event: Option<outbox::events::EventKey>,
+        /// Print the list as JSON instead of a table (one event is always JSON).
+        #[arg(long)]
+        json: bool,
+        /// The database.
+        #[command(flatten)]
+        db: Database,
+    },
     /// Rebuild a projection's read model from its source of truth (see `--source`).
     Rebuild(RebuildArgs),
     /// Delete `done` rows older than the retention age, in small batches, once.
@@ -257,6 +290,10 @@ pub struct RebuildArgs {
     pub run: RunArgs,
 }
 
+fn parse_listable_status(s: &str) -> Result<String, String> {
+    outbox::events::check_status(s).map(|()| s.to_owned())
+}
+
 fn parse_positive_seconds(s: &str) -> Result<f64, String> {
     match s.trim().parse::<f64>() {
         Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
@@ -371,6 +408,51 @@ pub fn main() -> ExitCode {
                 );
             } else {
                 print!("{}", outbox::status::render_table(&rows));
+            }
+            Ok(())
+        }),
+        Command::Events {
+            projection,
+            status,
+            reason,
+            event_type,
+            after,
+            limit,
+            event,
+            json,
+            db,
+        } => operator_command(db, move |pool| async move {
+            if let Some(key) = event {
+                let detail = outbox::events::detail(&pool, &projection, key)
+                    .await?
+                    .ok_or_else(|| {
+                        Error::config(
+                            "--event",
+                            format!("projection `{projection}` has no such event"),
+                        )
+                    })?;
+                // JSON either way: the payload and headers are JSON documents.
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&detail).expect("serialisable")
+                );
+                return Ok(());
+            }
+            let query = outbox::events::Query {
+                status,
+                error_reason: reason,
+                event_type,
+                after_seq: after,
+                limit,
+            };
+            let rows = outbox::events::list(&pool, &projection, &query).await?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&rows).expect("serialisable")
+                );
+            } else {
+                print!("{}", outbox::events::render_table(&rows));
             }
             Ok(())
         }),

@@ -3,7 +3,8 @@
 
 # Installs the Postgres server (Debian's `postgresql`), curl, promtool (Debian's `prometheus`, for
 # the monitoring rules' checks), systemd-analyze and kubectl (Debian's `systemd` and
-# `kubernetes-client`, for the packaging checks), the wasm32-wasip2 target, osmem-server and
+# `kubernetes-client`, for the packaging checks), Chromium and its WebDriver (Debian's `chromium`
+# and `chromium-driver`, for the console's browser test), the wasm32-wasip2 target, osmem-server and
 # componentize-py if absent.
 ensure_prerequisites() {
     local missing=()
@@ -15,6 +16,9 @@ ensure_prerequisites() {
     # `kubectl kustomize` on the Kubernetes base (Debian's kubectl 1.20 has it).
     command -v systemd-analyze >/dev/null || missing+=(systemd)
     command -v kubectl >/dev/null || missing+=(kubernetes-client)
+    # The console's browser test (tests/operations/console.rs).
+    command -v chromium >/dev/null || missing+=(chromium)
+    command -v chromedriver >/dev/null || missing+=(chromium-driver)
     if [ ${#missing[@]} -gt 0 ]; then
         echo "==> installing ${missing[*]} (apt)" >&2
         apt-get update -qq

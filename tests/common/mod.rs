@@ -9,6 +9,7 @@
 
 #![allow(dead_code)]
 
+mod browser;
 mod chronicle;
 mod logs;
 mod metrics;
@@ -30,6 +31,8 @@ use std::time::{Duration, Instant};
 // Each test file uses only some of the helpers.
 #[allow(unused_imports)]
 pub use chronicle::*;
+#[allow(unused_imports)]
+pub use browser::*;
 #[allow(unused_imports)]
 pub use logs::*;
 #[allow(unused_imports)]

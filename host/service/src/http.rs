@@ -1,22 +1,29 @@
 //! The HTTP surface: `/healthz` (the process serves), `/readyz` (the database answers and every
-//! plugin is loaded), `/metrics` (Prometheus text), and the admin API (JSON; documented in
-//! `docs/openapi.json`).
+//! plugin is loaded), `/metrics` (Prometheus text), the admin API (JSON; documented in
+//! `docs/openapi.json`), and the operator console at `/ui` ([`crate::console`]), which uses
+//! nothing but that API.
 //!
 //! Invariants:
-//! - Reads are open: `GET /status`, `GET /projections/{name}/status`, `.../plugins`, `.../audit`,
-//!   `.../rebuilds`, and `/readyz`. They run on a pool of their own ([`read_pool`]: at most
+//! - Reads of counts, versions and records are open: `GET /status`, `GET
+//!   /projections/{name}/status`, `.../plugins`, `.../audit`, `.../rebuilds`, `.../history` (from
+//!   memory, [`crate::history`]), and `/readyz`. Reads of event contents (`.../events`,
+//!   `.../events/{event}`: payloads, headers and errors, which may hold personal data) need the
+//!   token, like writes. Database reads run on a pool of their own ([`read_pool`]: at most
 //!   [`READ_CONNECTIONS`] connections, each with `statement_timeout` [`READ_STATEMENT_TIMEOUT`]
 //!   and read-only transactions), never on the claim loops' pool: readers cannot take the
 //!   connections a claim needs (they still share the database server's CPU and I/O). A read that
 //!   finds every read connection busy for [`READ_ACQUIRE_TIMEOUT`], or that runs past the
 //!   statement timeout, is 503 with `Retry-After`.
-//! - Every write needs the bearer token `OUTBOX_ADMIN_TOKEN`, checked by a layer in front of the
-//!   write routes, before a byte of the body is read: without the right token the answer is 401
+//! - Every write (and every read of event contents) needs the bearer token `OUTBOX_ADMIN_TOKEN`,
+//!   checked by a layer in front of those routes, before a byte of the body is read: without the right token the answer is 401
 //!   (with no token configured, 403), the connection is closed, and nothing changes. The token is
 //!   compared in constant time (SHA-256 digests, `subtle`). Writes: `PUT .../plugin` (body = the
 //!   component; `?canary=P` starts a canary for P % of aggregates instead), `POST .../rollback`,
 //!   `.../canary/promote`, `.../canary/abort`, `.../replay`, `.../skip`, `.../pause`,
-//!   `.../resume`, `.../rebuild`.
+//!   `.../resume`, `.../rebuild`. In front of the token check, a request a browser marks as
+//!   cross-site is refused with 403 ([`crate::same_origin`]).
+//! - Every answer carries the console's Content-Security-Policy, `nosniff` and
+//!   `Referrer-Policy` ([`crate::console::security_headers`]).
 //! - Bodies are bounded per route: [`MAX_COMPONENT_BYTES`] for a component, [`MAX_JSON_BYTES`]
 //!   for every JSON write. A larger `Content-Length` is 413 before the body is read; a chunked
 //!   body is 413 as soon as it passes the limit.
@@ -28,8 +35,8 @@
 
 use crate::metrics::Metrics;
 use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, Path, Request, State};
+use axum::extract::rejection::{BytesRejection, QueryRejection};
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -62,6 +69,8 @@ pub struct AppState {
     pub ready: AtomicBool,
     /// The host's settings (the rebuild endpoint runs a projection's plugin with them).
     pub settings: Option<Arc<crate::settings::Settings>>,
+    /// The last minutes of each projection's lag and throughput (the console's chart).
+    pub history: Arc<crate::history::History>,
 }
 
 /// Connections of the open reads' pool.
@@ -106,7 +115,13 @@ pub fn router(state: Arc<AppState>) -> Router {
                     within_limit(MAX_COMPONENT_BYTES, req, next)
                 })),
         )
-        .route_layer(token.clone());
+        .route_layer(token.clone())
+        .route_layer(middleware::from_fn(crate::same_origin::refuse_cross_site));
+    let event_reads = Router::new()
+        .route("/projections/{name}/events", get(list_events))
+        .route("/projections/{name}/events/{event}", get(event_detail))
+        .route_layer(token.clone())
+        .route_layer(middleware::from_fn(crate::same_origin::refuse_cross_site));
     let json_writes = Router::new()
         .route("/projections/{name}/rollback", post(rollback))
         .route("/projections/{name}/canary/promote", post(promote_canary))
@@ -120,7 +135,8 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route_layer(middleware::from_fn(|req: Request, next: Next| {
             within_limit(MAX_JSON_BYTES, req, next)
         }))
-        .route_layer(token);
+        .route_layer(token)
+        .route_layer(middleware::from_fn(crate::same_origin::refuse_cross_site));
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
@@ -130,9 +146,13 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/projections/{name}/status", get(status_one))
         .route("/projections/{name}/audit", get(audit))
         .route("/projections/{name}/rebuilds", get(rebuilds))
+        .route("/projections/{name}/history", get(history))
         .merge(upload)
+        .merge(event_reads)
         .merge(json_writes)
+        .merge(crate::console::router())
         .with_state(state)
+        .layer(middleware::from_fn(crate::console::security_headers))
 }
 
 /// The largest component the admin API accepts.
@@ -460,7 +480,15 @@ async fn rollback(
         Ok(ok) => ok,
         Err(r) => return r,
     };
-    activated(&name, versions.rollback(&name, &actor(&headers)).await)
+    let by = actor(&headers);
+    // The console asks why; the versions table has no column for it, so the log keeps it.
+    if let Some(reason) = headers
+        .get("x-projector-reason")
+        .and_then(|v| v.to_str().ok())
+    {
+        tracing::info!(projection = %name, by = %by, reason, "plugin rollback requested");
+    }
+    activated(&name, versions.rollback(&name, &by).await)
 }
 
 async fn list_plugins(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
@@ -533,6 +561,98 @@ async fn rebuilds(State(state): State<Arc<AppState>>, Path(name): Path<String>) 
         Ok(rows) => reply(
             StatusCode::OK,
             json!({"projection": name, "rebuilds": rows}),
+        ),
+        Err(e) => read_failed(e),
+    }
+}
+
+async fn history(State(state): State<Arc<AppState>>, Path(name): Path<String>) -> Reply {
+    match state.history.samples(&name) {
+        Some(samples) => reply(
+            StatusCode::OK,
+            json!({"projection": name, "window_seconds": crate::history::WINDOW.as_secs(),
+                   "samples": samples}),
+        ),
+        None => reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("`{name}` is not a projection of this host")}),
+        ),
+    }
+}
+
+/// The query of `GET .../events`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EventsQuery {
+    status: Option<String>,
+    reason: Option<String>,
+    event_type: Option<String>,
+    after: Option<i64>,
+    limit: Option<i64>,
+}
+
+/// Events listed when the query names no `limit`.
+const DEFAULT_EVENTS_PAGE: i64 = 100;
+
+async fn list_events(
+    State(state): State<Arc<AppState>>,
+    Path(name): Path<String>,
+    query: Result<Query<EventsQuery>, QueryRejection>,
+) -> Reply {
+    use projector_store::outbox::events;
+    let q = match query {
+        Ok(Query(q)) => q,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e.body_text()})),
+    };
+    let status = q.status.unwrap_or_else(|| "failed".to_owned());
+    if let Err(e) = events::check_status(&status) {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("status: {e}")}),
+        );
+    }
+    let limit = q.limit.unwrap_or(DEFAULT_EVENTS_PAGE);
+    if !(1..=events::MAX_PAGE).contains(&limit) {
+        return reply(
+            StatusCode::BAD_REQUEST,
+            json!({"error": format!("limit: `{limit}` is not between 1 and {}", events::MAX_PAGE)}),
+        );
+    }
+    let query = events::Query {
+        status,
+        error_reason: q.reason,
+        event_type: q.event_type,
+        after_seq: q.after.unwrap_or(0),
+        limit,
+    };
+    match events::list(&state.read_pool, &name, &query).await {
+        Ok(rows) => {
+            let next = (rows.len() as i64 == limit)
+                .then(|| rows.last().map(|r| r.seq))
+                .flatten();
+            reply(
+                StatusCode::OK,
+                json!({"projection": name, "status": query.status, "events": rows, "next_after": next}),
+            )
+        }
+        Err(e) => read_failed(e),
+    }
+}
+
+async fn event_detail(
+    State(state): State<Arc<AppState>>,
+    Path((name, event)): Path<(String, String)>,
+) -> Reply {
+    use projector_store::outbox::events;
+    let key = match event.parse::<events::EventKey>() {
+        Ok(key) => key,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({"error": e})),
+    };
+    match events::detail(&state.read_pool, &name, key).await {
+        Ok(Some(detail)) => reply(StatusCode::OK, json!(detail)),
+        Ok(None) => reply(
+            StatusCode::NOT_FOUND,
+            json!({"error": format!("projection `{name}` has no event `{event}`")}),
         ),
         Err(e) => read_failed(e),
     }
@@ -651,16 +771,26 @@ async fn pause(
 async fn resume(
     State(state): State<Arc<AppState>>,
     Path(name): Path<String>,
+    headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Reply {
-    if let Err(r) = parse_body::<PauseBody>(body).and_then(|_| known(&state, &name)) {
-        return r;
-    }
+    let b = match parse_body::<PauseBody>(body).and_then(|ok| known(&state, &name).map(|()| ok)) {
+        Ok(ok) => ok,
+        Err(r) => return r,
+    };
     match projector_store::outbox::operator::resume(&state.pool, &name).await {
-        Ok(was) => reply(
-            StatusCode::OK,
-            json!({"projection": name, "paused": false, "was_paused": was}),
-        ),
+        Ok(was) => {
+            // A pause is a row that goes away on resume: the log keeps who resumed and why.
+            let by =
+                b.by.filter(|v| !v.trim().is_empty())
+                    .unwrap_or_else(|| actor(&headers));
+            tracing::info!(projection = %name, by = %by, reason = b.reason.as_deref().unwrap_or(""),
+                was_paused = was, "projection resumed");
+            reply(
+                StatusCode::OK,
+                json!({"projection": name, "paused": false, "was_paused": was}),
+            )
+        }
         Err(e) => internal(e),
     }
 }
@@ -808,11 +938,12 @@ mod tests {
         let served = routes_in_source();
         assert!(served.len() >= 15, "parsed the router: {served:?}");
         assert_eq!(served, documented);
-        // Every write is documented as needing the token.
+        // Every write, and every read of event contents, is documented as needing the token.
         for (method, path) in &served {
             let op = &doc["paths"][path][method.to_lowercase()];
             let secured = op.get("security").is_some();
-            assert_eq!(secured, method != "GET", "{method} {path}");
+            let guarded = method != "GET" || path.contains("/events");
+            assert_eq!(secured, guarded, "{method} {path}");
         }
     }
 }

@@ -17,17 +17,21 @@
 //! - [`rebuild`]: rebuilding a read model from its source of truth (direct, through the outbox,
 //!   or zero-downtime into shadow tables).
 //! - [`metrics`]: every metric the host exports. [`http`]: `/healthz`, `/readyz`, `/metrics` and
-//!   the admin API.
+//!   the admin API; [`same_origin`]: its refusal of cross-site requests. [`console`]: the
+//!   operator console at `/ui`, with [`history`] the in-memory lag and throughput it charts.
 //! - [`run`]: `projector run`: wiring, wake-ups, signals, shutdown.
 //! - [`telemetry`]: the log subscriber, OpenTelemetry trace export, span and attribute names.
 #![deny(missing_docs)]
 
 pub mod canary;
+pub mod console;
+pub mod history;
 pub mod http;
 pub mod metrics;
 pub mod plugin_versions;
 pub mod rebuild;
 pub mod run;
+pub mod same_origin;
 pub mod settings;
 pub mod telemetry;
 pub mod version_rule;

@@ -108,7 +108,19 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
     .collect();
 
     let shutdown = CancellationToken::new();
+    let names: Vec<String> = settings
+        .projections
+        .iter()
+        .map(|p| p.name.clone())
+        .collect();
+    // Every series at zero before the gauge refresh starts, which then only ever overwrites them
+    // with what it read (the console's history samples right after a refresh).
+    for name in &names {
+        metrics.init_projection(name);
+    }
+    let history = Arc::new(crate::history::History::new(&names));
     let state = Arc::new(AppState {
+        history: history.clone(),
         metrics: metrics.clone(),
         pool: pool.clone(),
         read_pool,
@@ -139,15 +151,11 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
             .collect(),
     );
     let listener = tokio::spawn(listen(pool.clone(), wakes.clone(), shutdown.clone()));
-    let names: Vec<String> = settings
-        .projections
-        .iter()
-        .map(|p| p.name.clone())
-        .collect();
     let mut background = vec![
         tokio::spawn(refresh_gauges(
             pool.clone(),
             metrics.clone(),
+            history,
             names.clone(),
             settings.metrics_refresh,
             shutdown.clone(),
@@ -203,7 +211,6 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
             .slot(&spec.name)
             .expect("every projection has a slot");
         let plugin = slot.current();
-        metrics.init_projection(&spec.name);
         let spec = Arc::new(spec.clone());
         for _ in 0..spec.tuning.concurrency {
             let worker = Worker {
@@ -346,9 +353,12 @@ async fn listen(
     }
 }
 
+/// Every `OUTBOX_METRICS_REFRESH_SECONDS`: the SQL-backed gauges, then (from them, without a
+/// query) a sample of the console's history.
 async fn refresh_gauges(
     pool: PgPool,
     metrics: Arc<Metrics>,
+    history: Arc<crate::history::History>,
     names: Vec<String>,
     every: Duration,
     shutdown: CancellationToken,
@@ -357,8 +367,9 @@ async fn refresh_gauges(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !shutdown.is_cancelled() {
         tick.tick().await;
-        if let Err(e) = metrics.refresh(&pool, &names).await {
-            warn!(error = %e, "refreshing gauges failed");
+        match metrics.refresh(&pool, &names).await {
+            Ok(()) => history.record(&metrics),
+            Err(e) => warn!(error = %e, "refreshing gauges failed"),
         }
     }
 }

@@ -27,6 +27,7 @@
 //! - **Retention** ([`retention`]) deletes only old `done` rows; [`status`] only reads.
 
 pub mod claim;
+pub mod events;
 pub mod heads;
 pub mod lease;
 pub mod operator;

@@ -30,9 +30,9 @@ use std::time::{Duration, Instant};
 
 // Each test file uses only some of the helpers.
 #[allow(unused_imports)]
-pub use chronicle::*;
-#[allow(unused_imports)]
 pub use browser::*;
+#[allow(unused_imports)]
+pub use chronicle::*;
 #[allow(unused_imports)]
 pub use logs::*;
 #[allow(unused_imports)]

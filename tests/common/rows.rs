@@ -233,3 +233,31 @@ pub async fn drill_report(
         "DRILL {drill}: events={events} done={done} failed={failed} retries={retries} reclaimed={reclaimed} lost={unfinished} duplicated={duplicated}"
     );
 }
+
+/// An application writing 5 events of projection `stamp` every 10 ms over `aggregates`
+/// aggregates (`agg-<i>`) for `how_long`; yields how many it wrote.
+pub fn keep_writing(
+    pool: PgPool,
+    aggregates: usize,
+    how_long: Duration,
+) -> tokio::task::JoinHandle<usize> {
+    tokio::spawn(async move {
+        let started = Instant::now();
+        let mut n = 0;
+        while started.elapsed() < how_long {
+            let batch: Vec<NewEvent> = (0..5)
+                .map(|i| {
+                    NewEvent::new(
+                        "stamp",
+                        format!("agg-{}", (n + i) % aggregates),
+                        serde_json::json!({"n": n + i}),
+                    )
+                })
+                .collect();
+            insert_events(&pool, &batch).await;
+            n += 5;
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        n
+    })
+}

@@ -90,8 +90,8 @@ async fn late_ack_of_a_reclaimed_claim_changes_nothing() {
             &a.events.iter().map(|e| e.seq).collect::<Vec<_>>(),
             p.tuning.lease
         )
-            .await
-            .unwrap(),
+        .await
+        .unwrap(),
         0
     );
     let rows = common::events(&db.pool, "fenced").await;

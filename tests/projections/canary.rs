@@ -26,33 +26,6 @@ fn canary_side(aggregate_id: &str) -> bool {
     hash % 100 < SHARE
 }
 
-/// An application writing 5 events every 10 ms over `aggregates` aggregates for `how_long`.
-fn keep_writing(
-    pool: sqlx::PgPool,
-    aggregates: usize,
-    how_long: Duration,
-) -> tokio::task::JoinHandle<usize> {
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let mut n = 0;
-        while started.elapsed() < how_long {
-            let batch: Vec<NewEvent> = (0..5)
-                .map(|i| {
-                    NewEvent::new(
-                        "stamp",
-                        format!("agg-{}", (n + i) % aggregates),
-                        json!({"n": n + i}),
-                    )
-                })
-                .collect();
-            insert_events(&pool, &batch).await;
-            n += 5;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        n
-    })
-}
-
 /// The projection's one canary row, as the admin API lists it.
 fn canary_row(host: &Host) -> Value {
     let (status, body) = host.send("GET", "/projections/stamp/plugins", None, b"");

@@ -8,7 +8,7 @@ use crate::common;
 
 use common::*;
 use serde_json::{json, Value};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const TOKEN: &str = "test-admin-token-0123456789";
 
@@ -23,29 +23,6 @@ async fn stamp_setup(plugin_path: &str) -> (TestDb, tempfile::TempDir, std::path
     db.migrate();
     let (dir, config) = stamp_projection(&db, plugin_path).await;
     (db, dir, config)
-}
-
-/// An application writing 5 events every 10 ms for `how_long`; yields how many it wrote.
-fn keep_writing(pool: sqlx::PgPool, how_long: Duration) -> tokio::task::JoinHandle<usize> {
-    tokio::spawn(async move {
-        let started = Instant::now();
-        let mut n = 0;
-        while started.elapsed() < how_long {
-            let batch: Vec<NewEvent> = (0..5)
-                .map(|i| {
-                    NewEvent::new(
-                        "stamp",
-                        format!("agg-{}", (n + i) % 40),
-                        json!({"n": n + i}),
-                    )
-                })
-                .collect();
-            insert_events(&pool, &batch).await;
-            n += 5;
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        n
-    })
 }
 
 /// Waits until all `written` events are done, checks each was applied once by the version its
@@ -163,7 +140,7 @@ async fn drill_h_versions_swap_and_roll_back_under_load_and_every_event_is_appli
     assert_eq!(status, 401);
 
     // The application keeps writing for 3 s.
-    let writer = keep_writing(db.pool.clone(), Duration::from_secs(3));
+    let writer = keep_writing(db.pool.clone(), 40, Duration::from_secs(3));
 
     tokio::time::sleep(Duration::from_millis(800)).await;
     let v2 = std::fs::read(plugin("stamp_v2")).unwrap();
@@ -324,7 +301,7 @@ async fn a_version_dropped_into_the_plugin_file_is_activated_and_the_cli_rolls_i
     assert_eq!(active().await.as_deref(), Some("1.0.0"));
 
     // Under load: drop v2 in place (write, then rename, as a deploy should).
-    let writer = keep_writing(db.pool.clone(), Duration::from_secs(4));
+    let writer = keep_writing(db.pool.clone(), 40, Duration::from_secs(4));
     tokio::time::sleep(Duration::from_millis(400)).await;
     let staged = dir.path().join("stamp.wasm.new");
     std::fs::copy(plugin("stamp_v2"), &staged).unwrap();

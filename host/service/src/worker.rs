@@ -80,6 +80,9 @@ impl Worker {
                         &self.worker_id,
                         &current.version_label,
                     );
+                    // Every part's lease renewal covers the whole claim: a part waiting for the
+                    // one before it must not lapse meanwhile.
+                    let held: Vec<i64> = claim.events.iter().map(|e| e.seq).collect();
                     // Without a canary, one part: the whole claim on the active version.
                     for part in crate::canary::split(claim, current, canary.as_deref()) {
                         let kept = match part.canary_side {
@@ -91,7 +94,7 @@ impl Worker {
                             _ => Handler::new(part.plugin),
                         };
                         let (h, retry_in, outcomes) = self
-                            .process(part.claim, handler_in)
+                            .process(part.claim, handler_in, held.clone())
                             .instrument(span.clone())
                             .await;
                         *kept = Some(h);
@@ -136,12 +139,14 @@ impl Worker {
         debug!(projection = %projection, "claim loop stopped");
     }
 
-    /// Handles one claimed batch (or a canary's part of one) end to end; gives the handler back
-    /// with the retry delays it scheduled and the outcomes it recorded.
+    /// Handles one claimed batch (or a canary's part of one) end to end, renewing the lease of
+    /// `held` (the seqs of the whole claim) meanwhile; gives the handler back with the retry
+    /// delays it scheduled and the outcomes it recorded.
     async fn process(
         &self,
         claim: Claim,
         handler: Handler,
+        held: Vec<i64>,
     ) -> (Handler, Vec<Duration>, SideOutcomes) {
         let started = Instant::now();
         let plugin = handler.plugin().clone();
@@ -157,11 +162,7 @@ impl Worker {
         }
         debug!(projection, claim_batch_id = %claim.batch_id, size = claim.events.len(), "claimed batch");
 
-        let renewer = self.spawn_lease_renewal(
-            claim.batch_id,
-            claim.events.iter().map(|e| e.seq).collect(),
-            started,
-        );
+        let renewer = self.spawn_lease_renewal(claim.batch_id, held, started);
         let budget = tuning.max_processing;
         let claim = Arc::new(claim);
         let call_started = Instant::now();

@@ -246,19 +246,7 @@ pub fn render_table(rows: &[ProjectionStatus]) -> String {
         });
         table.push(line);
     }
-    let widths: Vec<usize> = (0..table[0].len())
-        .map(|c| table.iter().map(|l| l[c].len()).max().unwrap_or(0))
-        .collect();
-    let mut out = String::new();
-    for line in &table {
-        let cells: Vec<String> = line
-            .iter()
-            .zip(&widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(cells.join("  ").trim_end());
-        out.push('\n');
-    }
+    let mut out = aligned(&table);
     for (r, c) in rows
         .iter()
         .filter_map(|r| r.canary.as_ref().map(|c| (r, c)))
@@ -318,4 +306,29 @@ pub fn render_canary(projection: &str, c: &crate::versions::CanaryRow) -> String
     }
     line.push('\n');
     line
+}
+
+/// `table` (a header line, then rows) as text: each column padded to its widest cell (in
+/// characters), two spaces between columns, one line per row.
+pub(crate) fn aligned(table: &[Vec<String>]) -> String {
+    let widths: Vec<usize> = (0..table.first().map_or(0, Vec::len))
+        .map(|c| {
+            table
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for line in table {
+        let cells: Vec<String> = line
+            .iter()
+            .zip(&widths)
+            .map(|(cell, w)| format!("{cell:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
 }

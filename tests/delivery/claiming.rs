@@ -379,3 +379,122 @@ async fn heads_follow_the_settle_and_the_sweep_removes_the_ones_left_empty() {
         again.events
     );
 }
+
+/// The ordered claim statement alone, without its turn: what two hosts ran before migration 0011.
+async fn claim_without_turn(
+    conn: &mut sqlx::PgConnection,
+    p: &ProjectionSpec,
+    worker: &str,
+) -> Vec<i64> {
+    use projector_store::outbox::claim::{CLAIM_ORDERED_SQL, MAX_HEADERS_BYTES, MAX_NAME_BYTES};
+    let rows: Vec<sqlx::postgres::PgRow> = sqlx::query(CLAIM_ORDERED_SQL)
+        .bind(&p.name)
+        .bind(p.tuning.batch_size)
+        .bind(worker)
+        .bind(uuid::Uuid::new_v4())
+        .bind(p.tuning.events_per_aggregate)
+        .bind(p.tuning.max_attempts)
+        .bind(p.tuning.lease.as_secs_f64())
+        .bind(p.tuning.max_payload_bytes as i32)
+        .bind(MAX_HEADERS_BYTES as i32)
+        .bind(MAX_NAME_BYTES as i32)
+        .fetch_all(conn)
+        .await
+        .unwrap();
+    use sqlx::Row;
+    rows.iter().map(|r| r.get::<i64, _>(0)).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn ordered_claims_take_turns_so_the_second_gets_the_next_events_not_none() {
+    use projector_store::outbox::claim::claim_on;
+    let db = TestDb::new().await;
+    db.migrate();
+    let p = spec("turns", Ordering::Aggregate);
+    let events: Vec<NewEvent> = (0..200)
+        .map(|i| NewEvent::new("turns", format!("agg-{i}"), success()))
+        .collect();
+    insert_events(&db.pool, &events).await;
+
+    // Positive control, the race as it was: host A's claim has run but not committed when host
+    // B's starts. B sees the same 100 oldest candidates, A holds every one of them, and B comes
+    // back with nothing although 100 more events are due.
+    let mut a = db.pool.begin().await.unwrap();
+    assert_eq!(claim_without_turn(&mut a, &p, "a").await.len(), 100);
+    let mut b = db.pool.acquire().await.unwrap();
+    let collided = claim_without_turn(&mut b, &p, "b").await;
+    assert!(
+        collided.is_empty(),
+        "without turns the second claim collides: {collided:?}"
+    );
+    a.rollback().await.unwrap();
+
+    // With turns: B waits for A's commit, then walks past what A took.
+    let mut a = db.pool.begin().await.unwrap();
+    let first = claim_on(&mut a, &p, "a").await.unwrap();
+    assert_eq!(first.events.len(), 100);
+    let pool = db.pool.clone();
+    let spec_b = p.clone();
+    let second = tokio::spawn(async move { claim(&pool, &spec_b, "b").await.unwrap() });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        !second.is_finished(),
+        "B's claim waits while A holds the turn"
+    );
+    a.commit().await.unwrap();
+    let second = second.await.unwrap();
+    assert_eq!(second.events.len(), 100, "B got the next 100 events");
+    let mut seqs: Vec<i64> = first
+        .events
+        .iter()
+        .chain(&second.events)
+        .map(|e| e.seq)
+        .collect();
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 200, "A and B hold different events");
+    let held: i64 = sqlx::query_scalar(
+        "SELECT count(DISTINCT claim_batch_id) FROM outbox_events
+         WHERE projection = 'turns' AND status = 'processing'",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(held, 2);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_claimer_stalled_while_holding_the_turn_is_ended_and_the_others_claim() {
+    use projector_store::outbox::claim::{claim_on, CLAIM_TURN_IDLE_LIMIT};
+    let db = TestDb::new().await;
+    db.migrate();
+    let p = spec("stalled", Ordering::Aggregate);
+    let events: Vec<NewEvent> = (0..10)
+        .map(|i| NewEvent::new("stalled", format!("agg-{i}"), success()))
+        .collect();
+    insert_events(&db.pool, &events).await;
+
+    // Host A claimed and froze before its COMMIT (SIGSTOP between two round trips).
+    let mut a = db.pool.begin().await.unwrap();
+    assert_eq!(claim_on(&mut a, &p, "a").await.unwrap().events.len(), 10);
+    let started = std::time::Instant::now();
+    let b = tokio::time::timeout(
+        CLAIM_TURN_IDLE_LIMIT + Duration::from_secs(30),
+        claim(&db.pool, &p, "b"),
+    )
+    .await
+    .expect("B's claim waits no longer than A's turn may sit idle")
+    .unwrap();
+    let waited = started.elapsed();
+    // The server ended A's session, which rolled A's claim back: B claims all ten.
+    assert_eq!(b.events.len(), 10, "{b:?}");
+    assert!(
+        waited >= CLAIM_TURN_IDLE_LIMIT - Duration::from_millis(500),
+        "B waited for A's turn to end ({waited:?})"
+    );
+    assert!(
+        sqlx::query("SELECT 1").execute(&mut *a).await.is_err(),
+        "A's session was ended"
+    );
+    assert!(b.events.iter().all(|e| e.attempt == 1 && !e.reclaimed));
+}

@@ -682,3 +682,67 @@ async fn whatever_a_session_is_left_holding_is_reset_before_the_connection_serve
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_projection_role_cannot_take_the_claim_turn_to_stall_every_host() {
+    let db = TestDb::new().await;
+    probe_setup(&db).await;
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = probe_config(dir.path(), "");
+    // The host provisions the role at start, and its first claim makes the probe's turn row.
+    let mut host = Host::start(&db.url, &["--config", cfg.to_str().unwrap()], &[]);
+    host.wait_ready(PATIENCE);
+    let ids = insert_events(
+        &db.pool,
+        &[NewEvent::new(
+            "probe",
+            "a",
+            statements(&[("INSERT INTO allowed VALUES (1, 'ok')", json!([]))]),
+        )],
+    )
+    .await;
+    wait_settled(&db.pool, "probe", ids.len() as i64, PATIENCE).await;
+    host.sigterm();
+    host.wait_exit(PATIENCE);
+    let (_, mut conn) = connect_as_probe_role(&db).await;
+
+    // Positive control: the role may take transaction advisory locks (plugins use them, the
+    // query-cache projection does), so an advisory lock would have been no boundary.
+    let mut tx = conn.begin().await.unwrap();
+    sqlx::query("SELECT pg_advisory_xact_lock(hashtext('projector_claim:probe'))")
+        .execute(&mut *tx)
+        .await
+        .expect("a plugin role can take an advisory lock");
+    tx.rollback().await.unwrap();
+
+    // The turn is a row of a host table: the role can neither lock it nor write it.
+    for attempt in [
+        "SELECT projection FROM outbox_claim_turns WHERE projection = 'probe' FOR UPDATE",
+        "SELECT projection FROM outbox_claim_turns FOR KEY SHARE",
+        "INSERT INTO outbox_claim_turns AS t (projection) VALUES ('probe')
+         ON CONFLICT (projection) DO UPDATE SET projection = t.projection",
+        "LOCK TABLE outbox_claim_turns IN ACCESS EXCLUSIVE MODE",
+    ] {
+        let mut tx = conn.begin().await.unwrap();
+        let refused = sqlx::query(attempt)
+            .execute(&mut *tx)
+            .await
+            .expect_err(attempt);
+        let code = refused
+            .as_database_error()
+            .and_then(|e| e.code())
+            .map(|c| c.into_owned());
+        assert_eq!(code.as_deref(), Some("42501"), "{attempt}: {refused}");
+        tx.rollback().await.unwrap();
+    }
+    // The host's own role holds the turn as it claims.
+    let mut tx = db.pool.begin().await.unwrap();
+    let locked: Vec<String> = sqlx::query_scalar(
+        "SELECT projection FROM outbox_claim_turns WHERE projection = 'probe' FOR UPDATE",
+    )
+    .fetch_all(&mut *tx)
+    .await
+    .unwrap();
+    assert_eq!(locked, vec!["probe".to_owned()]);
+    tx.rollback().await.unwrap();
+}

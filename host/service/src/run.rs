@@ -212,6 +212,7 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
             .expect("every projection has a slot");
         let plugin = slot.current();
         let spec = Arc::new(spec.clone());
+        let claim_turn = Arc::new(tokio::sync::Mutex::new(()));
         for _ in 0..spec.tuning.concurrency {
             let worker = Worker {
                 spec: spec.clone(),
@@ -221,6 +222,7 @@ pub async fn run(settings: Settings, migrate: bool) -> Result<()> {
                 worker_id: worker_id.clone(),
                 metrics: metrics.clone(),
                 wake: wakes[&spec.name].clone(),
+                claim_turn: claim_turn.clone(),
                 poll_interval: settings.poll_interval,
                 shutdown: shutdown.clone(),
             };

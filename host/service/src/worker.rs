@@ -6,9 +6,14 @@
 //!   either settled or (at shutdown, past the grace period) released by the service.
 //! - The lease is renewed every third of its length while the batch runs, and never past the
 //!   batch's `max_processing` bound; the plugin call is interrupted at that bound.
-//! - When a claim comes back empty the loop sleeps until a NOTIFY for its projection, the poll
-//!   interval, or shutdown, whichever comes first. The wake-up is armed *before* the claim so a
-//!   notification that arrives during the claim is not lost.
+//! - The loops of a projection in one host claim one at a time (`claim_turn`), and ordered claims
+//!   of a projection take turns across hosts too (see `projector_store::outbox::claim`): two
+//!   claims at once would see the same candidates and the second would get none of them.
+//! - When a claim comes back empty the loop sleeps until a NOTIFY for its projection, a settle
+//!   of another loop of the projection in this host that finished events (their aggregates' next
+//!   events may now be claimed), the poll interval, or shutdown, whichever comes first. The
+//!   wake-up is armed *before* the claim so a notification that arrives during the claim is not
+//!   lost.
 //! - A loop also wakes when a retry it scheduled falls due: it remembers every retry time its
 //!   settles wrote (up to [`RetryWakeups::CAP`], the latest dropped first; the poll covers those),
 //!   not only the last batch's earliest, so a retry is not left to the poll because a later batch
@@ -48,6 +53,10 @@ pub struct Worker {
     pub metrics: Arc<Metrics>,
     /// Woken by NOTIFY for this projection.
     pub wake: Arc<Notify>,
+    /// Held while claiming: the loops of one projection in one host claim one after the other.
+    /// Ordered claims take turns in the database anyway (`claim_turn.sql`); waiting here instead
+    /// keeps a second pooled connection from waiting there.
+    pub claim_turn: Arc<tokio::sync::Mutex<()>>,
     /// Fallback polling interval.
     pub poll_interval: Duration,
     /// Cancelled at shutdown.
@@ -68,7 +77,10 @@ impl Worker {
             let notified = self.wake.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let claimed = claim::claim(&self.pool, &self.spec, &self.worker_id).await;
+            let claimed = {
+                let _turn = self.claim_turn.lock().await;
+                claim::claim(&self.pool, &self.spec, &self.worker_id).await
+            };
             let idle = match claimed {
                 Ok(claim) if !claim.events.is_empty() => {
                     failures = 0;
@@ -273,6 +285,12 @@ impl Worker {
         let mut outcomes = SideOutcomes::default();
         match settled {
             Some(settled) => {
+                // Finishing an event makes its aggregate's next event claimable: loops of this
+                // projection asleep after an empty claim (everything due was held by this batch)
+                // take it now, not at the next poll.
+                if settled.iter().any(|s| s.status == "done") {
+                    self.wake.notify_waiters();
+                }
                 retry_in = settled.iter().filter_map(|s| s.retry_in).collect();
                 outcomes = crate::canary::outcomes(&claim.events, &verdicts, &settled);
                 self.metrics.record_version(projection, &version, outcomes);

@@ -5,6 +5,10 @@
 //! `max_payload_bytes`, headers over [`MAX_HEADERS_BYTES`], or an event type, aggregate type or
 //! aggregate id over [`MAX_NAME_BYTES`] come back from the claim as `NULL` with their size, and
 //! the event carries why it is refused (`too_large`) instead of its content.
+//!
+//! Ordered claims of a projection take turns across every host ([`take_turn`], migration 0011):
+//! each starts only once the one before it committed, so no two walk the same candidates. The
+//! turn is a row lock on a host table a plugin's role has no privilege on.
 
 use super::{Claim, ClaimedEvent};
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -17,6 +21,12 @@ pub const CLAIM_ORDERED_SQL: &str = concat!(
     include_str!("claim_ordered.sql"),
     include_str!("claim_returning.sql")
 );
+/// Waits for the projection's turn among ordered claims (migration 0011).
+const CLAIM_TURN_SQL: &str = include_str!("claim_turn.sql");
+
+/// How long a claim's transaction may sit idle while it holds its projection's turn before the
+/// server ends its session (`claim_turn.sql`). Normally it is idle for one round trip.
+pub const CLAIM_TURN_IDLE_LIMIT: std::time::Duration = std::time::Duration::from_secs(5);
 /// Without ordering: the oldest due events.
 const CLAIM_UNORDERED_SQL: &str = concat!(
     include_str!("claim_unordered.sql"),
@@ -195,10 +205,36 @@ fn bounded_event(row: BoundedRow, max_payload: usize) -> ClaimedEvent {
 
 /// Claims the next batch of `spec`'s projection for `worker_id`. Returns an empty claim when
 /// nothing is due.
+///
+/// An ordered claim runs in a transaction of its own that first waits for the projection's turn
+/// ([`take_turn`]), so ordered claims of one projection, on every host, run one after the other
+/// and each sees what the one before it took. The unordered claim locks rows as it scans them (a
+/// claim running beside it skips those and goes on), so it needs no turn.
 pub async fn claim(pool: &PgPool, spec: &ProjectionSpec, worker_id: &str) -> sqlx::Result<Claim> {
+    match spec.ordering {
+        Ordering::Aggregate => {
+            let mut tx = pool.begin().await?;
+            let claim = claim_on(&mut tx, spec, worker_id).await?;
+            tx.commit().await?;
+            Ok(claim)
+        }
+        Ordering::None => claim_on(&mut *pool.acquire().await?, spec, worker_id).await,
+    }
+}
+
+/// [`claim`] on `conn`, which for an ordered projection must be in a transaction: the turn is
+/// held, and the claimed rows are visible to other claims, only once it commits.
+pub async fn claim_on(
+    conn: &mut sqlx::PgConnection,
+    spec: &ProjectionSpec,
+    worker_id: &str,
+) -> sqlx::Result<Claim> {
     let batch_id = Uuid::new_v4();
     let statement = match spec.ordering {
-        Ordering::Aggregate => CLAIM_ORDERED_SQL,
+        Ordering::Aggregate => {
+            take_turn(&mut *conn, &spec.name).await?;
+            CLAIM_ORDERED_SQL
+        }
         Ordering::None => CLAIM_UNORDERED_SQL,
     };
     let rows: Vec<BoundedRow> = sqlx::query_as(statement)
@@ -212,7 +248,7 @@ pub async fn claim(pool: &PgPool, spec: &ProjectionSpec, worker_id: &str) -> sql
         .bind(spec.tuning.max_payload_bytes.min(i32::MAX as usize) as i32)
         .bind(MAX_HEADERS_BYTES as i32)
         .bind(MAX_NAME_BYTES as i32)
-        .fetch_all(pool)
+        .fetch_all(conn)
         .await?;
     let max_payload = spec.tuning.max_payload_bytes;
     let mut events: Vec<ClaimedEvent> = rows
@@ -225,4 +261,20 @@ pub async fn claim(pool: &PgPool, spec: &ProjectionSpec, worker_id: &str) -> sql
         projection: spec.name.clone(),
         events,
     })
+}
+
+/// Waits, in the claim's transaction on `conn`, until no other ordered claim of `projection` is
+/// running on any host, and holds the turn until that transaction ends (or the server ends the
+/// session after [`CLAIM_TURN_IDLE_LIMIT`] idle).
+///
+/// Two ordered claims at the same moment would see the same candidates, and the one that locks
+/// them second would get none of them (SKIP LOCKED): a wasted walk, and a loop asleep until the
+/// next poll in the middle of a backlog (migration 0011 has the figures).
+pub async fn take_turn(conn: &mut sqlx::PgConnection, projection: &str) -> sqlx::Result<()> {
+    sqlx::query(CLAIM_TURN_SQL)
+        .bind(projection)
+        .bind(CLAIM_TURN_IDLE_LIMIT.as_millis().to_string())
+        .execute(conn)
+        .await?;
+    Ok(())
 }

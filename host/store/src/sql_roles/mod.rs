@@ -312,6 +312,7 @@ const HOST_TABLES: &[&str] = &[
     "plugin_canaries",
     "replay_audit",
     "projection_pauses",
+    "outbox_claim_turns",
     "projector_rebuilds",
 ];
 

@@ -17,6 +17,8 @@
 //!   0007: one row per aggregate with unfinished events, kept by triggers on `outbox_events` for
 //!   every writer), so it costs O(batch) whatever the skew. A batch holds one event per aggregate,
 //!   or a run of up to `events_per_aggregate` consecutive ones.
+//!   Ordered claims of a projection take turns on every host ([`claim::take_turn`], migration
+//!   0011): each starts after the one before it committed, so no two see the same candidates.
 //! - **Runs** are settled up to their first non-success (`projector_core::outbox::defer_after_failures`): the rest of
 //!   the aggregate's events in the batch go back to `pending` untried, their attempt given back.
 //! - **Fencing** ([`settle`], [`lease`]): every write after the claim is conditional on

@@ -374,8 +374,13 @@ impl Metrics {
     }
 
     /// Refreshes the SQL-backed gauges for `projections` with one query.
-    pub async fn refresh(&self, pool: &PgPool, projections: &[String]) -> sqlx::Result<()> {
-        let rows = projector_store::outbox::status::gauges(pool, projections).await?;
+    pub async fn refresh(
+        &self,
+        pool: &PgPool,
+        projections: &[String],
+        every: std::time::Duration,
+    ) -> sqlx::Result<()> {
+        let rows = projector_store::outbox::status::gauges(pool, projections, every).await?;
         let mut seen: HashMap<&str, ()> = HashMap::new();
         for g in &rows {
             let projection = g.projection.as_str();

@@ -355,8 +355,9 @@ async fn listen(
     }
 }
 
-/// Every `OUTBOX_METRICS_REFRESH_SECONDS`: the SQL-backed gauges, then (from them, without a
-/// query) a sample of the console's history.
+/// Every `OUTBOX_METRICS_REFRESH_SECONDS`: the SQL-backed gauges (read from the outbox by one
+/// host per interval, see `outbox::status::gauges`), then (from them, without a query) a sample
+/// of the console's history.
 async fn refresh_gauges(
     pool: PgPool,
     metrics: Arc<Metrics>,
@@ -369,7 +370,7 @@ async fn refresh_gauges(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     while !shutdown.is_cancelled() {
         tick.tick().await;
-        match metrics.refresh(&pool, &names).await {
+        match metrics.refresh(&pool, &names, every).await {
             Ok(()) => history.record(&metrics),
             Err(e) => warn!(error = %e, "refreshing gauges failed"),
         }
@@ -377,8 +378,9 @@ async fn refresh_gauges(
 }
 
 /// Every `OUTBOX_RECLAIM_INTERVAL_SECONDS`: fail stuck rows that have no attempt left (the claim
-/// query takes over the others), remove aggregate heads left empty (`outbox::heads`), and wake
-/// the loops so expired leases are picked up promptly.
+/// query takes over the others) and remove aggregate heads left empty (`outbox::heads`), unless
+/// another host swept the projection within the interval; and wake the loops so expired leases
+/// are picked up promptly.
 async fn sweep_stuck(
     pool: PgPool,
     metrics: Arc<Metrics>,
@@ -391,33 +393,47 @@ async fn sweep_stuck(
     while !shutdown.is_cancelled() {
         tick.tick().await;
         for spec in &settings.projections {
-            match lease::sweep_exhausted(&pool, spec).await {
-                Ok(seqs) if !seqs.is_empty() => {
-                    metrics
-                        .terminal_failed
-                        .with_label_values(&[&spec.name, "lease_expired"])
-                        .inc_by(seqs.len() as u64);
-                    warn!(projection = %spec.name, count = seqs.len(), seqs = ?seqs,
-                        "stuck events used up their attempts; marked failed (lease_expired)");
-                }
-                Ok(_) => {}
+            // Another host may have swept this projection within the interval: once is enough.
+            match lease::sweep_due(&pool, &spec.name, settings.reclaim_interval).await {
+                Ok(true) => sweep_projection(&pool, &metrics, spec).await,
+                Ok(false) => {}
                 Err(e) => warn!(projection = %spec.name, error = %e, "stuck-work sweep failed"),
-            }
-            match projector_store::outbox::heads::sweep_empty(
-                &pool,
-                &spec.name,
-                projector_store::outbox::heads::SWEEP_LIMIT,
-            )
-            .await
-            {
-                Ok(0) => {}
-                Ok(n) => {
-                    debug!(projection = %spec.name, removed = n, "removed empty aggregate heads")
-                }
-                Err(e) => warn!(projection = %spec.name, error = %e, "aggregate-head sweep failed"),
             }
             wakes[&spec.name].notify_waiters();
         }
+    }
+}
+
+/// One projection's stuck-work sweep: fail stuck rows without attempts left, remove empty heads.
+async fn sweep_projection(
+    pool: &PgPool,
+    metrics: &Metrics,
+    spec: &crate::settings::ProjectionSpec,
+) {
+    match lease::sweep_exhausted(pool, spec).await {
+        Ok(seqs) if !seqs.is_empty() => {
+            metrics
+                .terminal_failed
+                .with_label_values(&[&spec.name, "lease_expired"])
+                .inc_by(seqs.len() as u64);
+            warn!(projection = %spec.name, count = seqs.len(), seqs = ?seqs,
+                        "stuck events used up their attempts; marked failed (lease_expired)");
+        }
+        Ok(_) => {}
+        Err(e) => warn!(projection = %spec.name, error = %e, "stuck-work sweep failed"),
+    }
+    match projector_store::outbox::heads::sweep_empty(
+        pool,
+        &spec.name,
+        projector_store::outbox::heads::SWEEP_LIMIT,
+    )
+    .await
+    {
+        Ok(0) => {}
+        Ok(n) => {
+            debug!(projection = %spec.name, removed = n, "removed empty aggregate heads")
+        }
+        Err(e) => warn!(projection = %spec.name, error = %e, "aggregate-head sweep failed"),
     }
 }
 

@@ -15,6 +15,20 @@ use uuid::Uuid;
 const RENEW_SQL: &str = include_str!("lease_renew.sql");
 const RELEASE_SQL: &str = include_str!("lease_release.sql");
 const SWEEP_SQL: &str = include_str!("lease_sweep_exhausted.sql");
+const SWEEP_DUE_SQL: &str = include_str!("lease_sweep_due.sql");
+
+/// Whether this host should sweep `projection` now: true for at most one host per about `every`
+/// (the last sweep by any host is older than four fifths of it), and the sweep is then recorded
+/// as done (migration 0012). The stuck-work sweeps read the whole backlog; run by every host on
+/// every tick they cost four hosts about as much as a quarter of their drain.
+pub async fn sweep_due(pool: &PgPool, projection: &str, every: Duration) -> sqlx::Result<bool> {
+    let taken: Option<String> = sqlx::query_scalar(SWEEP_DUE_SQL)
+        .bind(projection)
+        .bind(every.as_secs_f64() * 0.8)
+        .fetch_optional(pool)
+        .await?;
+    Ok(taken.is_some())
+}
 
 /// Extends the lease of the rows `seqs` that `batch_id` still holds; returns how many it holds.
 pub async fn renew(

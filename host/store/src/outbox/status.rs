@@ -201,12 +201,73 @@ pub struct Gauges {
 }
 
 const GAUGES: &str = include_str!("status_gauges.sql");
+const GAUGES_DUE: &str = include_str!("status_gauges_due.sql");
+const GAUGES_STORE: &str = include_str!("status_gauges_store.sql");
+const GAUGES_READ: &str = include_str!("status_gauges_read.sql");
 
-/// The gauges of those of `projections` that have unfinished events, in one cheap query (the
-/// metrics refresh runs it on an interval, never per scrape). A projection not returned has
-/// nothing unfinished.
-pub async fn gauges(pool: &PgPool, projections: &[String]) -> sqlx::Result<Vec<Gauges>> {
-    sqlx::query_as(GAUGES)
+/// One projection's reading of the outbox, as `status_gauges.sql` returns it.
+#[derive(sqlx::FromRow)]
+struct Reading {
+    projection: String,
+    lag: i64,
+    inflight: i64,
+    stuck: i64,
+    blocked: i64,
+    oldest_created_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// The gauges of `projections`, read from the outbox at most about once per `every` across all
+/// hosts (migration 0012): the refresh of each projection is taken by one host when the stored
+/// reading is older than four fifths of `every` (so a host whose own tick comes due still
+/// refreshes, and a reading is never much older than `every`); that host reads the outbox (one
+/// query, never per scrape) and stores the reading; every host returns the stored readings. A
+/// projection not returned has never been read.
+pub async fn gauges(
+    pool: &PgPool,
+    projections: &[String],
+    every: std::time::Duration,
+) -> sqlx::Result<Vec<Gauges>> {
+    let mut tx = pool.begin().await?;
+    let due: Vec<String> = sqlx::query_scalar(GAUGES_DUE)
+        .bind(projections)
+        .bind(every.as_secs_f64() * 0.8)
+        .fetch_all(&mut *tx)
+        .await?;
+    if !due.is_empty() {
+        let readings: Vec<Reading> = sqlx::query_as(GAUGES)
+            .bind(&due)
+            .fetch_all(&mut *tx)
+            .await?;
+        let reading = |p: &str| readings.iter().find(|r| r.projection == p);
+        let count = |p: &str, f: fn(&Reading) -> i64| reading(p).map_or(0, f);
+        sqlx::query(GAUGES_STORE)
+            .bind(&due)
+            .bind(due.iter().map(|p| count(p, |r| r.lag)).collect::<Vec<_>>())
+            .bind(
+                due.iter()
+                    .map(|p| count(p, |r| r.inflight))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                due.iter()
+                    .map(|p| count(p, |r| r.stuck))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                due.iter()
+                    .map(|p| count(p, |r| r.blocked))
+                    .collect::<Vec<_>>(),
+            )
+            .bind(
+                due.iter()
+                    .map(|p| reading(p).and_then(|r| r.oldest_created_at))
+                    .collect::<Vec<_>>(),
+            )
+            .execute(&mut *tx)
+            .await?;
+    }
+    tx.commit().await?;
+    sqlx::query_as(GAUGES_READ)
         .bind(projections)
         .fetch_all(pool)
         .await

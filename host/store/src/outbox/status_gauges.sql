@@ -1,8 +1,9 @@
 -- The numbers behind the outbox gauges of each projection in $1 (text[]) that has unfinished
 -- events (rows of Gauges): lag (pending or processing), in flight (processing under a live
 -- lease), stuck (processing under an expired lease), blocked (pending behind a failed event of
--- its aggregate), and the age in seconds of the oldest unfinished event. A projection without
--- unfinished events has no row: all zero.
+-- its aggregate), and when the oldest unfinished event was created. A projection without
+-- unfinished events has no row: all zero. status.rs stores the reading for every host
+-- (status_gauges_store.sql).
 -- Blocked rows are counted from the (few) aggregates that have a failed row, not by probing
 -- every pending row: the refresh stays cheap with a large backlog.
 WITH unfinished AS (
@@ -10,7 +11,7 @@ WITH unfinished AS (
            count(*) AS lag,
            count(*) FILTER (WHERE o.status = 'processing' AND o.lease_expires_at >= now()) AS inflight,
            count(*) FILTER (WHERE o.status = 'processing' AND o.lease_expires_at < now()) AS stuck,
-           COALESCE(EXTRACT(EPOCH FROM now() - min(o.created_at)), 0)::float8 AS oldest_age
+           min(o.created_at) AS oldest_created_at
     FROM outbox_events o
     WHERE o.projection = ANY($1) AND o.status IN ('pending', 'processing')
     GROUP BY o.projection
@@ -29,6 +30,6 @@ blocked AS (
     GROUP BY f.projection
 )
 SELECT u.projection, u.lag, u.inflight, u.stuck, COALESCE(b.blocked, 0) AS blocked,
-       u.oldest_age AS oldest_age_seconds
+       u.oldest_created_at
 FROM unfinished u
 LEFT JOIN blocked b ON b.projection = u.projection

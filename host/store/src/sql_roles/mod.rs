@@ -313,6 +313,8 @@ const HOST_TABLES: &[&str] = &[
     "replay_audit",
     "projection_pauses",
     "outbox_claim_turns",
+    "outbox_sweeps",
+    "outbox_gauges",
     "projector_rebuilds",
 ];
 

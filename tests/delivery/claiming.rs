@@ -405,16 +405,22 @@ async fn claim_without_turn(
     rows.iter().map(|r| r.get::<i64, _>(0)).collect()
 }
 
+/// A migrated database with `n` pending events of ordered projection `projection`, one per
+/// aggregate.
+async fn one_event_per_aggregate(projection: &str, n: usize) -> (TestDb, ProjectionSpec) {
+    let db = TestDb::new().await;
+    db.migrate();
+    let events: Vec<NewEvent> = (0..n)
+        .map(|i| NewEvent::new(projection, format!("agg-{i}"), success()))
+        .collect();
+    insert_events(&db.pool, &events).await;
+    (db, spec(projection, Ordering::Aggregate))
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn ordered_claims_take_turns_so_the_second_gets_the_next_events_not_none() {
     use projector_store::outbox::claim::claim_on;
-    let db = TestDb::new().await;
-    db.migrate();
-    let p = spec("turns", Ordering::Aggregate);
-    let events: Vec<NewEvent> = (0..200)
-        .map(|i| NewEvent::new("turns", format!("agg-{i}"), success()))
-        .collect();
-    insert_events(&db.pool, &events).await;
+    let (db, p) = one_event_per_aggregate("turns", 200).await;
 
     // Positive control, the race as it was: host A's claim has run but not committed when host
     // B's starts. B sees the same 100 oldest candidates, A holds every one of them, and B comes
@@ -466,13 +472,7 @@ async fn ordered_claims_take_turns_so_the_second_gets_the_next_events_not_none()
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claimer_stalled_while_holding_the_turn_is_ended_and_the_others_claim() {
     use projector_store::outbox::claim::{claim_on, CLAIM_TURN_IDLE_LIMIT};
-    let db = TestDb::new().await;
-    db.migrate();
-    let p = spec("stalled", Ordering::Aggregate);
-    let events: Vec<NewEvent> = (0..10)
-        .map(|i| NewEvent::new("stalled", format!("agg-{i}"), success()))
-        .collect();
-    insert_events(&db.pool, &events).await;
+    let (db, p) = one_event_per_aggregate("stalled", 10).await;
 
     // Host A claimed and froze before its COMMIT (SIGSTOP between two round trips).
     let mut a = db.pool.begin().await.unwrap();

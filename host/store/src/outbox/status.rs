@@ -202,19 +202,7 @@ pub struct Gauges {
 
 const GAUGES: &str = include_str!("status_gauges.sql");
 const GAUGES_DUE: &str = include_str!("status_gauges_due.sql");
-const GAUGES_STORE: &str = include_str!("status_gauges_store.sql");
 const GAUGES_READ: &str = include_str!("status_gauges_read.sql");
-
-/// One projection's reading of the outbox, as `status_gauges.sql` returns it.
-#[derive(sqlx::FromRow)]
-struct Reading {
-    projection: String,
-    lag: i64,
-    inflight: i64,
-    stuck: i64,
-    blocked: i64,
-    oldest_created_at: Option<chrono::DateTime<chrono::Utc>>,
-}
 
 /// The gauges of `projections`, read from the outbox at most about once per `every` across all
 /// hosts (migration 0012): the refresh of each projection is taken by one host when the stored
@@ -234,37 +222,7 @@ pub async fn gauges(
         .fetch_all(&mut *tx)
         .await?;
     if !due.is_empty() {
-        let readings: Vec<Reading> = sqlx::query_as(GAUGES)
-            .bind(&due)
-            .fetch_all(&mut *tx)
-            .await?;
-        let reading = |p: &str| readings.iter().find(|r| r.projection == p);
-        let count = |p: &str, f: fn(&Reading) -> i64| reading(p).map_or(0, f);
-        sqlx::query(GAUGES_STORE)
-            .bind(&due)
-            .bind(due.iter().map(|p| count(p, |r| r.lag)).collect::<Vec<_>>())
-            .bind(
-                due.iter()
-                    .map(|p| count(p, |r| r.inflight))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                due.iter()
-                    .map(|p| count(p, |r| r.stuck))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                due.iter()
-                    .map(|p| count(p, |r| r.blocked))
-                    .collect::<Vec<_>>(),
-            )
-            .bind(
-                due.iter()
-                    .map(|p| reading(p).and_then(|r| r.oldest_created_at))
-                    .collect::<Vec<_>>(),
-            )
-            .execute(&mut *tx)
-            .await?;
+        sqlx::query(GAUGES).bind(&due).execute(&mut *tx).await?;
     }
     tx.commit().await?;
     sqlx::query_as(GAUGES_READ)

@@ -1,9 +1,9 @@
--- The numbers behind the outbox gauges of each projection in $1 (text[]) that has unfinished
--- events (rows of Gauges): lag (pending or processing), in flight (processing under a live
--- lease), stuck (processing under an expired lease), blocked (pending behind a failed event of
--- its aggregate), and when the oldest unfinished event was created. A projection without
--- unfinished events has no row: all zero. status.rs stores the reading for every host
--- (status_gauges_store.sql).
+-- Reads the numbers behind the outbox gauges of each projection in $1 (text[]) and stores them
+-- in its row of outbox_gauges (migration 0012; status_gauges_due.sql made the row): lag
+-- (pending or processing), in flight (processing under a live lease), stuck (processing under an
+-- expired lease), blocked (pending behind a failed event of its aggregate), and when the oldest
+-- unfinished event was created. A projection without
+-- unfinished events is stored as zeros and no creation time.
 -- Blocked rows are counted from the (few) aggregates that have a failed row, not by probing
 -- every pending row: the refresh stays cheap with a large backlog.
 WITH unfinished AS (
@@ -29,7 +29,10 @@ blocked AS (
                         AND o.seq > f.seq AND o.status = 'pending'
     GROUP BY f.projection
 )
-SELECT u.projection, u.lag, u.inflight, u.stuck, COALESCE(b.blocked, 0) AS blocked,
-       u.oldest_created_at
-FROM unfinished u
-LEFT JOIN blocked b ON b.projection = u.projection
+UPDATE outbox_gauges g
+SET lag = COALESCE(u.lag, 0), inflight = COALESCE(u.inflight, 0), stuck = COALESCE(u.stuck, 0),
+    blocked = COALESCE(b.blocked, 0), oldest_created_at = u.oldest_created_at
+FROM unnest($1::text[]) AS p(projection)
+LEFT JOIN unfinished u ON u.projection = p.projection
+LEFT JOIN blocked b ON b.projection = p.projection
+WHERE g.projection = p.projection

@@ -11,6 +11,11 @@
 //!   unfinished events (ten each) leaves it flat. The claim before the recursive walk over
 //!   the heads (`tests/fixtures/claim_ordered_before_walk.sql`) is the positive control: its
 //!   planner read and sorted every head.
+//! - Batches in flight cost a claim one read of each of their heads, not a probe of their
+//!   events: with eight batches held instead of one its cost barely moves and it probes the
+//!   events of the aggregates it takes. The claim before the in-flight marks
+//!   (`tests/fixtures/claim_ordered_before_marks.sql`) is the positive control: it probes every
+//!   aggregate in flight, so its cost grows with the batches held.
 //! - The settle's cost is linear in the batch: no plan node compares every outcome with every
 //!   claimed row (the generic plan of the old statement did, 250,000 comparisons for 500).
 
@@ -71,6 +76,13 @@ fn spec(projection: &str, batch_size: i64) -> ProjectionSpec {
     }
 }
 
+/// The ordered claim before heads were marked in flight (migration 0013): it probes the events
+/// of every aggregate it walks past, those other batches hold included.
+const BEFORE_MARKS_CLAIM_SQL: &str = concat!(
+    include_str!("../fixtures/claim_ordered_before_marks.sql"),
+    include_str!("../../host/store/src/outbox/claim_returning.sql")
+);
+
 /// What one execution of a plan cost: buffers touched (hit or read) and the most rows any node
 /// threw away after comparing them in a join filter.
 #[derive(Debug, Clone, Copy)]
@@ -79,6 +91,9 @@ struct Cost {
     join_filter_removed: i64,
     /// Rows of `outbox_heads` the plan's scans of it read (returned or filtered out, every loop).
     heads_read: i64,
+    /// Probes of one aggregate's unfinished events (loops of the scans of
+    /// `outbox_events_aggregate_unfinished`).
+    probes: i64,
 }
 
 fn walk(node: &Value, cost: &mut Cost) {
@@ -86,6 +101,10 @@ fn walk(node: &Value, cost: &mut Cost) {
     cost.join_filter_removed = cost
         .join_filter_removed
         .max(n("Rows Removed by Join Filter"));
+    if node.get("Index Name").and_then(Value::as_str) == Some("outbox_events_aggregate_unfinished")
+    {
+        cost.probes += n("Actual Loops");
+    }
     if node.get("Relation Name").and_then(Value::as_str) == Some("outbox_heads") {
         cost.heads_read +=
             (n("Actual Rows") + n("Rows Removed by Filter")) * n("Actual Loops").max(1);
@@ -129,6 +148,7 @@ async fn cost_with(conn: &mut PgConnection, execute: &str, settings: &str) -> Co
             + top["Shared Read Blocks"].as_i64().unwrap(),
         join_filter_removed: 0,
         heads_read: 0,
+        probes: 0,
     };
     walk(top, &mut c);
     c
@@ -143,6 +163,12 @@ async fn prepare(conn: &mut PgConnection) {
     .unwrap();
     sqlx::raw_sql(&format!(
         "PREPARE old_ordered_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4) AS {OLD_CLAIM_SQL}"
+    ))
+    .execute(&mut *conn)
+    .await
+    .unwrap();
+    sqlx::raw_sql(&format!(
+        "PREPARE before_marks_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4) AS {BEFORE_MARKS_CLAIM_SQL}"
     ))
     .execute(&mut *conn)
     .await
@@ -333,6 +359,68 @@ async fn the_ordered_claim_costs_the_batch_not_the_number_of_aggregates() {
         new_big.heads_read,
         new_small.buffers,
         new_big.buffers
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn batches_in_flight_cost_a_claim_one_read_of_their_heads_not_a_probe() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    prepare(&mut conn).await;
+    const NEW: &str =
+        "EXECUTE ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
+    const BEFORE: &str = "EXECUTE before_marks_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
+    // 2,000 aggregates with ten events each; claims of 100 held, as other loops hold theirs.
+    add_wide_events(&db, 0, 2_000).await;
+    let p = spec("wide", 100);
+    let mut held = 0;
+    let mut at = Vec::new();
+    for in_flight in [1, 8] {
+        while held < in_flight {
+            let c = claim(&db.pool, &p, "other-loop").await.unwrap();
+            assert_eq!(c.events.len(), 100, "batch {held} in flight");
+            held += 1;
+        }
+        at.push((
+            in_flight,
+            cost(&mut conn, NEW).await,
+            cost(&mut conn, BEFORE).await,
+        ));
+    }
+    let marked: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM outbox_heads WHERE projection = 'wide' AND claimed_until > now()",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        marked, 800,
+        "every head of the 800 aggregates in flight is marked"
+    );
+    let (_, new_one, before_one) = at[0];
+    let (_, new_eight, before_eight) = at[1];
+    eprintln!(
+        "claim of 100 with 1 -> 8 batches in flight: marked walk {} -> {} buffers, {} -> {} probes; before the marks (control) {} -> {} buffers, {} -> {} probes",
+        new_one.buffers, new_eight.buffers, new_one.probes, new_eight.probes,
+        before_one.buffers, before_eight.buffers, before_one.probes, before_eight.probes
+    );
+    assert!(
+        before_eight.probes >= before_one.probes + 600 && before_eight.buffers > 2 * before_one.buffers,
+        "control: the claim before the marks should probe every aggregate in flight, measured {} -> {} probes, {} -> {} buffers",
+        before_one.probes, before_eight.probes, before_one.buffers, before_eight.buffers
+    );
+    assert!(
+        new_one.probes <= 110 && new_eight.probes <= 110,
+        "the claim probed aggregates in flight: {} and {} probes for 100 events",
+        new_one.probes,
+        new_eight.probes
+    );
+    assert!(
+        new_eight.buffers * 4 < new_one.buffers * 5,
+        "the claim's cost grew with the batches in flight: {} -> {} buffers",
+        new_one.buffers,
+        new_eight.buffers
     );
 }
 

@@ -40,6 +40,20 @@ fn success() -> serde_json::Value {
     json!({"outcome": "success"})
 }
 
+/// Moves `projection`'s clock past the leases of its claims: the rows' leases and the in-flight
+/// marks the claims left on their heads (`claimed_until`, which a claim sets to the same end).
+async fn expire_lease(pool: &sqlx::PgPool, projection: &str) {
+    sqlx::raw_sql(&format!(
+        "UPDATE outbox_events SET lease_expires_at = now() - interval '1 second'
+         WHERE projection = '{projection}' AND status = 'processing';
+         UPDATE outbox_heads SET claimed_until = now() - interval '1 second'
+         WHERE projection = '{projection}' AND claimed_until > now();"
+    ))
+    .execute(pool)
+    .await
+    .unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn late_ack_of_a_reclaimed_claim_changes_nothing() {
     let db = TestDb::new().await;
@@ -50,13 +64,11 @@ async fn late_ack_of_a_reclaimed_claim_changes_nothing() {
         .collect();
     insert_events(&db.pool, &events).await;
 
-    // Worker A claims, then stalls past its lease (GC pause, SIGSTOP, slow plugin).
+    // Worker A claims, then stalls past its lease (GC pause, SIGSTOP, slow plugin): the lease
+    // of its rows and the in-flight marks its claim left on their heads (which end with it).
     let a = claim(&db.pool, &p, "worker-a").await.unwrap();
     assert_eq!(a.events.len(), 3);
-    sqlx::query("UPDATE outbox_events SET lease_expires_at = now() - interval '1 second'")
-        .execute(&db.pool)
-        .await
-        .unwrap();
+    expire_lease(&db.pool, "fenced").await;
 
     // Worker B reclaims the stuck rows: a new fencing token, the attempt counted again.
     let b = claim(&db.pool, &p, "worker-b").await.unwrap();
@@ -378,6 +390,172 @@ async fn heads_follow_the_settle_and_the_sweep_removes_the_ones_left_empty() {
         "{:?}",
         again.events
     );
+}
+
+/// How many of `projection`'s heads are marked in flight (`claimed_until` in the future), by
+/// aggregate.
+async fn marked_heads(pool: &sqlx::PgPool, projection: &str) -> Vec<String> {
+    sqlx::query_scalar(
+        "SELECT aggregate_id FROM outbox_heads
+         WHERE projection = $1 AND claimed_until > now() ORDER BY aggregate_id",
+    )
+    .bind(projection)
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+fn aggregates(c: &projector_store::outbox::Claim) -> Vec<&str> {
+    let mut a: Vec<&str> = c.events.iter().map(|e| e.aggregate_id.as_str()).collect();
+    a.sort();
+    a
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn heads_in_flight_are_passed_over_and_shown_again_when_their_events_leave_processing() {
+    let db = TestDb::new().await;
+    db.migrate();
+    let mut p = spec("marks", Ordering::Aggregate);
+    // Retries due at once, so that only the marks could hold an aggregate back.
+    p.tuning.base_backoff = Duration::ZERO;
+    p.tuning.max_backoff = Duration::ZERO;
+    let names = ["done", "retried", "failed", "cut", "released", "inserted"];
+    let events: Vec<NewEvent> = (0..3)
+        .flat_map(|_| names.map(|name| NewEvent::new("marks", name, success())))
+        .collect();
+    insert_events(&db.pool, &events).await;
+    let mut runs = p.clone();
+    runs.tuning.events_per_aggregate = 2;
+
+    // One claim takes a run of two events of every aggregate and marks their heads; the next
+    // claim finds nothing.
+    let c = claim(&db.pool, &runs, "w").await.unwrap();
+    assert_eq!(c.events.len(), 12, "{:?}", aggregates(&c));
+    assert_eq!(marked_heads(&db.pool, "marks").await.len(), names.len());
+    assert!(claim(&db.pool, &p, "other")
+        .await
+        .unwrap()
+        .events
+        .is_empty());
+
+    // An insert into an aggregate in flight shows its head (the insert may hold it while a
+    // settle runs); the claim still finds the aggregate's first event in flight and takes none.
+    insert_events(&db.pool, &[NewEvent::new("marks", "inserted", success())]).await;
+    assert!(!marked_heads(&db.pool, "marks")
+        .await
+        .contains(&"inserted".to_owned()));
+    assert!(claim(&db.pool, &p, "other")
+        .await
+        .unwrap()
+        .events
+        .is_empty());
+
+    // The settle: a run done, a transient failure due now (the run's second event handed back),
+    // a deterministic failure, and a run cut after its first event. `released` and `inserted`
+    // are not settled here.
+    let claimed: BTreeMap<String, Vec<i64>> = c.events.iter().fold(BTreeMap::new(), |mut m, e| {
+        m.entry(e.aggregate_id.clone()).or_default().push(e.seq);
+        m
+    });
+    let settled_part = projector_store::outbox::Claim {
+        batch_id: c.batch_id,
+        projection: c.projection.clone(),
+        events: c
+            .events
+            .iter()
+            .filter(|e| e.aggregate_id != "released" && e.aggregate_id != "inserted")
+            .cloned()
+            .collect(),
+    };
+    let mut verdicts: Vec<Verdict> = settled_part
+        .events
+        .iter()
+        .map(|e| match e.aggregate_id.as_str() {
+            "retried" => Verdict::transient("es_connect", "down"),
+            "failed" => Verdict::Deterministic {
+                reason: "bad".into(),
+                message: "bad event".into(),
+            },
+            "cut" if e.seq == claimed["cut"][1] => Verdict::transient("es_connect", "down"),
+            _ => Verdict::Success,
+        })
+        .collect();
+    projector_store::outbox::defer_after_failures(&settled_part.events, &mut verdicts);
+    settle(&db.pool, &settled_part, &verdicts, &p.tuning, "v")
+        .await
+        .unwrap();
+    assert_eq!(
+        marked_heads(&db.pool, "marks").await,
+        vec!["released".to_owned()],
+        "only the aggregates still in flight keep their marks (inserted's was shown by its insert)"
+    );
+    // The release at shutdown of the worker's rows still held shows the last one.
+    assert_eq!(lease::release(&db.pool, "w", None).await.unwrap(), 4);
+    assert!(marked_heads(&db.pool, "marks").await.is_empty());
+
+    // Every aggregate goes on at once but the failed one, which blocks its own, each from its
+    // earliest unfinished event.
+    let next = claim(&db.pool, &p, "w").await.unwrap();
+    assert_eq!(
+        aggregates(&next),
+        vec!["cut", "done", "inserted", "released", "retried"],
+        "{:?}",
+        next.events
+    );
+    for e in &next.events {
+        let run = &claimed[&e.aggregate_id];
+        let expected = match e.aggregate_id.as_str() {
+            "done" => e.seq > run[1],
+            "cut" => e.seq == run[1],
+            _ => e.seq == run[0],
+        };
+        assert!(
+            expected,
+            "{} got seq {}; first claim: {claimed:?}",
+            e.aggregate_id, e.seq
+        );
+    }
+
+    // A host that dies holding a claim leaves its marks behind; they end with its lease, and
+    // the run is reclaimed as before.
+    assert!(claim(&db.pool, &p, "other")
+        .await
+        .unwrap()
+        .events
+        .is_empty());
+    expire_lease(&db.pool, "marks").await;
+    let reclaimed = claim(&db.pool, &p, "other").await.unwrap();
+    assert_eq!(aggregates(&reclaimed), aggregates(&next));
+    assert!(reclaimed.events.iter().all(|e| e.reclaimed));
+}
+
+async fn setting(conn: &mut sqlx::PgConnection) -> String {
+    sqlx::query_scalar("SHOW synchronous_commit")
+        .fetch_one(conn)
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_the_claims_transaction_commits_without_waiting_for_its_flush() {
+    use sqlx::Connection;
+    let db = TestDb::new().await;
+    db.migrate();
+    let mut conn = sqlx::PgConnection::connect(&db.url).await.unwrap();
+    assert_eq!(
+        setting(&mut conn).await,
+        "on",
+        "control: the server's default"
+    );
+    let mut tx = conn.begin().await.unwrap();
+    projector_store::outbox::claim::take_turn(&mut *tx, "p")
+        .await
+        .unwrap();
+    assert_eq!(setting(&mut *tx).await, "off", "the claim's transaction");
+    tx.commit().await.unwrap();
+    // The settle that follows on the same pooled connection waits for its flush again: an
+    // outcome is never lost to a crash, only a claim (which is then reclaimed).
+    assert_eq!(setting(&mut conn).await, "on", "after the claim committed");
 }
 
 /// The ordered claim statement alone, without its turn: what two hosts ran before migration 0011.

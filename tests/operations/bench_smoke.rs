@@ -96,6 +96,8 @@ async fn a_tiny_run_measures_everything_and_writes_a_consistent_report() {
             "2000",
             "--hosts",
             "3",
+            "--multi-host-pairs",
+            "2",
             "--plugins-dir",
             &plugins_dir(),
             "--json",
@@ -239,6 +241,23 @@ async fn a_tiny_run_measures_everything_and_writes_a_consistent_report() {
         settled += count.parse::<i64>().expect("a count");
     }
     assert_eq!(settled, 2000, "{note}");
+    // Two alternating pairs, each with the rates it measured.
+    let pairs = note
+        .split("pairs (1 host / 3 hosts, events/s): ")
+        .nth(1)
+        .and_then(|rest| rest.split(';').next())
+        .expect("the note lists the pairs");
+    assert_eq!(pairs.split(", ").count(), 2, "{note}");
+    for pair in pairs.split(", ") {
+        let (one, many) = pair
+            .split_once(" (")
+            .and_then(|(rates, _)| rates.split_once(" / "))
+            .expect("1-host and n-host rate");
+        assert!(
+            one.parse::<f64>().unwrap() > 0.0 && many.parse::<f64>().unwrap() > 0.0,
+            "{note}"
+        );
+    }
     // The skewed stream is skewed: 95 % of its events on its 20 hot aggregates.
     let skew = results
         .iter()

@@ -62,6 +62,11 @@ pub struct BenchArgs {
     /// Hosts of the multi-host run, each with --concurrency claim loops.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(2..=16))]
     pub hosts: u32,
+    /// Alternating pairs of multi-host drains (1 host, then --hosts hosts, again and again): the
+    /// rows report the median of each side and of the pairs' ratios. On a shared machine one
+    /// pair cannot tell a 10 % change from noise.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=15))]
+    pub multi_host_pairs: u32,
     /// Where the `noop`, `chronicle_entries` and `search_index` components are.
     #[arg(long, default_value = "plugins/target/wasm32-wasip2/release")]
     pub plugins_dir: PathBuf,
@@ -94,6 +99,7 @@ pub(crate) struct Plan {
     pub(crate) sweep_ceilings: bool,
     pub(crate) multi_host_events: i64,
     pub(crate) hosts: usize,
+    pub(crate) multi_host_pairs: usize,
     pub(crate) plugins: Plugins,
     pub(crate) json: PathBuf,
     pub(crate) elastic_url: String,
@@ -152,6 +158,7 @@ pub(crate) fn validate(args: BenchArgs) -> Result<Plan> {
         sweep_ceilings: args.sweep_ceilings,
         multi_host_events: args.multi_host_events.into(),
         hosts: args.hosts as usize,
+        multi_host_pairs: args.multi_host_pairs as usize,
         plugins: Plugins {
             noop: component("noop")?,
             chronicle: component("chronicle_entries")?,

@@ -375,7 +375,20 @@ async fn tally(pool: &PgPool, projection: &str, n: i64) -> Result<Tally> {
     })
 }
 
-/// One host, then `plan.hosts` hosts, draining the same events on one database.
+/// The median of `values` (the mean of the middle two for an even count).
+fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(|a, b| a.total_cmp(b));
+    let m = v.len() / 2;
+    if v.len() % 2 == 1 {
+        v[m]
+    } else {
+        (v[m - 1] + v[m]) / 2.0
+    }
+}
+
+/// One host, then `plan.hosts` hosts, draining the same events on one database, in
+/// `plan.multi_host_pairs` alternating pairs; lost and duplicated events are counted over all.
 pub async fn many_hosts(
     plan: &Plan,
     pool: &PgPool,
@@ -390,34 +403,58 @@ pub async fn many_hosts(
         return Err(e);
     }
     let mut runs = Vec::new();
-    for hosts in [1, plan.hosts] {
-        info!(events = n, hosts, "projector, noop, hosts on one database");
-        workload::reset(pool).await?;
-        sqlx::raw_sql("TRUNCATE bench_done_log")
-            .execute(pool)
-            .await?;
-        workload::seed(pool, Kind::Book, projection, n).await?;
-        let projections = [Projection::noop(projection, &plan.plugins)];
-        let result = host
-            .drain_hosts(&projections, pool, projection, n, hosts, drain_timeout(n))
-            .await;
-        let result = match result {
-            Ok((drain, _)) => tally(pool, projection, n).await.map(|t| (drain, t)),
-            Err(e) => Err(e),
-        };
-        match result {
-            Ok(run) => runs.push((hosts, run)),
-            Err(e) => {
-                let _ = sqlx::raw_sql(DROP_DONE_LOG).execute(pool).await;
-                return Err(e);
+    for _pair in 0..plan.multi_host_pairs {
+        for hosts in [1, plan.hosts] {
+            info!(events = n, hosts, "projector, noop, hosts on one database");
+            workload::reset(pool).await?;
+            sqlx::raw_sql("TRUNCATE bench_done_log")
+                .execute(pool)
+                .await?;
+            workload::seed(pool, Kind::Book, projection, n).await?;
+            let projections = [Projection::noop(projection, &plan.plugins)];
+            let result = host
+                .drain_hosts(&projections, pool, projection, n, hosts, drain_timeout(n))
+                .await;
+            let result = match result {
+                Ok((drain, _)) => tally(pool, projection, n).await.map(|t| (drain, t)),
+                Err(e) => Err(e),
+            };
+            match result {
+                Ok(run) => runs.push((hosts, run)),
+                Err(e) => {
+                    let _ = sqlx::raw_sql(DROP_DONE_LOG).execute(pool).await;
+                    return Err(e);
+                }
             }
         }
     }
     sqlx::raw_sql(DROP_DONE_LOG).execute(pool).await?;
 
     let loops = plan.concurrency;
-    let (_, (one, one_tally)) = &runs[0];
-    let (hosts, (many, many_tally)) = &runs[1];
+    let hosts = plan.hosts;
+    let (ones, manys): (Vec<_>, Vec<_>) = runs.iter().partition(|(h, _)| *h == 1);
+    let one_rates: Vec<f64> = ones.iter().map(|(_, (d, _))| d.rate()).collect();
+    let many_rates: Vec<f64> = manys.iter().map(|(_, (d, _))| d.rate()).collect();
+    let pair_ratios: Vec<f64> = one_rates
+        .iter()
+        .zip(&many_rates)
+        .map(|(one, many)| many / one)
+        .collect();
+    let pairs = pair_ratios
+        .iter()
+        .zip(one_rates.iter().zip(&many_rates))
+        .map(|(r, (one, many))| format!("{one:.0} / {many:.0} ({:.0} %)", r * 100.0))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let sum = |f: fn(&Tally) -> i64, side: &[&(usize, (Drain, Tally))]| -> i64 {
+        side.iter().map(|(_, (_, t))| f(t)).sum()
+    };
+    let (one_lost, many_lost) = (sum(|t| t.lost, &ones), sum(|t| t.lost, &manys));
+    let (one_dup, many_dup) = (sum(|t| t.duplicated, &ones), sum(|t| t.duplicated, &manys));
+    let (one_redelivered, many_redelivered) = (
+        sum(|t| t.redelivered, &ones),
+        sum(|t| t.redelivered, &manys),
+    );
     let shares = |t: &Tally| {
         t.per_host
             .iter()
@@ -425,48 +462,60 @@ pub async fn many_hosts(
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let last_many = &manys.last().expect("at least one pair").1 .1;
+    let one = median(&one_rates);
     report.push(Row::rate(
         "one_host_drain",
-        &format!("1 host × {loops} loops, noop, {n} events"),
-        one.rate(),
+        &format!(
+            "1 host × {loops} loops, noop, {n} events (median of {})",
+            one_rates.len()
+        ),
+        one,
     ));
+    // Held to the target: the ratio of the two sides' medians. The median of the pairs' ratios
+    // (each pair ran back to back) is in the note.
+    let ratio = median(&pair_ratios);
     report.push(
         Row::rate(
             "many_hosts_drain",
-            &format!("{hosts} hosts × {loops} loops, noop, the same {n} events"),
-            many.rate(),
+            &format!(
+                "{hosts} hosts × {loops} loops, noop, the same {n} events (median of {})",
+                many_rates.len()
+            ),
+            median(&many_rates),
         )
-        .ratio_of("one_host_drain", one.rate(), 1.0)
+        .ratio_of("one_host_drain", one, 1.0)
         .note(&format!(
-            "done per host: {}; delivered more than once: {} (1 host: {})",
-            shares(many_tally),
-            many_tally.redelivered,
-            one_tally.redelivered
+            "done per host: {}; delivered more than once: {many_redelivered} (1 host: \
+             {one_redelivered}); pairs (1 host / {hosts} hosts, events/s): {pairs}; median of the \
+             pairs' ratios {:.0} %; the per-host tally is the last drain's",
+            shares(last_many),
+            ratio * 100.0,
         )),
     );
     report.push(
         Row::count(
             "hosts_lost",
             &format!("events lost, 1 and {hosts} hosts"),
-            one_tally.lost + many_tally.lost,
+            one_lost + many_lost,
         )
         .at_most(0.0)
         .note(&format!(
             "1 host: {}, {hosts} hosts: {} (seeded events not done, or done without a logged \
              transition)",
-            one_tally.lost, many_tally.lost
+            one_lost, many_lost
         )),
     );
     report.push(
         Row::count(
             "hosts_duplicated",
             &format!("events done twice, 1 and {hosts} hosts"),
-            one_tally.duplicated + many_tally.duplicated,
+            one_dup + many_dup,
         )
         .at_most(0.0)
         .note(&format!(
             "1 host: {}, {hosts} hosts: {} (second transitions into done)",
-            one_tally.duplicated, many_tally.duplicated
+            one_dup, many_dup
         )),
     );
     Ok(())

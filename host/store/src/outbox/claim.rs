@@ -270,6 +270,12 @@ pub async fn claim_on(
 /// Two ordered claims at the same moment would see the same candidates, and the one that locks
 /// them second would get none of them (SKIP LOCKED): a wasted walk, and a loop asleep until the
 /// next poll in the middle of a backlog (migration 0011 has the figures).
+///
+/// The transaction then commits without waiting for its WAL flush (`synchronous_commit = off`,
+/// local to it): every host waits for the turn until this COMMIT returns, and the flush was most
+/// of it. A crash can lose only the claim, which leaves its rows `pending` as an expired lease
+/// would (a batch already handed to a plugin is fenced off at its settle and delivered again);
+/// the settle commits synchronously, and its flush covers the claim's WAL before it.
 pub async fn take_turn(conn: &mut sqlx::PgConnection, projection: &str) -> sqlx::Result<()> {
     sqlx::query(CLAIM_TURN_SQL)
         .bind(projection)

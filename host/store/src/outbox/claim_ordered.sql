@@ -16,8 +16,13 @@
 -- Cost: the walk visits `outbox_heads` (one row per aggregate with unfinished events, see
 -- migration 0007) oldest first and probes each aggregate's first unfinished events (at most $5)
 -- through `outbox_events_aggregate_unfinished`, starting at the head's `next_seq`. It stops once
--- $2 events are found; the aggregates it passes are those other batches hold right now (at most
--- the other loops' batches), so a claim costs O(batch), not O(backlog).
+-- $2 events are found, so a claim costs O(batch), not O(backlog). The aggregates other batches
+-- hold right now (the other loops', on every host) it passes with one read of their head, not a
+-- probe: this claim marks the heads of the aggregates it takes with the end of their lease
+-- (`claimed_until`, migration 0013; only heads it can lock without waiting), and whatever takes
+-- their events out of `processing` clears the mark. The mark is a hint: the claim still decides
+-- from the events whether one may go, and a mark left behind by a host that died ends with its
+-- lease, when the run is reclaimed.
 -- The runs, oldest aggregate first: each aggregate's first unfinished events in seq order, cut at
 -- the first that may not go (an aggregate whose first event may not go yields nothing). No ORDER
 -- BY outside: the lateral join yields one aggregate's run after another, and the LIMIT stops the
@@ -33,6 +38,7 @@ WITH RECURSIVE walk AS (
     (SELECT h.aggregate_id, h.next_seq
      FROM outbox_heads h
      WHERE h.projection = $1 AND NOT h.blocked AND h.not_before <= now()
+          AND h.claimed_until <= now()
      ORDER BY h.next_seq
      LIMIT 1)
     UNION ALL
@@ -42,6 +48,7 @@ WITH RECURSIVE walk AS (
         SELECT h.aggregate_id, h.next_seq
         FROM outbox_heads h
         WHERE h.projection = $1 AND NOT h.blocked AND h.not_before <= now()
+          AND h.claimed_until <= now()
           AND h.next_seq > w.next_seq
         ORDER BY h.next_seq
         LIMIT 1
@@ -80,15 +87,27 @@ locked AS (
 -- A run goes only as far as its events are all locked here: an event another claim holds (or
 -- took meanwhile) ends its aggregate's run.
 chosen AS (
-    SELECT x.seq
+    SELECT x.seq, x.aggregate_id
     FROM (
-        SELECT r.seq,
+        SELECT r.seq, r.aggregate_id,
                bool_and(l.seq IS NOT NULL)
                    OVER (PARTITION BY r.aggregate_id ORDER BY r.seq) AS held
         FROM runs r
         LEFT JOIN locked l ON l.seq = r.seq
     ) x
     WHERE x.held
+),
+-- The taken aggregates' heads, marked in flight until the lease ends. Only heads locked here
+-- without waiting: one an application's insert holds stays shown (that insert shows it anyway).
+-- A data-modifying WITH runs to completion whether or not the UPDATE below reads it.
+marked AS (
+    UPDATE outbox_heads h
+    SET claimed_until = now() + make_interval(secs => $7)
+    FROM (SELECT m.aggregate_id
+          FROM outbox_heads m
+          WHERE m.projection = $1 AND m.aggregate_id IN (SELECT aggregate_id FROM chosen)
+          FOR UPDATE OF m SKIP LOCKED) k
+    WHERE h.projection = $1 AND h.aggregate_id = k.aggregate_id
 )
 UPDATE outbox_events e
 SET status = 'processing',

@@ -8,6 +8,13 @@
 //! finished other than by a settle (an operator skip, a rebuild superseding them, a hand-made
 //! UPDATE or DELETE), or when a settle's check lost a race. An extra head costs each ordered
 //! claim one probe, never an event; [`sweep_empty`] removes them.
+//!
+//! A head also carries `claimed_until` (migration 0013): the end of the lease the last claim of
+//! its aggregate gave, set by that claim and cleared by whatever takes the events out of
+//! `processing`. The walk passes a head marked in the future without probing its events. It is
+//! a hint too: a mark missing costs a probe, and a mark left behind (a dead host's, or one a
+//! settle could not clear because an insert held the head, which clears it itself) holds the
+//! aggregate back no longer than that lease, after which its run is reclaimed as before.
 
 use sqlx::PgPool;
 

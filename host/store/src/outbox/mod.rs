@@ -19,6 +19,13 @@
 //!   or a run of up to `events_per_aggregate` consecutive ones.
 //!   Ordered claims of a projection take turns on every host ([`claim::take_turn`], migration
 //!   0011): each starts after the one before it committed, so no two see the same candidates.
+//!   A claim marks the heads of the aggregates it took in flight until their lease ends
+//!   (`claimed_until`, migration 0013), so the claims after it pass those aggregates with one
+//!   read instead of probing their events; the mark is only a hint (the claim still decides from
+//!   the events), cleared by whatever takes the events out of `processing`, and it ends with the
+//!   lease, when a dead host's run is reclaimed. The claim's transaction commits without
+//!   waiting for its WAL flush: a claim lost in a crash is a reclaim, never a lost outcome (the
+//!   settle commits synchronously, and its flush covers the claim's WAL before it).
 //! - **Runs** are settled up to their first non-success (`projector_core::outbox::defer_after_failures`): the rest of
 //!   the aggregate's events in the batch go back to `pending` untried, their attempt given back.
 //! - **Fencing** ([`settle`], [`lease`]): every write after the claim is conditional on

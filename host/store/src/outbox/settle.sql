@@ -95,11 +95,15 @@ gone AS (
     WHERE h.projection = s.projection AND h.aggregate_id = s.aggregate_id
       AND s.next_unfinished IS NULL
 ),
+-- A head that stays is shown to the claim's walk again (`claimed_until`, migration 0013): its
+-- run is no longer in flight. The events of it this settle did not finish leave `processing`
+-- too, and the status trigger shows the heads of aggregates with none finished.
 moved AS (
     UPDATE outbox_heads h
-    SET next_seq = s.next_unfinished
+    SET next_seq = greatest(h.next_seq, s.next_unfinished),
+        claimed_until = '-infinity'
     FROM current s
     WHERE h.projection = s.projection AND h.aggregate_id = s.aggregate_id
-      AND s.next_unfinished > h.next_seq
+      AND s.next_unfinished IS NOT NULL
 )
 SELECT seq, status, attempts, verdict, retry_delay FROM settled

@@ -6,6 +6,7 @@
 //! is added. Starting, waiting for and stopping the child is the harness the integration tests
 //! use too (`projector-test-support`), which also kills a child whose handle drops.
 
+use crate::cpu::{CpuUse, Meter};
 use crate::plan::{Plan, Plugins};
 use crate::workload::{self, Drain, Latency};
 use projector_core::{Error, Result};
@@ -146,7 +147,9 @@ impl HostConfig {
         Ok(host)
     }
 
-    /// Runs a host with `projections` until `projection`'s `n` seeded events are done.
+    /// Runs a host with `projections` until `projection`'s `n` seeded events are done, and
+    /// meters the CPU the drain used (the projection is paused while the host starts, so its
+    /// start-up, plugin compilation included, is not in the figure).
     pub async fn drain(
         &self,
         projections: &[Projection],
@@ -154,22 +157,25 @@ impl HostConfig {
         projection: &str,
         n: i64,
         timeout: Duration,
-    ) -> Result<(Drain, Memory)> {
-        let mut host = self.start(projections, projection).await?;
-        let drain = workload::wait_drained(pool, projection, n, timeout, || {
-            host.check_running().map_err(harness)
-        })
-        .await?;
-        let mem = memory(&host);
-        host.stop(STOP_TIMEOUT).map_err(harness)?;
-        Ok((drain, mem))
+    ) -> Result<(Drain, Memory, CpuUse)> {
+        let (drain, memory, cpu) = self
+            .drain_hosts(projections, pool, projection, n, 1, timeout)
+            .await?;
+        if drain.events != n {
+            return Err(Error::Other(anyhow::anyhow!(
+                "`{projection}`: {} of {n} events done",
+                drain.events
+            )));
+        }
+        Ok((drain, memory, cpu))
     }
 
     /// Runs `hosts` hosts with `projections` on the same database until `projection`'s `n` seeded
-    /// events are done. The projection is paused while they start and resumed (which wakes them
-    /// all) once every one is ready, so none drains alone while the others start. Each host's
-    /// worker id is `bench-<projection>-<i>`. Returns the drain of the events that ended `done`
-    /// and the highest peak RSS of the hosts.
+    /// events are settled. The projection is paused while they start and resumed (which wakes
+    /// them all) once every one is ready, so none drains alone while the others start, and the
+    /// CPU meter runs from the resume to the last settle. Each host's worker id is
+    /// `bench-<projection>-<i>` (with more than one host). Returns the drain of the events that
+    /// ended `done`, the highest peak RSS of the hosts and the CPU the drain used.
     pub async fn drain_hosts(
         &self,
         projections: &[Projection],
@@ -178,7 +184,7 @@ impl HostConfig {
         n: i64,
         hosts: usize,
         timeout: Duration,
-    ) -> Result<(Drain, Memory)> {
+    ) -> Result<(Drain, Memory, CpuUse)> {
         projector_store::outbox::operator::pause(
             pool,
             projection,
@@ -188,12 +194,18 @@ impl HostConfig {
         .await?;
         let mut running = Vec::with_capacity(hosts);
         for i in 0..hosts {
-            let host = self.with_env("OUTBOX_WORKER_ID", &format!("bench-{projection}-{i}"));
-            running.push(
-                host.start(projections, &format!("{projection}-{i}"))
-                    .await?,
-            );
+            let (config, label) = if hosts == 1 {
+                (self.clone(), projection.to_owned())
+            } else {
+                (
+                    self.with_env("OUTBOX_WORKER_ID", &format!("bench-{projection}-{i}")),
+                    format!("{projection}-{i}"),
+                )
+            };
+            running.push(config.start(projections, &label).await?);
         }
+        let meter = Meter::new(pool, running.iter().map(ChildHost::pid).collect()).await;
+        let before = meter.sample();
         projector_store::outbox::operator::resume(pool, projection).await?;
         workload::wait_settled(pool, projection, n, timeout, || {
             running
@@ -201,6 +213,7 @@ impl HostConfig {
                 .try_for_each(|h| h.check_running().map_err(harness))
         })
         .await?;
+        let cpu = meter.sample().since(&before);
         // Not held to `n` done here: the caller counts lost and duplicated events itself.
         let drain = workload::drained(pool, projection).await?;
         let peak_mib = running
@@ -208,7 +221,7 @@ impl HostConfig {
             .map(|h| memory(h).peak_mib)
             .fold(0.0, f64::max);
         stop_all(running, STOP_TIMEOUT).map_err(harness)?;
-        Ok((drain, Memory { peak_mib }))
+        Ok((drain, Memory { peak_mib }, cpu))
     }
 
     /// Runs a host with `projections` while events of `projection` are offered at `plan.rate`.

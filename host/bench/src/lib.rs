@@ -29,6 +29,7 @@
 #![deny(missing_docs)]
 
 mod child;
+mod cpu;
 mod plan;
 mod probes;
 mod queue;
@@ -231,33 +232,65 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
     };
 
     info!(events = n, "raw SQL ceiling (empty table)");
-    let raw = scale::own_statements_ceiling(pool, "bench_raw", n, shape).await?;
-    report.push(Row::rate(
-        "raw_sql_ceiling",
-        "raw SQL ceiling, host's statements (claim + settle loop)",
-        raw.rate(),
-    ));
+    let (raw, raw_cpu) = scale::own_statements_ceiling(pool, "bench_raw", n, shape).await?;
+    report.push(
+        Row::rate(
+            "raw_sql_ceiling",
+            "raw SQL ceiling, host's statements (claim + settle loop)",
+            raw.rate(),
+        )
+        .note(&raw_cpu.per_thousand(n).describe()),
+    );
 
     info!(events = n, "raw queue ceiling (a table of its own)");
-    let queue = scale::queue_ceiling(pool, n, shape).await?;
-    report.push(Row::rate(
-        "raw_queue_ceiling",
-        "raw queue ceiling, own table (claim + ack loop)",
-        queue.rate(),
-    ));
+    let (queue, queue_cpu) = scale::queue_ceiling(pool, n, shape).await?;
+    let queue_cpu = queue_cpu.per_thousand(n);
+    report.push(
+        Row::rate(
+            "raw_queue_ceiling",
+            "raw queue ceiling, own table (claim + ack loop)",
+            queue.rate(),
+        )
+        .note(&queue_cpu.describe()),
+    );
 
     info!(events = n, "projector, noop");
     workload::reset(pool).await?;
     workload::seed(pool, Kind::Book, "bench_noop", n).await?;
     let projections = [child::Projection::noop("bench_noop", &plan.plugins)];
-    let (noop, noop_rss) = host
+    let (noop, noop_rss, noop_cpu) = host
         .drain(&projections, pool, "bench_noop", n, drain_timeout)
         .await?;
+    let noop_cpu = noop_cpu.per_thousand(n);
     report.push(
         Row::rate("noop_drain", "projector drain, noop", noop.rate())
             .ratio_of("raw_queue_ceiling", queue.rate(), 0.80)
-            .compared_to("raw_sql_ceiling", raw.rate()),
+            .compared_to("raw_sql_ceiling", raw.rate())
+            .note(&noop_cpu.describe()),
     );
+    // The work per event behind the two rates, which a busy neighbour does not change: the
+    // database's CPU per 1,000 events in the noop drain and in the queue's loop (each with its
+    // client: the host, or the bench process the queue runs in).
+    if let (Some(noop_db), Some(queue_db)) = (
+        noop_cpu.measured_database_ms(),
+        queue_cpu.measured_database_ms(),
+    ) {
+        report.push(Row::value(
+            "queue_database_cpu",
+            "raw queue ceiling: database CPU per 1,000 events",
+            queue_db,
+            "ms",
+        ));
+        report.push(
+            Row::value(
+                "noop_database_cpu",
+                "projector drain, noop: database CPU per 1,000 events",
+                noop_db,
+                "ms",
+            )
+            .compared_to("queue_database_cpu", queue_db),
+        );
+    }
 
     info!(events = n, "projector, chronicle-entries");
     workload::reset(pool).await?;
@@ -266,7 +299,7 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
         "bench_chronicle",
         &plan.plugins,
     )];
-    let (chronicle, _) = host
+    let (chronicle, _, _) = host
         .drain(&projections, pool, "bench_chronicle", n, drain_timeout)
         .await?;
     workload::check_chronicle(pool, n).await?;
@@ -306,7 +339,7 @@ async fn measure(plan: &Plan, db: &BenchDb, pool: &PgPool, work: &Path) -> Resul
         child::Projection::chronicle("bench_chronicle", &plan.plugins),
         child::Projection::search("bench_search", &host_index, &plan.plugins),
     ];
-    let (search, rss3) = host
+    let (search, rss3, _) = host
         .drain(&projections, pool, "bench_search", ns, drain_timeout)
         .await?;
     probes::delete_index(&plan.elastic_url, &ceiling_index).await;

@@ -13,6 +13,7 @@
 //! Every run starts from a truncated outbox seeded in one statement, as the other drains do.
 
 use crate::child::{HostConfig, Projection};
+use crate::cpu::{CpuUse, Meter, PerThousand};
 use crate::plan::Plan;
 use crate::queue;
 use crate::report::{Report, Row};
@@ -38,16 +39,22 @@ pub async fn own_statements_ceiling(
     projection: &str,
     n: i64,
     shape: Shape,
-) -> Result<Drain> {
+) -> Result<(Drain, CpuUse)> {
     workload::reset(pool).await?;
     workload::seed(pool, Kind::Book, projection, n).await?;
-    workload::raw_drain(pool, projection, n, shape, drain_timeout(n)).await
+    let meter = Meter::new(pool, Vec::new()).await;
+    let before = meter.sample();
+    let drain = workload::raw_drain(pool, projection, n, shape, drain_timeout(n)).await?;
+    Ok((drain, meter.sample().since(&before)))
 }
 
 /// The independent claim + ack loop on `n` fresh jobs of its own table.
-pub async fn queue_ceiling(pool: &PgPool, n: i64, shape: Shape) -> Result<Drain> {
+pub async fn queue_ceiling(pool: &PgPool, n: i64, shape: Shape) -> Result<(Drain, CpuUse)> {
     queue::seed(pool, n).await?;
-    queue::drain(pool, n, shape, drain_timeout(n)).await
+    let meter = Meter::new(pool, Vec::new()).await;
+    let before = meter.sample();
+    let drain = queue::drain(pool, n, shape, drain_timeout(n)).await?;
+    Ok((drain, meter.sample().since(&before)))
 }
 
 /// A child host with `noop` draining `n` fresh events of `projection` spread as `spread`.
@@ -59,7 +66,7 @@ async fn noop_drain(
     n: i64,
     spread: Spread,
     timeout: Duration,
-) -> Result<(Drain, crate::child::Memory)> {
+) -> Result<(Drain, crate::child::Memory, CpuUse)> {
     workload::reset(pool).await?;
     workload::seed_spread(pool, Kind::Book, projection, n, spread).await?;
     let projections = [Projection::noop(projection, &plan.plugins)];
@@ -82,7 +89,7 @@ pub async fn skewed(
         events = n,
         "projector, noop, uniform (the skewed runs' reference)"
     );
-    let (uniform, _) = noop_drain(
+    let (uniform, _, _) = noop_drain(
         host,
         plan,
         pool,
@@ -123,7 +130,7 @@ pub async fn skewed(
         workload::seed_spread(pool, Kind::Book, projection, n, spread).await?;
         let share = workload::busiest_share(pool, projection, hot).await?;
         let projections = [Projection::noop(projection, &plan.plugins)];
-        let (skew, _) = host
+        let (skew, _, _) = host
             .drain(&projections, pool, projection, n, skew_timeout(n))
             .await?;
         let longest = workload::longest_aggregate_run(pool, projection).await?;
@@ -180,23 +187,29 @@ pub async fn sweep(
         let mut ceilings = None;
         if plan.sweep_ceilings {
             info!(events = n, batch_size, "sweep: raw SQL ceiling");
-            let sql = own_statements_ceiling(pool, "bench_raw", n, shape).await?;
-            report.push(Row::rate(
-                sql_key.clone(),
-                &format!("sweep, batch {batch_size}: raw SQL ceiling (host's statements)"),
-                sql.rate(),
-            ));
+            let (sql, sql_cpu) = own_statements_ceiling(pool, "bench_raw", n, shape).await?;
+            report.push(
+                Row::rate(
+                    sql_key.clone(),
+                    &format!("sweep, batch {batch_size}: raw SQL ceiling (host's statements)"),
+                    sql.rate(),
+                )
+                .note(&sql_cpu.per_thousand(n).describe()),
+            );
             info!(events = n, batch_size, "sweep: raw queue ceiling");
-            let queue = queue_ceiling(pool, n, shape).await?;
-            report.push(Row::rate(
-                queue_key.clone(),
-                &format!("sweep, batch {batch_size}: raw queue ceiling (own table)"),
-                queue.rate(),
-            ));
+            let (queue, queue_cpu) = queue_ceiling(pool, n, shape).await?;
+            report.push(
+                Row::rate(
+                    queue_key.clone(),
+                    &format!("sweep, batch {batch_size}: raw queue ceiling (own table)"),
+                    queue.rate(),
+                )
+                .note(&queue_cpu.per_thousand(n).describe()),
+            );
             ceilings = Some((sql.rate(), queue.rate()));
         }
         info!(events = n, batch_size, "sweep: projector, noop");
-        let (noop, _) = noop_drain(
+        let (noop, _, noop_cpu) = noop_drain(
             &host.with_batch_size(batch_size),
             plan,
             pool,
@@ -210,7 +223,8 @@ pub async fn sweep(
             format!("sweep_b{batch_size}_noop"),
             &format!("sweep, batch {batch_size}: projector drain, noop"),
             noop.rate(),
-        );
+        )
+        .note(&noop_cpu.per_thousand(n).describe());
         if let Some((sql, queue)) = ceilings {
             row = row.compared_to(queue_key, queue).compared_to(sql_key, sql);
         }
@@ -229,7 +243,7 @@ pub async fn long_drain(
     let n = plan.long_events;
     info!(events = n, "projector, noop, long drain");
     let projection = "bench_long";
-    let (drain, memory) = noop_drain(
+    let (drain, memory, _) = noop_drain(
         host,
         plan,
         pool,
@@ -416,7 +430,9 @@ pub async fn many_hosts(
                 .drain_hosts(&projections, pool, projection, n, hosts, drain_timeout(n))
                 .await;
             let result = match result {
-                Ok((drain, _)) => tally(pool, projection, n).await.map(|t| (drain, t)),
+                Ok((drain, _, cpu)) => tally(pool, projection, n)
+                    .await
+                    .map(|t| (drain, t, cpu.per_thousand(n))),
                 Err(e) => Err(e),
             };
             match result {
@@ -433,8 +449,8 @@ pub async fn many_hosts(
     let loops = plan.concurrency;
     let hosts = plan.hosts;
     let (ones, manys): (Vec<_>, Vec<_>) = runs.iter().partition(|(h, _)| *h == 1);
-    let one_rates: Vec<f64> = ones.iter().map(|(_, (d, _))| d.rate()).collect();
-    let many_rates: Vec<f64> = manys.iter().map(|(_, (d, _))| d.rate()).collect();
+    let one_rates: Vec<f64> = ones.iter().map(|(_, (d, _, _))| d.rate()).collect();
+    let many_rates: Vec<f64> = manys.iter().map(|(_, (d, _, _))| d.rate()).collect();
     let pair_ratios: Vec<f64> = one_rates
         .iter()
         .zip(&many_rates)
@@ -446,8 +462,8 @@ pub async fn many_hosts(
         .map(|(r, (one, many))| format!("{one:.0} / {many:.0} ({:.0} %)", r * 100.0))
         .collect::<Vec<_>>()
         .join(", ");
-    let sum = |f: fn(&Tally) -> i64, side: &[&(usize, (Drain, Tally))]| -> i64 {
-        side.iter().map(|(_, (_, t))| f(t)).sum()
+    let sum = |f: fn(&Tally) -> i64, side: &[&(usize, (Drain, Tally, PerThousand))]| -> i64 {
+        side.iter().map(|(_, (_, t, _))| f(t)).sum()
     };
     let (one_lost, many_lost) = (sum(|t| t.lost, &ones), sum(|t| t.lost, &manys));
     let (one_dup, many_dup) = (sum(|t| t.duplicated, &ones), sum(|t| t.duplicated, &manys));
@@ -493,6 +509,56 @@ pub async fn many_hosts(
             ratio * 100.0,
         )),
     );
+    // What each side spent per event: a neighbour's load moves the rates above by a factor of
+    // two on this machine kind, not the CPU a drain needs (the database's and the hosts' own).
+    let cpu = |side: &[&(usize, (Drain, Tally, PerThousand))]| -> Option<Vec<f64>> {
+        side.iter().map(|(_, (_, _, c))| c.measured_ms()).collect()
+    };
+    if let (Some(one_cpu), Some(many_cpu)) = (cpu(&ones), cpu(&manys)) {
+        let listed = |side: &[&(usize, (Drain, Tally, PerThousand))]| {
+            side.iter()
+                .map(|(_, (_, _, c))| {
+                    format!(
+                        "{:.0} + {:.0}",
+                        c.database_ms.unwrap_or_default(),
+                        c.hosts_ms
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let steal = |side: &[&(usize, (Drain, Tally, PerThousand))]| {
+            median(&side.iter().map(|(_, (_, _, c))| c.steal_ms).collect::<Vec<_>>())
+        };
+        let one_median = median(&one_cpu);
+        report.push(
+            Row::value(
+                "one_host_cpu",
+                "1 host: CPU per 1,000 events, database + host (median)",
+                one_median,
+                "ms",
+            )
+            .note(&format!(
+                "database + host ms per 1,000 events, each drain: {}; stolen (median) {:.0} ms",
+                listed(&ones),
+                steal(&ones)
+            )),
+        );
+        report.push(
+            Row::value(
+                "many_hosts_cpu",
+                &format!("{hosts} hosts: CPU per 1,000 events, database + hosts (median)"),
+                median(&many_cpu),
+                "ms",
+            )
+            .compared_to("one_host_cpu", one_median)
+            .note(&format!(
+                "database + hosts ms per 1,000 events, each drain: {}; stolen (median) {:.0} ms",
+                listed(&manys),
+                steal(&manys)
+            )),
+        );
+    }
     report.push(
         Row::count(
             "hosts_lost",

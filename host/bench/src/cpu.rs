@@ -163,8 +163,7 @@ impl PerThousand {
     /// What was measured for this drain: the cluster's, the hosts' and the bench's own time
     /// (what the drain itself spent), `None` without a cluster figure.
     pub fn ours_ms(&self) -> Option<f64> {
-        self.database_ms
-            .map(|d| d + self.hosts_ms + self.bench_ms)
+        self.database_ms.map(|d| d + self.hosts_ms + self.bench_ms)
     }
 
     /// The cluster's and its clients' time ([`PerThousand::ours_ms`]) when it is long enough to
@@ -339,6 +338,10 @@ mod tests {
             ..used
         };
         assert_eq!(short.per_thousand(10_000).measured_ms(), None);
-        assert!(k.describe().contains("database 200, hosts 50"), "{}", k.describe());
+        assert!(
+            k.describe().contains("database 200, hosts 50"),
+            "{}",
+            k.describe()
+        );
     }
 }

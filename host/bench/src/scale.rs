@@ -528,7 +528,12 @@ pub async fn many_hosts(
                 .join(", ")
         };
         let steal = |side: &[&(usize, (Drain, Tally, PerThousand))]| {
-            median(&side.iter().map(|(_, (_, _, c))| c.steal_ms).collect::<Vec<_>>())
+            median(
+                &side
+                    .iter()
+                    .map(|(_, (_, _, c))| c.steal_ms)
+                    .collect::<Vec<_>>(),
+            )
         };
         let one_median = median(&one_cpu);
         report.push(

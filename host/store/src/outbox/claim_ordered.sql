@@ -35,17 +35,17 @@
 -- again). `next_seq` is always the seq of an event of its aggregate, so it is unique within a
 -- projection and `>` steps past exactly one head.
 WITH RECURSIVE walk AS (
-    (SELECT h.aggregate_id, h.next_seq
+    (SELECT h.aggregate_id, h.next_seq, h.ctid AS head_tid
      FROM outbox_heads h
      WHERE h.projection = $1 AND NOT h.blocked AND h.not_before <= now()
           AND h.claimed_until <= now()
      ORDER BY h.next_seq
      LIMIT 1)
     UNION ALL
-    SELECT n.aggregate_id, n.next_seq
+    SELECT n.aggregate_id, n.next_seq, n.head_tid
     FROM walk w
     CROSS JOIN LATERAL (
-        SELECT h.aggregate_id, h.next_seq
+        SELECT h.aggregate_id, h.next_seq, h.ctid AS head_tid
         FROM outbox_heads h
         WHERE h.projection = $1 AND NOT h.blocked AND h.not_before <= now()
           AND h.claimed_until <= now()
@@ -55,12 +55,12 @@ WITH RECURSIVE walk AS (
     ) n
 ),
 runs AS (
-    SELECT r.seq, h.aggregate_id
+    SELECT r.seq, r.tid, h.aggregate_id, h.head_tid
     FROM walk h
     CROSS JOIN LATERAL (
-        SELECT s.seq
+        SELECT s.seq, s.tid
         FROM (
-            SELECT e.seq,
+            SELECT e.seq, e.ctid AS tid,
                    bool_and(   (e.status = 'pending' AND e.next_retry_at <= now())
                             OR (e.status = 'processing' AND e.lease_expires_at < now()
                                 AND e.attempts < $6))
@@ -77,9 +77,9 @@ runs AS (
     LIMIT $2
 ),
 locked AS (
-    SELECT o.seq, o.status AS previous_status, o.payload::text AS payload_text
+    SELECT o.seq, o.ctid AS tid, o.status AS previous_status, o.payload::text AS payload_text
     FROM outbox_events o
-    WHERE o.seq IN (SELECT seq FROM runs)
+    WHERE o.ctid = ANY (ARRAY(SELECT tid FROM runs))
       AND (   (o.status = 'pending' AND o.next_retry_at <= now())
            OR (o.status = 'processing' AND o.lease_expires_at < now() AND o.attempts < $6))
     FOR UPDATE OF o SKIP LOCKED
@@ -87,9 +87,9 @@ locked AS (
 -- A run goes only as far as its events are all locked here: an event another claim holds (or
 -- took meanwhile) ends its aggregate's run.
 chosen AS (
-    SELECT x.seq, x.aggregate_id
+    SELECT x.seq, x.aggregate_id, x.head_tid
     FROM (
-        SELECT r.seq, r.aggregate_id,
+        SELECT r.seq, r.aggregate_id, r.head_tid,
                bool_and(l.seq IS NOT NULL)
                    OVER (PARTITION BY r.aggregate_id ORDER BY r.seq) AS held
         FROM runs r
@@ -103,11 +103,11 @@ chosen AS (
 marked AS (
     UPDATE outbox_heads h
     SET claimed_until = now() + make_interval(secs => $7)
-    FROM (SELECT m.aggregate_id
+    FROM (SELECT m.ctid AS tid
           FROM outbox_heads m
-          WHERE m.projection = $1 AND m.aggregate_id IN (SELECT aggregate_id FROM chosen)
+          WHERE m.ctid = ANY (ARRAY(SELECT DISTINCT head_tid FROM chosen))
           FOR UPDATE OF m SKIP LOCKED) k
-    WHERE h.projection = $1 AND h.aggregate_id = k.aggregate_id
+    WHERE h.ctid = k.tid
 )
 UPDATE outbox_events e
 SET status = 'processing',
@@ -117,5 +117,5 @@ SET status = 'processing',
     processing_started_at = now(),
     attempts = e.attempts + 1
 FROM locked c
-WHERE e.seq = c.seq AND c.seq IN (SELECT seq FROM chosen)
+WHERE e.ctid = c.tid AND c.seq IN (SELECT seq FROM chosen)
 -- (RETURNING: claim_returning.sql, appended by claim.rs)

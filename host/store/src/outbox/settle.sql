@@ -59,7 +59,7 @@ finished AS (
     GROUP BY s.projection, s.aggregate_id
 ),
 seen AS (
-    SELECT f.projection, f.aggregate_id, h.version, h.next_seq,
+    SELECT f.projection, f.aggregate_id, h.version, h.next_seq, h.head_tid,
            (SELECT o.seq
             FROM outbox_events o
             WHERE o.projection = f.projection AND o.aggregate_id = f.aggregate_id
@@ -69,7 +69,7 @@ seen AS (
             LIMIT 1) AS next_unfinished
     FROM finished f
     CROSS JOIN LATERAL (
-        SELECT h.version, h.next_seq
+        SELECT h.version, h.next_seq, h.ctid AS head_tid
         FROM outbox_heads h
         WHERE h.projection = f.projection AND h.aggregate_id = f.aggregate_id
         OFFSET 0
@@ -79,12 +79,12 @@ seen AS (
 -- is an application's insert under way (or another host's sweep); it is left as it is, which
 -- is always safe (a head is a lower bound), and the settle never waits on the application.
 current AS (
-    SELECT s.*
+    SELECT s.*, l.tid
     FROM (SELECT * FROM seen ORDER BY projection, aggregate_id) s
     CROSS JOIN LATERAL (
-        SELECT h.version
+        SELECT h.version, h.ctid AS tid
         FROM outbox_heads h
-        WHERE h.projection = s.projection AND h.aggregate_id = s.aggregate_id
+        WHERE h.ctid = s.head_tid
         FOR UPDATE SKIP LOCKED
     ) l
     WHERE l.version = s.version
@@ -92,8 +92,7 @@ current AS (
 gone AS (
     DELETE FROM outbox_heads h
     USING current s
-    WHERE h.projection = s.projection AND h.aggregate_id = s.aggregate_id
-      AND s.next_unfinished IS NULL
+    WHERE h.ctid = s.tid AND s.next_unfinished IS NULL
 ),
 -- A head that stays is shown to the claim's walk again (`claimed_until`, migration 0013): its
 -- run is no longer in flight. The events of it this settle did not finish leave `processing`
@@ -103,7 +102,6 @@ moved AS (
     SET next_seq = greatest(h.next_seq, s.next_unfinished),
         claimed_until = '-infinity'
     FROM current s
-    WHERE h.projection = s.projection AND h.aggregate_id = s.aggregate_id
-      AND s.next_unfinished IS NOT NULL
+    WHERE h.ctid = s.tid AND s.next_unfinished IS NOT NULL
 )
 SELECT seq, status, attempts, verdict, retry_delay FROM settled

@@ -23,6 +23,10 @@
 -- their events out of `processing` clears the mark. The mark is a hint: the claim still decides
 -- from the events whether one may go, and a mark left behind by a host that died ends with its
 -- lease, when the run is reclaimed.
+-- Rows this statement has already found are addressed by their tid (`ctid`) from then on: the
+-- probed events are locked by it, and the events and heads locked here are updated by it, which
+-- saves a primary-key descent per row each time (a fifth of the claim's buffers; the tid is
+-- valid for the whole statement, whose snapshot keeps the tuples it saw from being pruned).
 -- The runs, oldest aggregate first: each aggregate's first unfinished events in seq order, cut at
 -- the first that may not go (an aggregate whose first event may not go yields nothing). No ORDER
 -- BY outside: the lateral join yields one aggregate's run after another, and the LIMIT stops the

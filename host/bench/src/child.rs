@@ -161,13 +161,7 @@ impl HostConfig {
         let (drain, memory, cpu) = self
             .drain_hosts(projections, pool, projection, n, 1, timeout)
             .await?;
-        if drain.events != n {
-            return Err(Error::Other(anyhow::anyhow!(
-                "`{projection}`: {} of {n} events done",
-                drain.events
-            )));
-        }
-        Ok((drain, memory, cpu))
+        Ok((workload::all_done(drain, projection, n)?, memory, cpu))
     }
 
     /// Runs `hosts` hosts with `projections` on the same database until `projection`'s `n` seeded

@@ -263,6 +263,18 @@ impl Sample {
     }
 }
 
+/// Runs `work` with a meter on the cluster behind `pool` (and this process, which `work` runs
+/// in): what it returned, and the CPU it used.
+pub async fn metered<T>(
+    pool: &PgPool,
+    work: impl std::future::Future<Output = projector_core::Result<T>>,
+) -> projector_core::Result<(T, CpuUse)> {
+    let meter = Meter::new(pool, Vec::new()).await;
+    let before = meter.sample();
+    let value = work.await?;
+    Ok((value, meter.sample().since(&before)))
+}
+
 /// The postmaster of the cluster behind `pool`, if it runs on this machine.
 async fn postmaster(pool: &PgPool) -> Option<u32> {
     let backend: i32 = sqlx::query_scalar("SELECT pg_backend_pid()")

@@ -13,7 +13,7 @@
 //! Every run starts from a truncated outbox seeded in one statement, as the other drains do.
 
 use crate::child::{HostConfig, Projection};
-use crate::cpu::{CpuUse, Meter, PerThousand};
+use crate::cpu::{self, CpuUse, PerThousand};
 use crate::plan::Plan;
 use crate::queue;
 use crate::report::{Report, Row};
@@ -42,19 +42,17 @@ pub async fn own_statements_ceiling(
 ) -> Result<(Drain, CpuUse)> {
     workload::reset(pool).await?;
     workload::seed(pool, Kind::Book, projection, n).await?;
-    let meter = Meter::new(pool, Vec::new()).await;
-    let before = meter.sample();
-    let drain = workload::raw_drain(pool, projection, n, shape, drain_timeout(n)).await?;
-    Ok((drain, meter.sample().since(&before)))
+    cpu::metered(
+        pool,
+        workload::raw_drain(pool, projection, n, shape, drain_timeout(n)),
+    )
+    .await
 }
 
 /// The independent claim + ack loop on `n` fresh jobs of its own table.
 pub async fn queue_ceiling(pool: &PgPool, n: i64, shape: Shape) -> Result<(Drain, CpuUse)> {
     queue::seed(pool, n).await?;
-    let meter = Meter::new(pool, Vec::new()).await;
-    let before = meter.sample();
-    let drain = queue::drain(pool, n, shape, drain_timeout(n)).await?;
-    Ok((drain, meter.sample().since(&before)))
+    cpu::metered(pool, queue::drain(pool, n, shape, drain_timeout(n))).await
 }
 
 /// A child host with `noop` draining `n` fresh events of `projection` spread as `spread`.

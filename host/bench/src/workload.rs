@@ -190,7 +190,11 @@ pub async fn wait_drained(
     alive: impl FnMut() -> Result<()>,
 ) -> Result<Drain> {
     wait_settled(pool, projection, n, timeout, alive).await?;
-    let drain = drained(pool, projection).await?;
+    all_done(drained(pool, projection).await?, projection, n)
+}
+
+/// `drain`, if all `n` events of `projection` ended `done`; an error naming how many did if not.
+pub fn all_done(drain: Drain, projection: &str, n: i64) -> Result<Drain> {
     if drain.events != n {
         return Err(Error::Other(anyhow::anyhow!(
             "`{projection}`: {} of {n} events done",

@@ -77,9 +77,9 @@ seen AS (
 ),
 -- The heads this settle may change: locked without waiting, by the tid `seen` read them at (a
 -- head updated since fails the version check, as before), then deleted or moved by the tid
--- locked here. A head another transaction holds
--- is an application's insert under way (or another host's sweep); it is left as it is, which
--- is always safe (a head is a lower bound), and the settle never waits on the application.
+-- locked here. A head another transaction holds is an application's insert under way (or
+-- another host's sweep); it is left as it is, which is always safe (a head is a lower bound),
+-- and the settle never waits on the application.
 current AS (
     SELECT s.*, l.tid
     FROM (SELECT * FROM seen ORDER BY projection, aggregate_id) s

@@ -156,7 +156,7 @@ async fn cost_with(conn: &mut PgConnection, execute: &str, settings: &str) -> Co
 
 async fn prepare(conn: &mut PgConnection) {
     sqlx::raw_sql(&format!(
-        "PREPARE ordered_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4) AS {CLAIM_ORDERED_SQL}"
+        "PREPARE ordered_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4, int8) AS {CLAIM_ORDERED_SQL}"
     ))
     .execute(&mut *conn)
     .await
@@ -200,7 +200,7 @@ async fn prepare(conn: &mut PgConnection) {
 }
 
 const CLAIM_100: &str =
-    "EXECUTE ordered_claim('hot', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
+    "EXECUTE ordered_claim('hot', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024, 4194304)";
 const WALK_100: &str = "EXECUTE backlog_walk('hot', 100)";
 
 async fn add_hot_events(db: &TestDb, n: usize) {
@@ -302,7 +302,7 @@ async fn the_ordered_claim_costs_the_batch_not_the_number_of_aggregates() {
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     prepare(&mut conn).await;
     const NEW: &str =
-        "EXECUTE ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
+        "EXECUTE ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024, 4194304)";
     const OLD: &str = "EXECUTE old_ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
 
     // A host runs whichever plan Postgres picks for its prepared statement: a custom plan for
@@ -369,7 +369,7 @@ async fn batches_in_flight_cost_a_claim_one_read_of_their_heads_not_a_probe() {
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     prepare(&mut conn).await;
     const NEW: &str =
-        "EXECUTE ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
+        "EXECUTE ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024, 4194304)";
     const BEFORE: &str = "EXECUTE before_marks_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
     // 2,000 aggregates with ten events each; claims of 100 held, as other loops hold theirs.
     add_wide_events(&db, 0, 2_000).await;

@@ -27,6 +27,7 @@ fn spec(projection: &str, ordering: Ordering) -> ProjectionSpec {
             base_backoff: Duration::from_millis(50),
             max_backoff: Duration::from_millis(500),
             max_payload_bytes: 1 << 20,
+            batch_max_bytes: 4 << 20,
             unknown_event_types: Default::default(),
         },
         config: BTreeMap::new(),
@@ -191,6 +192,117 @@ async fn an_aggregate_has_at_most_one_event_in_flight_and_a_failure_blocks_the_r
         .unwrap();
     let claimed: Vec<_> = unordered.events.iter().map(|e| e.id).collect();
     assert_eq!(claimed, vec![ids[2], ids[4]]);
+}
+
+/// The seqs of a claim, in the order the claim returned them (seq order).
+fn seqs(c: &projector_store::outbox::Claim) -> Vec<i64> {
+    c.events.iter().map(|e| e.seq).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_batch_ends_at_its_byte_bound_and_always_carries_its_first_event() {
+    let db = TestDb::new().await;
+    db.migrate();
+    // Five events of one payload size: X, Y, X, Y, X. The bound is measured, not assumed: the
+    // payload as the claim reads it (jsonb as text).
+    let padded = json!({"outcome": "success", "pad": "p".repeat(1000)});
+    for projection in ["bytes_ordered", "bytes_unordered"] {
+        let events: Vec<NewEvent> = ["X", "Y", "X", "Y", "X"]
+            .iter()
+            .map(|a| NewEvent::new(projection, *a, padded.clone()))
+            .collect();
+        insert_events(&db.pool, &events).await;
+    }
+    let size: i64 = sqlx::query_scalar(
+        "SELECT max(octet_length(payload::text))::int8 FROM outbox_events
+         WHERE projection = 'bytes_ordered' HAVING min(octet_length(payload::text)) = max(octet_length(payload::text))",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert!(size > 1000, "{size}");
+    let all: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM outbox_events WHERE projection = 'bytes_ordered' ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let bounded = |projection: &str, ordering, bytes: i64| {
+        let mut p = spec(projection, ordering);
+        p.tuning.events_per_aggregate = 3;
+        p.tuning.batch_max_bytes = bytes as usize;
+        p
+    };
+    // Ordered, runs of up to 3: X's three events and Y's two fit in one batch without a bound
+    // (the control), and two and a half payloads' worth cut X's run after its second event.
+    let roomy = bounded("bytes_ordered", Ordering::Aggregate, 5 * size);
+    let whole = claim(&db.pool, &roomy, "w").await.unwrap();
+    assert_eq!(seqs(&whole), all, "a bound of five payloads holds all five");
+    settle(
+        &db.pool,
+        &whole,
+        &vec![Verdict::Deferred; 5],
+        &roomy.tuning,
+        "v",
+    )
+    .await
+    .unwrap();
+    let tight = bounded("bytes_ordered", Ordering::Aggregate, 2 * size + size / 2);
+    let first = claim(&db.pool, &tight, "w").await.unwrap();
+    assert_eq!(
+        seqs(&first),
+        [all[0], all[2]],
+        "the walk's first head (X) gives the prefix of its run that fits"
+    );
+    // Y was cut off whole: its head is not marked in flight, and the next claim takes it (X's
+    // third event waits for the two before it).
+    let second = claim(&db.pool, &tight, "w").await.unwrap();
+    assert_eq!(seqs(&second), [all[1], all[3]]);
+    assert!(claim(&db.pool, &tight, "w")
+        .await
+        .unwrap()
+        .events
+        .is_empty());
+    settle(
+        &db.pool,
+        &first,
+        &[Verdict::Success, Verdict::Success],
+        &tight.tuning,
+        "v",
+    )
+    .await
+    .unwrap();
+    // A bound smaller than one payload still lets the first event go, and only it.
+    let one = bounded("bytes_ordered", Ordering::Aggregate, 1);
+    assert_eq!(seqs(&claim(&db.pool, &one, "w").await.unwrap()), [all[4]]);
+
+    // Unordered: the oldest events while they fit, the same rules.
+    let unordered: Vec<i64> = sqlx::query_scalar(
+        "SELECT seq FROM outbox_events WHERE projection = 'bytes_unordered' ORDER BY seq",
+    )
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    let one = bounded("bytes_unordered", Ordering::None, 1);
+    assert_eq!(
+        seqs(&claim(&db.pool, &one, "w").await.unwrap()),
+        [unordered[0]]
+    );
+    let tight = bounded("bytes_unordered", Ordering::None, 2 * size + size / 2);
+    assert_eq!(
+        seqs(&claim(&db.pool, &tight, "w").await.unwrap()),
+        [unordered[1], unordered[2]]
+    );
+    let roomy = bounded("bytes_unordered", Ordering::None, 5 * size);
+    assert_eq!(
+        seqs(&claim(&db.pool, &roomy, "w").await.unwrap()),
+        [unordered[3], unordered[4]],
+        "the events past a batch's end were left pending, not held"
+    );
+    let rows = common::events(&db.pool, "bytes_unordered").await;
+    assert!(rows
+        .iter()
+        .all(|r| r.status == "processing" && r.attempts == 1));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -564,23 +676,12 @@ async fn claim_without_turn(
     p: &ProjectionSpec,
     worker: &str,
 ) -> Vec<i64> {
-    use projector_store::outbox::claim::{CLAIM_ORDERED_SQL, MAX_HEADERS_BYTES, MAX_NAME_BYTES};
-    let rows: Vec<sqlx::postgres::PgRow> = sqlx::query(CLAIM_ORDERED_SQL)
-        .bind(&p.name)
-        .bind(p.tuning.batch_size)
-        .bind(worker)
-        .bind(uuid::Uuid::new_v4())
-        .bind(p.tuning.events_per_aggregate)
-        .bind(p.tuning.max_attempts)
-        .bind(p.tuning.lease.as_secs_f64())
-        .bind(p.tuning.max_payload_bytes as i32)
-        .bind(MAX_HEADERS_BYTES as i32)
-        .bind(MAX_NAME_BYTES as i32)
+    use projector_store::outbox::claim::{bound_statement, CLAIM_ORDERED_SQL};
+    let rows: Vec<(i64,)> = bound_statement(CLAIM_ORDERED_SQL, p, worker, uuid::Uuid::new_v4())
         .fetch_all(conn)
         .await
         .unwrap();
-    use sqlx::Row;
-    rows.iter().map(|r| r.get::<i64, _>(0)).collect()
+    rows.into_iter().map(|(seq,)| seq).collect()
 }
 
 /// A migrated database with `n` pending events of ordered projection `projection`, one per

@@ -533,6 +533,7 @@ fn test_spec(projection: &str, plugin: &Path, config: BTreeMap<String, String>) 
             base_backoff: Duration::from_secs(1),
             max_backoff: Duration::from_secs(1),
             max_payload_bytes: usize::MAX,
+            batch_max_bytes: usize::MAX,
             unknown_event_types: Default::default(),
         },
         config,

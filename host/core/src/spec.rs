@@ -143,6 +143,8 @@ pub struct Tuning {
     pub max_backoff: Duration,
     /// Larger payloads fail without reaching the plugin.
     pub max_payload_bytes: usize,
+    /// Payload bytes one batch may carry (its first event always goes, whatever its size).
+    pub batch_max_bytes: usize,
     /// Events of types the plugin does not declare.
     pub unknown_event_types: UnknownEventTypes,
 }

@@ -161,6 +161,7 @@ mod tests {
             base_backoff: std::time::Duration::from_secs(1),
             max_backoff: std::time::Duration::from_secs(1),
             max_payload_bytes: 50,
+            batch_max_bytes: usize::MAX,
             unknown_event_types: UnknownEventTypes::Fail,
         };
         let declared = vec!["book.*".to_owned()];
@@ -213,6 +214,7 @@ mod tests {
             base_backoff: std::time::Duration::from_secs(1),
             max_backoff: std::time::Duration::from_secs(1),
             max_payload_bytes: 50,
+            batch_max_bytes: usize::MAX,
             unknown_event_types: UnknownEventTypes::Deliver,
         };
         let admitted = Admitted::split(&claim, &tuning, &[]);

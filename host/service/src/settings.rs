@@ -581,6 +581,9 @@ settings! {
         max_payload_bytes => max_payload_bytes: Count<{ 1 << 30 }> = (1 << 20),
             "OUTBOX_MAX_PAYLOAD_BYTES", "max-payload-bytes",
             "larger payloads fail (`payload_too_large`) without being read into the host; so do headers over 64 KiB and event types, aggregate types and ids over 1,024 bytes (`headers_too_large`, `event_type_too_long`, ...)";
+        batch_max_bytes => batch_max_bytes: Count<{ 1 << 30 }> = (4 << 20),
+            "OUTBOX_BATCH_MAX_BYTES", "batch-max-bytes",
+            "payload bytes one batch may carry, whatever its event count (a batch always carries its first event, so an event up to max-payload-bytes still goes)";
         unknown_event_types => unknown_event_types: Choice<UnknownEventTypes> = (UnknownEventTypes::Deliver),
             "OUTBOX_UNKNOWN_EVENT_TYPES", "unknown-event-types",
             "events of a type the plugin's `describe()` does not declare: `deliver`, `skip` (done without the plugin) or `fail` (`unknown_event_type`)";

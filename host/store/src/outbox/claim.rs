@@ -4,7 +4,9 @@
 //! Input bounds hold before a row is read into host memory: a payload over
 //! `max_payload_bytes`, headers over [`MAX_HEADERS_BYTES`], or an event type, aggregate type or
 //! aggregate id over [`MAX_NAME_BYTES`] come back from the claim as `NULL` with their size, and
-//! the event carries why it is refused (`too_large`) instead of its content.
+//! the event carries why it is refused (`too_large`) instead of its content. A batch's payloads
+//! total at most `batch_max_bytes` (its first event always goes), so the memory one batch takes
+//! in the host and in the plugin is bounded by bytes, not only by the event count.
 //!
 //! Ordered claims of a projection take turns across every host ([`take_turn`], migration 0011):
 //! each starts only once the one before it committed, so no two walk the same candidates. The
@@ -237,17 +239,7 @@ pub async fn claim_on(
         }
         Ordering::None => CLAIM_UNORDERED_SQL,
     };
-    let rows: Vec<BoundedRow> = sqlx::query_as(statement)
-        .bind(&spec.name)
-        .bind(spec.tuning.batch_size)
-        .bind(worker_id)
-        .bind(batch_id)
-        .bind(spec.tuning.events_per_aggregate)
-        .bind(spec.tuning.max_attempts)
-        .bind(spec.tuning.lease.as_secs_f64())
-        .bind(spec.tuning.max_payload_bytes.min(i32::MAX as usize) as i32)
-        .bind(MAX_HEADERS_BYTES as i32)
-        .bind(MAX_NAME_BYTES as i32)
+    let rows: Vec<BoundedRow> = bound_statement(statement, spec, worker_id, batch_id)
         .fetch_all(conn)
         .await?;
     let max_payload = spec.tuning.max_payload_bytes;
@@ -261,6 +253,31 @@ pub async fn claim_on(
         projection: spec.name.clone(),
         events,
     })
+}
+
+/// `statement` (either claim) with its parameters for `spec`'s projection, `worker_id` and the
+/// fencing token `batch_id`: the one place the claims' parameters are listed.
+pub fn bound_statement<'q, O>(
+    statement: &'q str,
+    spec: &'q ProjectionSpec,
+    worker_id: &'q str,
+    batch_id: Uuid,
+) -> sqlx::query::QueryAs<'q, sqlx::Postgres, O, sqlx::postgres::PgArguments>
+where
+    O: for<'r> sqlx::FromRow<'r, sqlx::postgres::PgRow>,
+{
+    sqlx::query_as(statement)
+        .bind(&spec.name)
+        .bind(spec.tuning.batch_size)
+        .bind(worker_id)
+        .bind(batch_id)
+        .bind(spec.tuning.events_per_aggregate)
+        .bind(spec.tuning.max_attempts)
+        .bind(spec.tuning.lease.as_secs_f64())
+        .bind(spec.tuning.max_payload_bytes.min(i32::MAX as usize) as i32)
+        .bind(MAX_HEADERS_BYTES as i32)
+        .bind(MAX_NAME_BYTES as i32)
+        .bind(spec.tuning.batch_max_bytes.min(i64::MAX as usize) as i64)
 }
 
 /// Waits, in the claim's transaction on `conn`, until no other ordered claim of `projection` is

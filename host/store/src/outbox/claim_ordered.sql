@@ -5,8 +5,11 @@
 --   $7: lease in seconds
 --   $8: max payload bytes    $9: max headers bytes    $10: max bytes of event type, aggregate
 --       type and aggregate id
+--   $11: max payload bytes of the whole batch
 -- A field over its bound comes back NULL (with its size), so an oversized event never reaches
--- the host's memory (see claim.rs).
+-- the host's memory (see claim.rs). The batch ends before the event that would take its
+-- payloads over $11 (one that comes back NULL counts nothing), but always carries its first
+-- event: a batch holds at most max($11, $8) payload bytes, whatever $2 is.
 --
 -- Claimable: pending and due, or processing with an expired lease (stuck: reclaimed here). An
 -- event is taken only when it is its aggregate's earliest unfinished event (skipped is finished)
@@ -59,7 +62,7 @@ WITH RECURSIVE walk AS (
     ) n
 ),
 runs AS (
-    SELECT r.seq, r.tid, h.aggregate_id, h.head_tid
+    SELECT r.seq, r.tid, h.aggregate_id, h.head_tid, h.next_seq
     FROM walk h
     CROSS JOIN LATERAL (
         SELECT s.seq, s.tid
@@ -89,17 +92,27 @@ locked AS (
     FOR UPDATE OF o SKIP LOCKED
 ),
 -- A run goes only as far as its events are all locked here: an event another claim holds (or
--- took meanwhile) ends its aggregate's run.
+-- took meanwhile) ends its aggregate's run. Then the byte bound: the held events in the walk's
+-- order (head by head, `next_seq` being the walk's key, each run in seq order) while their
+-- payloads total at most $11, the first always. What it cuts is a tail of that order, so each
+-- aggregate still gets a prefix of its run.
 chosen AS (
-    SELECT x.seq, x.aggregate_id, x.head_tid
+    SELECT y.seq, y.aggregate_id, y.head_tid
     FROM (
-        SELECT r.seq, r.aggregate_id, r.head_tid,
-               bool_and(l.seq IS NOT NULL)
-                   OVER (PARTITION BY r.aggregate_id ORDER BY r.seq) AS held
-        FROM runs r
-        LEFT JOIN locked l ON l.seq = r.seq
-    ) x
-    WHERE x.held
+        SELECT x.seq, x.aggregate_id, x.head_tid, x.bytes,
+               sum(x.bytes) OVER (ORDER BY x.next_seq, x.seq ROWS UNBOUNDED PRECEDING) AS total
+        FROM (
+            SELECT r.seq, r.aggregate_id, r.head_tid, r.next_seq,
+                   CASE WHEN octet_length(l.payload_text) <= $8
+                        THEN octet_length(l.payload_text) ELSE 0 END AS bytes,
+                   bool_and(l.seq IS NOT NULL)
+                       OVER (PARTITION BY r.aggregate_id ORDER BY r.seq) AS held
+            FROM runs r
+            LEFT JOIN locked l ON l.seq = r.seq
+        ) x
+        WHERE x.held
+    ) y
+    WHERE y.total <= $11 OR y.total = y.bytes
 ),
 -- The taken aggregates' heads, marked in flight until the lease ends. Only heads locked here
 -- without waiting: one an application's insert holds stays shown (that insert shows it anyway).

@@ -5,8 +5,12 @@
 --   $7: lease in seconds
 --   $8: max payload bytes    $9: max headers bytes    $10: max bytes of event type, aggregate
 --       type and aggregate id
+--   $11: max payload bytes of the whole batch
 -- A field over its bound comes back NULL (with its size), so an oversized event never reaches
--- the host's memory: the host fails it without reading it (see plugin/admission.rs).
+-- the host's memory: the host fails it without reading it (see plugin/admission.rs). The batch
+-- ends before the event that would take its payloads over $11 (one that comes back NULL counts
+-- nothing), but always carries its first event. The events locked past that end stay
+-- `pending`, and their locks go when the claim's transaction ends.
 -- Claimable: pending and due, or processing with an expired lease (stuck: reclaimed here). A
 -- paused projection claims nothing.
 WITH candidates AS (
@@ -21,6 +25,18 @@ WITH candidates AS (
     ORDER BY o.seq + 0
     LIMIT $2
     FOR UPDATE OF o SKIP LOCKED
+),
+chosen AS (
+    SELECT y.seq
+    FROM (
+        SELECT x.seq, x.bytes, sum(x.bytes) OVER (ORDER BY x.seq ROWS UNBOUNDED PRECEDING) AS total
+        FROM (
+            SELECT c.seq, CASE WHEN octet_length(c.payload_text) <= $8
+                               THEN octet_length(c.payload_text) ELSE 0 END AS bytes
+            FROM candidates c
+        ) x
+    ) y
+    WHERE y.total <= $11 OR y.total = y.bytes
 )
 UPDATE outbox_events e
 SET status = 'processing',
@@ -30,5 +46,5 @@ SET status = 'processing',
     processing_started_at = now(),
     attempts = e.attempts + 1
 FROM candidates c
-WHERE e.seq = c.seq
+WHERE e.seq = c.seq AND c.seq IN (SELECT seq FROM chosen)
 -- (RETURNING: claim_returning.sql, appended by claim.rs)

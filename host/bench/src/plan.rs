@@ -17,8 +17,8 @@ pub struct BenchArgs {
     /// thousand documents per second at best), and 200k would not fit the 10-minute budget.
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u32).range(1..))]
     pub search_events: u32,
-    /// Events per batch, for the raw loop and the host alike.
-    #[arg(long, default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    /// Events per batch, for the raw loop and the host alike (default: the host's default).
+    #[arg(long, default_value_t = projector_service::settings::default_tuning().batch_size as u32, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub batch_size: u32,
     /// Claim loops, for the raw loop and the host alike.
     #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=64))]

@@ -557,7 +557,7 @@ settings! {
         concurrency => concurrency: Count<256> = (2),
             "OUTBOX_CONCURRENCY", "concurrency",
             "claim loops per projection in this host";
-        batch_size => batch_size: Count<10_000> = (100),
+        batch_size => batch_size: Count<10_000> = (500),
             "OUTBOX_BATCH_SIZE", "batch-size",
             "events per batch";
         events_per_aggregate => events_per_aggregate: Count<10_000> = (1),
@@ -1160,7 +1160,7 @@ mod tests {
         assert!(err.to_string().starts_with("--plugin:"), "{err}");
         let s = Settings::resolve(over(), None, &["a=x.wasm".into()]).unwrap();
         assert_eq!(s.projections[0].name, "a");
-        assert_eq!(s.projections[0].tuning.batch_size, 100);
+        assert_eq!(s.projections[0].tuning.batch_size, 500);
     }
 
     #[test]
@@ -1218,7 +1218,8 @@ mod tests {
     #[test]
     fn the_defaults_are_within_their_bounds() {
         let t = default_tuning();
-        assert_eq!(t.batch_size, 100);
+        assert_eq!(t.batch_size, 500);
+        assert_eq!(t.batch_max_bytes, 4 << 20);
         assert_eq!(t.max_backoff, Duration::from_secs(300));
         check_backoff("default", &t).unwrap();
         let s = Settings::resolve(over(), None, &["a=x.wasm".into()]).unwrap();

@@ -44,6 +44,7 @@ const KEYS: &[&str] = &[
     "many_hosts_drain",
     "hosts_lost",
     "hosts_duplicated",
+    "raw_without_done_rows",
     "raw_with_done_rows",
 ];
 

@@ -14,7 +14,7 @@
 -- Claimable: pending and due, or processing with an expired lease (stuck: reclaimed here). A
 -- paused projection claims nothing.
 WITH candidates AS (
-    SELECT o.seq, o.status AS previous_status, o.payload::text AS payload_text
+    SELECT o.seq, o.ctid AS tid, o.status AS previous_status, o.payload::text AS payload_text
     FROM outbox_events o
     WHERE o.projection = $1
       AND NOT EXISTS (SELECT 1 FROM projection_pauses pp WHERE pp.projection = $1)
@@ -26,13 +26,15 @@ WITH candidates AS (
     LIMIT $2
     FOR UPDATE OF o SKIP LOCKED
 ),
+-- Each chosen row carries what the UPDATE and its RETURNING need, so the UPDATE joins no other
+-- CTE (see claim_ordered.sql: such a join, planned as a nested loop, compares every pair).
 chosen AS (
-    SELECT y.seq
+    SELECT y.seq, y.tid, y.previous_status, y.payload_text
     FROM (
-        SELECT x.seq, x.bytes, sum(x.bytes) OVER (ORDER BY x.seq ROWS UNBOUNDED PRECEDING) AS total
+        SELECT x.*, sum(x.bytes) OVER (ORDER BY x.seq ROWS UNBOUNDED PRECEDING) AS total
         FROM (
-            SELECT c.seq, CASE WHEN octet_length(c.payload_text) <= $8
-                               THEN octet_length(c.payload_text) ELSE 0 END AS bytes
+            SELECT c.*, CASE WHEN octet_length(c.payload_text) <= $8
+                             THEN octet_length(c.payload_text) ELSE 0 END AS bytes
             FROM candidates c
         ) x
     ) y
@@ -45,6 +47,6 @@ SET status = 'processing',
     lease_expires_at = now() + make_interval(secs => $7),
     processing_started_at = now(),
     attempts = e.attempts + 1
-FROM candidates c
-WHERE e.seq = c.seq AND c.seq IN (SELECT seq FROM chosen)
+FROM chosen c
+WHERE e.ctid = c.tid
 -- (RETURNING: claim_returning.sql, appended by claim.rs)

@@ -161,59 +161,56 @@ async fn cost_with(conn: &mut PgConnection, execute: &str, settings: &str) -> Co
     c
 }
 
+/// The types of the claims' parameters $1..$10; the claims written since the batch byte bound
+/// take $11 (`int8`) too.
+const CLAIM_TYPES: &str = "text, int8, text, uuid, int8, int4, float8, int4, int4, int4";
+const SETTLE_TYPES: &str = "uuid, bigint[], text[], text[], text[], float8[], int, text";
+
+/// The claims [`prepare`] prepares: name, whether it takes the byte bound ($11), statement.
+const CLAIMS: [(&str, bool, &str); 4] = [
+    ("ordered_claim", true, CLAIM_ORDERED_SQL),
+    ("old_ordered_claim", false, OLD_CLAIM_SQL),
+    ("before_marks_claim", false, BEFORE_MARKS_CLAIM_SQL),
+    ("before_carry_claim", true, BEFORE_CARRY_CLAIM_SQL),
+];
+
 async fn prepare(conn: &mut PgConnection) {
-    sqlx::raw_sql(&format!(
-        "PREPARE ordered_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4, int8) AS {CLAIM_ORDERED_SQL}"
-    ))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::raw_sql(&format!(
-        "PREPARE old_ordered_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4) AS {OLD_CLAIM_SQL}"
-    ))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::raw_sql(&format!(
-        "PREPARE before_marks_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4) AS {BEFORE_MARKS_CLAIM_SQL}"
-    ))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::raw_sql(&format!(
-        "PREPARE before_carry_claim(text, int8, text, uuid, int8, int4, float8, int4, int4, int4, int8) AS {BEFORE_CARRY_CLAIM_SQL}"
-    ))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::raw_sql(&format!(
+    let mut statements: Vec<String> = CLAIMS
+        .iter()
+        .map(|(name, byte_bound, sql)| {
+            let extra = if *byte_bound { ", int8" } else { "" };
+            format!("PREPARE {name}({CLAIM_TYPES}{extra}) AS {sql}")
+        })
+        .collect();
+    statements.push(format!(
         "PREPARE backlog_walk(text, int8) AS {BACKLOG_WALK_SQL}"
-    ))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::raw_sql(&format!(
-        "PREPARE settle(uuid, bigint[], text[], text[], text[], float8[], int, text) AS {SETTLE_SQL}"
-    ))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::raw_sql(&format!(
-        "PREPARE settle_forced(uuid, bigint[], text[], text[], text[], float8[], int, text) AS {SETTLE_SQL}"
-    ))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
-    sqlx::raw_sql(&format!(
-        "PREPARE old_settle(uuid, bigint[], text[], text[], text[], float8[], int, text) AS {OLD_SETTLE_SQL}"
-    ))
-    .execute(&mut *conn)
-    .await
-    .unwrap();
+    ));
+    for (name, sql) in [
+        ("settle", SETTLE_SQL),
+        ("settle_forced", SETTLE_SQL),
+        ("old_settle", OLD_SETTLE_SQL),
+    ] {
+        statements.push(format!("PREPARE {name}({SETTLE_TYPES}) AS {sql}"));
+    }
+    for statement in statements {
+        sqlx::raw_sql(&statement).execute(&mut *conn).await.unwrap();
+    }
 }
 
-const CLAIM_100: &str =
-    "EXECUTE ordered_claim('hot', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024, 4194304)";
+/// `EXECUTE` of the claim [`prepare`] prepared as `name`, for `batch` events of `projection` by
+/// worker `w`, at the host's default bounds: one event per aggregate, 5 attempts, a 30 s lease,
+/// 1 MiB payloads, 64 KiB headers, 1 KiB names, and 4 MiB a batch for the claims that take it.
+fn execute_claim(name: &str, projection: &str, batch: u32) -> String {
+    let (_, byte_bound, _) = CLAIMS
+        .iter()
+        .find(|(n, ..)| *n == name)
+        .unwrap_or_else(|| panic!("no claim is prepared as {name}"));
+    let bound = if *byte_bound { ", 4194304" } else { "" };
+    format!(
+        "EXECUTE {name}('{projection}', {batch}, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024{bound})"
+    )
+}
+
 const WALK_100: &str = "EXECUTE backlog_walk('hot', 100)";
 
 async fn add_hot_events(db: &TestDb, n: usize) {
@@ -235,13 +232,14 @@ async fn the_ordered_claim_costs_the_batch_not_the_backlog_or_the_history() {
     db.migrate();
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     prepare(&mut conn).await;
+    let claim_100 = execute_claim("ordered_claim", "hot", 100);
 
     // 2,000 events on 20 aggregates, then ten times that on the same 20.
     add_hot_events(&db, 2_000).await;
-    let claim_small = cost(&mut conn, CLAIM_100).await;
+    let claim_small = cost(&mut conn, &claim_100).await;
     let walk_small = cost(&mut conn, WALK_100).await;
     add_hot_events(&db, 18_000).await;
-    let claim_big = cost(&mut conn, CLAIM_100).await;
+    let claim_big = cost(&mut conn, &claim_100).await;
     let walk_big = cost(&mut conn, WALK_100).await;
     eprintln!(
         "buffers per claim of 100, backlog 2,000 -> 20,000 on 20 aggregates: ordered claim {} -> {}, backlog walk (control) {} -> {}",
@@ -276,7 +274,7 @@ async fn the_ordered_claim_costs_the_batch_not_the_backlog_or_the_history() {
             .unwrap();
         settled += c.events.len();
     }
-    let claim_after = cost(&mut conn, CLAIM_100).await;
+    let claim_after = cost(&mut conn, &claim_100).await;
     eprintln!(
         "buffers per claim of 100 after {settled} events of those aggregates were settled: {}",
         claim_after.buffers
@@ -314,9 +312,8 @@ async fn the_ordered_claim_costs_the_batch_not_the_number_of_aggregates() {
     db.migrate();
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     prepare(&mut conn).await;
-    const NEW: &str =
-        "EXECUTE ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024, 4194304)";
-    const OLD: &str = "EXECUTE old_ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
+    let new = execute_claim("ordered_claim", "wide", 100);
+    let old = execute_claim("old_ordered_claim", "wide", 100);
 
     // A host runs whichever plan Postgres picks for its prepared statement: a custom plan for
     // the first five executions and whenever the generic one is estimated dearer. The old claim's
@@ -336,13 +333,13 @@ async fn the_ordered_claim_costs_the_batch_not_the_number_of_aggregates() {
     .unwrap();
     // 2,000 aggregates with ten unfinished events each, then 20,000.
     add_wide_events(&db, 0, 2_000).await;
-    let new_small = cost(&mut conn, NEW).await;
-    let new_small_custom = cost_with(&mut conn, NEW, custom).await;
-    let old_small = cost_with(&mut conn, OLD, custom).await;
+    let new_small = cost(&mut conn, &new).await;
+    let new_small_custom = cost_with(&mut conn, &new, custom).await;
+    let old_small = cost_with(&mut conn, &old, custom).await;
     add_wide_events(&db, 2_000, 18_000).await;
-    let new_big = cost(&mut conn, NEW).await;
-    let new_big_custom = cost_with(&mut conn, NEW, custom).await;
-    let old_big = cost_with(&mut conn, OLD, custom).await;
+    let new_big = cost(&mut conn, &new).await;
+    let new_big_custom = cost_with(&mut conn, &new, custom).await;
+    let old_big = cost_with(&mut conn, &old, custom).await;
     eprintln!(
         "heads read per claim of 100, custom plan, 2,000 -> 20,000 aggregates: recursive walk {} -> {}",
         new_small_custom.heads_read, new_big_custom.heads_read
@@ -381,9 +378,8 @@ async fn batches_in_flight_cost_a_claim_one_read_of_their_heads_not_a_probe() {
     db.migrate();
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     prepare(&mut conn).await;
-    const NEW: &str =
-        "EXECUTE ordered_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024, 4194304)";
-    const BEFORE: &str = "EXECUTE before_marks_claim('wide', 100, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024)";
+    let new = execute_claim("ordered_claim", "wide", 100);
+    let before = execute_claim("before_marks_claim", "wide", 100);
     // 2,000 aggregates with ten events each; claims of 100 held, as other loops hold theirs.
     add_wide_events(&db, 0, 2_000).await;
     let p = spec("wide", 100);
@@ -397,8 +393,8 @@ async fn batches_in_flight_cost_a_claim_one_read_of_their_heads_not_a_probe() {
         }
         at.push((
             in_flight,
-            cost(&mut conn, NEW).await,
-            cost(&mut conn, BEFORE).await,
+            cost(&mut conn, &new).await,
+            cost(&mut conn, &before).await,
         ));
     }
     let marked: i64 = sqlx::query_scalar(
@@ -443,9 +439,8 @@ async fn a_claim_of_500_compares_no_pairs_with_a_finished_history_behind_it() {
     db.migrate();
     let mut conn = PgConnection::connect(&db.url).await.unwrap();
     prepare(&mut conn).await;
-    const NEW: &str =
-        "EXECUTE ordered_claim('wide', 500, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024, 4194304)";
-    const BEFORE: &str = "EXECUTE before_carry_claim('wide', 500, 'w', gen_random_uuid(), 1, 5, 30, 1048576, 65536, 1024, 4194304)";
+    let new = execute_claim("ordered_claim", "wide", 500);
+    let before = execute_claim("before_carry_claim", "wide", 500);
     // 100,000 finished events ahead of 2,000 aggregates with ten pending each. The claim's CTEs
     // are estimated at a row or two, and the byte bound's filter made the chosen rows' estimate
     // smaller still: as first written (the control), the UPDATE's join of the locked rows to the
@@ -461,9 +456,9 @@ async fn a_claim_of_500_compares_no_pairs_with_a_finished_history_behind_it() {
     .unwrap();
     add_wide_events(&db, 0, 2_000).await;
     let custom = "SET LOCAL plan_cache_mode = force_custom_plan;";
-    let new_generic = cost(&mut conn, NEW).await;
-    let new_custom = cost_with(&mut conn, NEW, custom).await;
-    let before_generic = cost(&mut conn, BEFORE).await;
+    let new_generic = cost(&mut conn, &new).await;
+    let new_custom = cost_with(&mut conn, &new, custom).await;
+    let before_generic = cost(&mut conn, &before).await;
     eprintln!(
         "rows compared and thrown away by a join filter, claim of 500: now {} (generic plan) / {} (custom); before (control, generic) {}",
         new_generic.join_filter_removed, new_custom.join_filter_removed, before_generic.join_filter_removed

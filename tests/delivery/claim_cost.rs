@@ -197,6 +197,15 @@ async fn prepare(conn: &mut PgConnection) {
     }
 }
 
+/// A migrated database, and a connection to it with every statement here prepared.
+async fn prepared_db() -> (TestDb, PgConnection) {
+    let db = TestDb::new().await;
+    db.migrate();
+    let mut conn = PgConnection::connect(&db.url).await.unwrap();
+    prepare(&mut conn).await;
+    (db, conn)
+}
+
 /// `EXECUTE` of the claim [`prepare`] prepared as `name`, for `batch` events of `projection` by
 /// worker `w`, at the host's default bounds: one event per aggregate, 5 attempts, a 30 s lease,
 /// 1 MiB payloads, 64 KiB headers, 1 KiB names, and 4 MiB a batch for the claims that take it.
@@ -228,10 +237,7 @@ async fn add_hot_events(db: &TestDb, n: usize) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ordered_claim_costs_the_batch_not_the_backlog_or_the_history() {
-    let db = TestDb::new().await;
-    db.migrate();
-    let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    prepare(&mut conn).await;
+    let (db, mut conn) = prepared_db().await;
     let claim_100 = execute_claim("ordered_claim", "hot", 100);
 
     // 2,000 events on 20 aggregates, then ten times that on the same 20.
@@ -308,10 +314,7 @@ async fn add_wide_events(db: &TestDb, first: i64, aggregates: i64) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_ordered_claim_costs_the_batch_not_the_number_of_aggregates() {
-    let db = TestDb::new().await;
-    db.migrate();
-    let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    prepare(&mut conn).await;
+    let (db, mut conn) = prepared_db().await;
     let new = execute_claim("ordered_claim", "wide", 100);
     let old = execute_claim("old_ordered_claim", "wide", 100);
 
@@ -374,10 +377,7 @@ async fn the_ordered_claim_costs_the_batch_not_the_number_of_aggregates() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn batches_in_flight_cost_a_claim_one_read_of_their_heads_not_a_probe() {
-    let db = TestDb::new().await;
-    db.migrate();
-    let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    prepare(&mut conn).await;
+    let (db, mut conn) = prepared_db().await;
     let new = execute_claim("ordered_claim", "wide", 100);
     let before = execute_claim("before_marks_claim", "wide", 100);
     // 2,000 aggregates with ten events each; claims of 100 held, as other loops hold theirs.
@@ -435,10 +435,7 @@ async fn batches_in_flight_cost_a_claim_one_read_of_their_heads_not_a_probe() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_claim_of_500_compares_no_pairs_with_a_finished_history_behind_it() {
-    let db = TestDb::new().await;
-    db.migrate();
-    let mut conn = PgConnection::connect(&db.url).await.unwrap();
-    prepare(&mut conn).await;
+    let (db, mut conn) = prepared_db().await;
     let new = execute_claim("ordered_claim", "wide", 500);
     let before = execute_claim("before_carry_claim", "wide", 500);
     // 100,000 finished events ahead of 2,000 aggregates with ten pending each. The claim's CTEs

@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # What one batch's database work costs per event, three ways, on the same throwaway cluster
 # (fsync on) and the same 100,000 noop events on 10,000 aggregates (docs/scaling.md, "What the
-# claim's writes cost"):
+# claim's writes cost"), with the functions docs/experiments/heads_only.py writes from the
+# statements themselves:
 #   current_batch  the shipped ordered claim (claim_ordered.sql + claim_returning.sql) and settle
 #                  (settle.sql), every outcome a success, run inside one PL/pgSQL call;
-#   happy_batch    the heads-only happy path prototype (heads_only_functions.sql);
+#   happy_batch    the heads-only happy path prototype;
 #   queue_batch    the bench's independent queue, claim then ack.
 # Each is drained by one pgbench session, one call (batch of 500) per transaction, and measured
 # as the whole machine's busy CPU over the drain, in ms per 1,000 events. Needs the release host
@@ -15,6 +16,12 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 . scripts/lib/setup.sh
 N=${1:-100000}; ROUNDS=${2:-2}
+case "$N" in ''|*[!0-9]*) N=x ;; esac
+case "$ROUNDS" in ''|*[!0-9]*) ROUNDS=0 ;; esac
+if [ "$N" = x ] || [ $((N % 5000)) -ne 0 ] || [ "$N" -eq 0 ] || [ "$ROUNDS" -lt 1 ]; then
+    echo "heads_only.sh: events must be a positive multiple of 5000 (batches of 500, events/10 aggregates) and rounds a positive number, got '${1:-}' '${2:-}'" >&2
+    exit 2
+fi
 projector=${CARGO_TARGET_DIR:-target}/release/projector
 [ -x "$projector" ] || { echo "heads_only.sh: build the host first: cargo build -p projector --release" >&2; exit 2; }
 work=$(mktemp -d /tmp/projector-heads-only.XXXXXX)
@@ -22,27 +29,7 @@ trap 'pg_stop; rm -rf "$work" "${PG_DIR:-}"' EXIT
 PG_FSYNC=on pg_start "$(mktemp -d /tmp/projector-heads-only-pg.XXXXXX)"
 pgbench=$(pg_bin)/pgbench
 
-python3 - "$work/current.sql" <<'PY'
-import re, sys
-src = "host/store/src/outbox/"
-claim = open(src + "claim_ordered.sql").read() + open(src + "claim_returning.sql").read()
-settle = open(src + "settle.sql").read()
-open(sys.argv[1], "w").write(f"""
-CREATE OR REPLACE FUNCTION current_batch(p text, n int) RETURNS int LANGUAGE plpgsql AS $f$
-DECLARE r record; seqs bigint[] := '{{}}'; b uuid := gen_random_uuid(); k int;
-BEGIN
-  FOR r IN EXECUTE $q${claim}$q$
-      USING p, n::int8, 'w'::text, b, 1::int8, 5, 30.0::float8, 1048576, 65536, 1024, 4194304::int8 LOOP
-    seqs := seqs || r.seq;
-  END LOOP;
-  k := coalesce(array_length(seqs, 1), 0);
-  EXECUTE $q${settle}$q$
-      USING b, seqs, array_fill('success'::text, ARRAY[k]), array_fill(NULL::text, ARRAY[k]),
-            array_fill(NULL::text, ARRAY[k]), array_fill(0::float8, ARRAY[k]), 5, 'v'::text;
-  RETURN k;
-END $f$;
-""")
-PY
+python3 docs/experiments/heads_only.py "$work/functions.sql"
 
 busy() { awk '/^cpu /{print $2+$3+$4+$7+$8}' /proc/stat; }
 for round in $(seq 1 "$ROUNDS"); do
@@ -58,7 +45,7 @@ SELECT 'exp', 'book.updated', 'book', 'book-' || (i % ($N / 10)),
 FROM generate_series(1, $N) AS i;
 VACUUM ANALYZE outbox_events; VACUUM ANALYZE outbox_heads;
 SQL
-        psql -q -v ON_ERROR_STOP=1 "$url" -f "$work/current.sql" -f docs/experiments/heads_only_functions.sql >/dev/null
+        psql -q -v ON_ERROR_STOP=1 "$url" -f "$work/functions.sql" >/dev/null
         echo "SELECT $f('exp', 500);" >"$work/call.sql"
         b0=$(busy)
         "$pgbench" -n -c 1 -t $((N / 500)) -f "$work/call.sql" "$url" >"$work/pgbench.log" 2>&1 \
